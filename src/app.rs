@@ -1,0 +1,172 @@
+//! Wiring: connect and migrate the database, load the store master, then run the HTTP API and
+//! the worker pool (either or both) until the shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::{self, Db, DbError};
+use crate::domain::Limits;
+use crate::fetch::FetchError;
+use crate::http::{self, AppState};
+use crate::stores::{self, StoreMasterError};
+use crate::worker::WorkerPool;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    StoreMaster(#[from] StoreMasterError),
+    #[error("cannot set up the image downloader: {0}")]
+    Fetch(#[from] FetchError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Which parts of the service this process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub api: bool,
+    pub workers: bool,
+}
+
+impl Roles {
+    pub fn all() -> Self {
+        Self {
+            api: true,
+            workers: true,
+        }
+    }
+    pub fn api_only() -> Self {
+        Self {
+            api: true,
+            workers: false,
+        }
+    }
+    pub fn workers_only() -> Self {
+        Self {
+            api: false,
+            workers: true,
+        }
+    }
+}
+
+/// A built, not yet running service.
+pub struct App {
+    db: Db,
+    listener: Option<TcpListener>,
+    state: Option<AppState>,
+    workers: Option<WorkerPool>,
+}
+
+/// Connects, migrates, loads the store master and prepares the roles asked for. The API role
+/// needs a `listener` (bound by the caller, so tests can use port 0 and know the port at once).
+pub async fn build(
+    config: Config,
+    listener: Option<TcpListener>,
+    roles: Roles,
+) -> Result<App, StartError> {
+    let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+    db.migrate().await?;
+    load_store_master(&db, &config).await?;
+    let wake = Arc::new(Notify::new());
+    let state = (roles.api && listener.is_some()).then(|| AppState {
+        db: db.clone(),
+        wake: wake.clone(),
+        limits: Limits {
+            max_images_per_job: config.api.max_images_per_job,
+            ..Limits::default()
+        },
+        max_body_bytes: config.api.max_body_bytes,
+    });
+    let workers = if roles.workers {
+        Some(WorkerPool::new(db.clone(), &config, wake)?)
+    } else {
+        None
+    };
+    Ok(App {
+        db,
+        listener: if state.is_some() { listener } else { None },
+        state,
+        workers,
+    })
+}
+
+/// An explicit store master is always (re)loaded; the bundled sample only fills an empty table,
+/// so a deployment that imported the real master never gets sample stores mixed in.
+async fn load_store_master(db: &Db, config: &Config) -> Result<(), StartError> {
+    match &config.store_master {
+        Some(path) => {
+            let list = stores::load_file(path)?;
+            let n = db::stores::upsert(db, &list).await?;
+            tracing::info!(stores = n, file = %path.display(), "store master loaded");
+        }
+        None => {
+            if db::stores::count(db).await? == 0 {
+                let list = stores::parse(stores::SAMPLE_CSV.as_bytes())?;
+                let n = db::stores::upsert(db, &list).await?;
+                tracing::info!(
+                    stores = n,
+                    "store master was empty: loaded the bundled sample"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+impl App {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn worker_id(&self) -> Option<&str> {
+        self.workers.as_ref().map(|w| w.id())
+    }
+
+    /// Runs until `shutdown` resolves, then stops claiming, drains, and closes the pool.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let token = CancellationToken::new();
+        let trigger = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        if let Some(addr) = self.local_addr() {
+            tracing::info!(%addr, "listening");
+        }
+        let api = async {
+            match (self.listener, self.state) {
+                (Some(listener), Some(state)) => {
+                    axum::serve(listener, http::router(state))
+                        .with_graceful_shutdown(token.clone().cancelled_owned())
+                        .await
+                }
+                _ => Ok(()),
+            }
+        };
+        let workers = async {
+            if let Some(pool) = self.workers {
+                pool.run(token.clone()).await;
+            }
+        };
+        let (served, ()) = tokio::join!(api, workers);
+        self.db.close().await;
+        served?;
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! The command line: `serve | worker | migrate | stores import`. Every flag can also be set
+//! through the environment variable named beside it (see the README's configuration table).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::app::{self, Roles};
+use crate::config::{Config, DEFAULT_DATABASE_URL, DelayRange};
+use crate::db::Db;
+use crate::{shutdown, stores};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "retail-pulse",
+    version,
+    about = "Turns store-visit photos into measurements"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and, unless --no-workers, image workers in one process.
+    Serve(ServeArgs),
+    /// Run image workers only (no HTTP API); any number may share one PostgreSQL.
+    Worker(WorkerArgs),
+    /// Apply database migrations and exit.
+    Migrate(DbArgs),
+    /// Manage the store master.
+    Stores {
+        #[command(subcommand)]
+        command: StoresCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoresCommand {
+    /// Load or refresh the store master from a CSV file (AreaCode, StoreName, StoreID).
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DbArgs {
+    /// Database URL: `sqlite://FILE?mode=rwc` or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Connections in the pool.
+    #[arg(long, env = "RP_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "RP_BIND", default_value = "0.0.0.0:8080")]
+    pub bind: std::net::SocketAddr,
+    /// Serve the API only; leave the images to `retail-pulse worker` processes.
+    #[arg(long, env = "RP_NO_WORKERS", num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub no_workers: bool,
+    /// Largest request body in bytes.
+    #[arg(long, env = "RP_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Most images accepted in one job.
+    #[arg(long, env = "RP_MAX_IMAGES_PER_JOB", default_value_t = 100_000)]
+    pub max_images_per_job: usize,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Store master CSV loaded at start-up (default: the bundled sample, loaded only into an
+    /// empty store table).
+    #[arg(long, env = "RP_STORE_MASTER")]
+    pub store_master: Option<PathBuf>,
+    /// Images in flight per process.
+    #[arg(long, env = "RP_WORKERS", default_value_t = 32)]
+    pub workers: usize,
+    /// Simulated GPU time per image in ms: a range `100-400`, a fixed `250`, or `0` for none.
+    #[arg(long, env = "RP_PROCESSING_DELAY_MS", default_value = "100-400", value_parser = parse_delay)]
+    pub processing_delay_ms: DelayRange,
+    /// Let image URLs reach loopback, private, link-local and other non-global addresses.
+    #[arg(long, env = "RP_ALLOW_PRIVATE_NETWORKS", num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub allow_private_networks: bool,
+    /// Seconds to establish a connection to an image host.
+    #[arg(long, env = "RP_FETCH_CONNECT_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub fetch_connect_timeout_secs: f64,
+    /// Seconds for a whole image download.
+    #[arg(long, env = "RP_FETCH_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub fetch_timeout_secs: f64,
+    /// Largest image download in bytes.
+    #[arg(long, env = "RP_FETCH_MAX_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub fetch_max_bytes: u64,
+    /// Redirects followed per download.
+    #[arg(long, env = "RP_FETCH_MAX_REDIRECTS", default_value_t = 5)]
+    pub fetch_max_redirects: usize,
+    /// Seconds an image stays leased to a worker between heartbeats.
+    #[arg(long, env = "RP_LEASE_SECS", default_value_t = 30.0)]
+    pub lease_secs: f64,
+    /// Claims of one image before it is failed for good.
+    #[arg(long, env = "RP_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Milliseconds before the first retry of a transient failure (doubles per attempt).
+    #[arg(long, env = "RP_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts, in seconds.
+    #[arg(long, env = "RP_RETRY_MAX_SECS", default_value_t = 60.0)]
+    pub retry_max_secs: f64,
+    /// Milliseconds between looks for work when idle and no notification arrives.
+    #[arg(long, env = "RP_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+    /// Seconds shutdown waits for in-flight images before handing them back to the queue.
+    #[arg(long, env = "RP_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
+    pub shutdown_grace_secs: f64,
+}
+
+fn parse_delay(text: &str) -> Result<DelayRange, String> {
+    DelayRange::parse(text).map_err(|e| e.to_string())
+}
+
+fn secs(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{flag}: `{value}` is not a duration"))
+}
+
+impl WorkerArgs {
+    fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
+        config.database.url = self.db.database_url.clone();
+        config.database.max_connections = self.db.db_max_connections;
+        config.store_master = self.store_master.clone();
+        let w = &mut config.worker;
+        w.concurrency = self.workers;
+        w.processing_delay = self.processing_delay_ms;
+        w.lease = secs(self.lease_secs, "lease-secs")?;
+        w.max_attempts = self.max_attempts;
+        w.retry_base = Duration::from_millis(self.retry_base_ms);
+        w.retry_max = secs(self.retry_max_secs, "retry-max-secs")?;
+        w.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));
+        w.shutdown_grace = secs(self.shutdown_grace_secs, "shutdown-grace-secs")?;
+        let f = &mut config.fetch;
+        f.connect_timeout = secs(
+            self.fetch_connect_timeout_secs,
+            "fetch-connect-timeout-secs",
+        )?;
+        f.timeout = secs(self.fetch_timeout_secs, "fetch-timeout-secs")?;
+        f.max_bytes = self.fetch_max_bytes;
+        f.max_redirects = self.fetch_max_redirects;
+        f.allow_private_networks = self.allow_private_networks;
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    pub fn to_config(&self) -> anyhow::Result<Config> {
+        let mut config = Config::default();
+        self.worker.apply(&mut config)?;
+        config.bind = self.bind;
+        config.api.max_body_bytes = self.max_body_bytes;
+        config.api.max_images_per_job = self.max_images_per_job;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl WorkerArgs {
+    pub fn to_config(&self) -> anyhow::Result<Config> {
+        let mut config = Config::default();
+        self.apply(&mut config)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Runs one parsed command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.to_config()?;
+            let listener = TcpListener::bind(config.bind)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.bind))?;
+            let roles = if args.no_workers {
+                Roles::api_only()
+            } else {
+                Roles::all()
+            };
+            let app = app::build(config, Some(listener), roles).await?;
+            app.run(shutdown::signal()).await?;
+        }
+        Command::Worker(args) => {
+            let config = args.to_config()?;
+            let app = app::build(config, None, Roles::workers_only()).await?;
+            app.run(shutdown::signal()).await?;
+        }
+        Command::Migrate(db) => {
+            let db = Db::connect(&db.database_url, db.db_max_connections).await?;
+            db.migrate().await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Stores {
+            command: StoresCommand::Import { file, db },
+        } => {
+            let db = Db::connect(&db.database_url, db.db_max_connections).await?;
+            db.migrate().await?;
+            let list = stores::load_file(&file)?;
+            let count = crate::db::stores::upsert(&db, &list).await?;
+            println!("imported {count} stores from {}", file.display());
+        }
+    }
+    Ok(())
+}

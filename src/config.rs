@@ -1,0 +1,239 @@
+//! One typed configuration for the whole service, built from the command line (or the
+//! environment variables clap reads for each flag) and validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// Default database: a SQLite file in the working directory, created on first run.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://retail-pulse.db?mode=rwc";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem: problem.into(),
+    }
+}
+
+/// Everything the service needs to run. Passed down by value; no globals.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub database: DatabaseConfig,
+    /// `None`: the sample store master shipped in the binary, loaded only into an empty table.
+    pub store_master: Option<PathBuf>,
+    pub api: ApiConfig,
+    pub worker: WorkerConfig,
+    pub fetch: FetchConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest number of images in one job (413 above it).
+    pub max_images_per_job: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Images in flight per process.
+    pub concurrency: usize,
+    pub processing_delay: DelayRange,
+    /// How long a claimed image stays leased without a heartbeat.
+    pub lease: Duration,
+    /// How many times an image may be claimed before it is failed for good.
+    pub max_attempts: u32,
+    /// First wait before retrying a transient download failure; doubles per attempt.
+    pub retry_base: Duration,
+    /// Longest wait between two attempts.
+    pub retry_max: Duration,
+    /// How often an idle worker looks for work when no notification arrives.
+    pub poll_interval: Duration,
+    /// How long shutdown waits for in-flight images before releasing them.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub connect_timeout: Duration,
+    /// Whole download, headers and body.
+    pub timeout: Duration,
+    pub max_bytes: u64,
+    pub max_redirects: usize,
+    pub allow_private_networks: bool,
+}
+
+/// The simulated GPU time per image: a fixed value or a uniform random range, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DelayRange {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl DelayRange {
+    /// Parses `100-400` (a range), `250` (fixed) or `0` (off).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let number = |s: &str| {
+            s.trim().parse::<u64>().map_err(|_| {
+                invalid(
+                    "processing-delay-ms",
+                    format!("`{text}` is not a number of milliseconds or a range like 100-400"),
+                )
+            })
+        };
+        let (min_ms, max_ms) = match text.split_once('-') {
+            Some((lo, hi)) => (number(lo)?, number(hi)?),
+            None => {
+                let n = number(text)?;
+                (n, n)
+            }
+        };
+        if min_ms > max_ms {
+            return Err(invalid(
+                "processing-delay-ms",
+                format!("range `{text}` has its minimum above its maximum"),
+            ));
+        }
+        Ok(Self { min_ms, max_ms })
+    }
+
+    /// A delay drawn uniformly from the range.
+    pub fn sample(&self) -> Duration {
+        Duration::from_millis(fastrand::u64(self.min_ms..=self.max_ms))
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.max_ms == 0
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            database: DatabaseConfig {
+                url: DEFAULT_DATABASE_URL.to_string(),
+                max_connections: 16,
+            },
+            store_master: None,
+            api: ApiConfig {
+                max_body_bytes: 32 * 1024 * 1024,
+                max_images_per_job: 100_000,
+            },
+            worker: WorkerConfig {
+                concurrency: 32,
+                processing_delay: DelayRange {
+                    min_ms: 100,
+                    max_ms: 400,
+                },
+                lease: Duration::from_secs(30),
+                max_attempts: 3,
+                retry_base: Duration::from_secs(1),
+                retry_max: Duration::from_secs(60),
+                poll_interval: Duration::from_secs(1),
+                shutdown_grace: Duration::from_secs(10),
+            },
+            fetch: FetchConfig {
+                connect_timeout: Duration::from_secs(5),
+                timeout: Duration::from_secs(30),
+                max_bytes: 50 * 1024 * 1024,
+                max_redirects: 5,
+                allow_private_networks: false,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Checks the relations between settings that the types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.worker.concurrency == 0 {
+            return Err(invalid("workers", "must be at least 1"));
+        }
+        if self.worker.max_attempts == 0 {
+            return Err(invalid("max-attempts", "must be at least 1"));
+        }
+        if self.worker.lease < Duration::from_secs(1) {
+            return Err(invalid("lease-secs", "must be at least 1 second"));
+        }
+        if self.database.max_connections < 2 {
+            return Err(invalid("db-max-connections", "must be at least 2"));
+        }
+        if self.fetch.max_bytes == 0 {
+            return Err(invalid("fetch-max-bytes", "must be above 0"));
+        }
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database-url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_parses_range_fixed_and_zero() {
+        assert_eq!(
+            DelayRange::parse("100-400").unwrap(),
+            DelayRange {
+                min_ms: 100,
+                max_ms: 400
+            }
+        );
+        assert_eq!(
+            DelayRange::parse("250").unwrap(),
+            DelayRange {
+                min_ms: 250,
+                max_ms: 250
+            }
+        );
+        assert!(DelayRange::parse("0").unwrap().is_zero());
+    }
+
+    #[test]
+    fn delay_rejects_garbage_and_inverted_ranges() {
+        assert!(DelayRange::parse("abc").is_err());
+        assert!(DelayRange::parse("400-100").is_err());
+        assert!(DelayRange::parse("-5").is_err());
+    }
+
+    #[test]
+    fn delay_samples_stay_in_range() {
+        let range = DelayRange::parse("10-20").unwrap();
+        for _ in 0..1000 {
+            let d = range.sample().as_millis();
+            assert!((10..=20).contains(&d));
+        }
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        Config::default().validate().unwrap();
+    }
+}

@@ -1,0 +1,242 @@
+//! Job rows: creating a job with all its images in one transaction, reading it back, and the
+//! bookkeeping that finishes a job exactly once (counters on the job row, which serialise
+//! concurrent finishers through the row lock).
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+
+use super::{Backend, Db, DbError, err, images, now_ms};
+use crate::domain::{ErrorKind, JobStatus, StoreError, Submission};
+
+/// A job as stored, with its progress counters.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: i64,
+    pub status: JobStatus,
+    pub total: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    /// One entry per failed store, in store order; empty unless the job ended with failures.
+    pub errors: Vec<StoreError>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl JobRow {
+    pub fn pending(&self) -> i64 {
+        (self.total - self.succeeded - self.failed).max(0)
+    }
+}
+
+/// The notification channel workers listen on (PostgreSQL only).
+pub const WORK_CHANNEL: &str = "retail_pulse_work";
+
+/// Writes the job and every image in one transaction; returns the new job id once committed.
+/// Images of stores missing from `known_stores` are stored as failed right away (never
+/// downloaded), so a job made only of unknown stores is finished at once.
+pub async fn create(
+    db: &Db,
+    submission: &Submission,
+    known_stores: &HashSet<String>,
+) -> Result<i64, DbError> {
+    let now = now_ms();
+    let total = submission.image_count() as i64;
+    let unknown: i64 = submission
+        .visits
+        .iter()
+        .filter(|v| !known_stores.contains(&v.store_id))
+        .map(|v| v.image_urls.len() as i64)
+        .sum();
+    let mut tx = db.pool().begin().await.map_err(err)?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (status, total, succeeded, failed, created_at) \
+         VALUES ('ongoing', $1, 0, $2, $3) RETURNING id",
+    )
+    .bind(total)
+    .bind(unknown)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(err)?;
+    images::insert_for_job(&mut tx, id, submission, known_stores, now).await?;
+    if unknown == total {
+        finalize(&mut tx, id, now).await?;
+    } else if db.backend() == Backend::Postgres {
+        // Delivered at commit: wakes idle workers in every process.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WORK_CHANNEL)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(id)
+}
+
+const JOB_COLUMNS: &str = "id, status, total, succeeded, failed, errors, created_at, finished_at";
+
+fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
+    let status: String = row.try_get("status").map_err(err)?;
+    let errors: Option<String> = row.try_get("errors").map_err(err)?;
+    Ok(JobRow {
+        id: row.try_get("id").map_err(err)?,
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| DbError::Corrupt(format!("job status `{status}`")))?,
+        total: row.try_get("total").map_err(err)?,
+        succeeded: row.try_get("succeeded").map_err(err)?,
+        failed: row.try_get("failed").map_err(err)?,
+        errors: match errors {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| DbError::Corrupt(format!("job errors: {e}")))?,
+            None => Vec::new(),
+        },
+        created_at: row.try_get("created_at").map_err(err)?,
+        finished_at: row.try_get("finished_at").map_err(err)?,
+    })
+}
+
+/// One job by id, reading only the job row (constant time, however many images it has).
+pub async fn get(db: &Db, id: i64) -> Result<Option<JobRow>, DbError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(err)?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+/// Ids of jobs that still have unfinished images, oldest first.
+pub async fn ongoing_ids(db: &Db, limit: i64) -> Result<Vec<i64>, DbError> {
+    sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'ongoing' ORDER BY id LIMIT $1")
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await
+        .map_err(err)
+}
+
+/// Adds finished images to a job's counters and, if that finished the job, sets its final
+/// status. Runs inside the caller's transaction: the `UPDATE` locks the job row, so when two
+/// workers finish a job's last images at once, the second sees the first's counts and exactly
+/// one of them finalizes.
+pub async fn record_finished(
+    conn: &mut AnyConnection,
+    job_id: i64,
+    succeeded: i64,
+    failed: i64,
+    now: i64,
+) -> Result<(), DbError> {
+    let row = sqlx::query(
+        "UPDATE jobs SET succeeded = succeeded + $1, failed = failed + $2 WHERE id = $3 \
+         RETURNING status, total, succeeded, failed",
+    )
+    .bind(succeeded)
+    .bind(failed)
+    .bind(job_id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(err)?;
+    let Some(row) = row else { return Ok(()) };
+    let status: String = row.try_get("status").map_err(err)?;
+    let total: i64 = row.try_get("total").map_err(err)?;
+    let done: i64 = row.try_get::<i64, _>("succeeded").map_err(err)?
+        + row.try_get::<i64, _>("failed").map_err(err)?;
+    if status == JobStatus::Ongoing.as_str() && done >= total {
+        finalize(conn, job_id, now).await?;
+    }
+    Ok(())
+}
+
+/// Sets the final status of a job whose images are all finished, with its per-store errors.
+async fn finalize(conn: &mut AnyConnection, job_id: i64, now: i64) -> Result<(), DbError> {
+    let errors = store_errors(conn, job_id).await?;
+    let (status, errors_json) = if errors.is_empty() {
+        (JobStatus::Completed, None)
+    } else {
+        let json = serde_json::to_string(&errors).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        (JobStatus::Failed, Some(json))
+    };
+    sqlx::query(
+        "UPDATE jobs SET status = $1, errors = $2, finished_at = $3 \
+         WHERE id = $4 AND status = 'ongoing'",
+    )
+    .bind(status.as_str())
+    .bind(errors_json)
+    .bind(now)
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?;
+    tracing::info!(job.id = job_id, status = status.as_str(), "job finished");
+    Ok(())
+}
+
+/// One error per store with a failed image, in the order stores first appear in the job.
+/// Two queries whatever the job's size: an aggregate per store, then the first failed image
+/// of each failed store by its position.
+async fn store_errors(conn: &mut AnyConnection, job_id: i64) -> Result<Vec<StoreError>, DbError> {
+    let groups = sqlx::query(
+        "SELECT store_id, MIN(seq) AS first_seq, CAST(COUNT(*) AS BIGINT) AS total, \
+         CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
+         MIN(CASE WHEN status = 'failed' THEN seq END) AS first_failed \
+         FROM images WHERE job_id = $1 GROUP BY store_id \
+         HAVING SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) > 0 ORDER BY first_seq",
+    )
+    .bind(job_id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    struct Group {
+        store_id: String,
+        total: i64,
+        failed: i64,
+        first_failed: i64,
+    }
+    let groups = groups
+        .iter()
+        .map(|r| {
+            Ok(Group {
+                store_id: r.try_get("store_id").map_err(err)?,
+                total: r.try_get("total").map_err(err)?,
+                failed: r.try_get("failed").map_err(err)?,
+                first_failed: r.try_get("first_failed").map_err(err)?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    let seqs: Vec<i64> = groups.iter().map(|g| g.first_failed).collect();
+    let firsts = images::failures_at(conn, job_id, &seqs).await?;
+    let mut by_seq: HashMap<i64, images::Failure> =
+        firsts.into_iter().map(|f| (f.seq, f)).collect();
+    Ok(groups
+        .into_iter()
+        .map(|g| {
+            let first = by_seq.remove(&g.first_failed);
+            let error = match first {
+                Some(f) if f.kind.as_deref() == Some(ErrorKind::UnknownStore.as_str()) => format!(
+                    "unknown store_id: not in the store master ({} of {} images not processed)",
+                    g.failed, g.total
+                ),
+                Some(f) if f.kind.as_deref() == Some(ErrorKind::Cancelled.as_str()) => format!(
+                    "job cancelled: {} of {} images not processed",
+                    g.failed, g.total
+                ),
+                Some(f) => format!(
+                    "{} of {} images failed; first: {}: {}",
+                    g.failed,
+                    g.total,
+                    f.url,
+                    f.error.unwrap_or_else(|| "unknown error".into())
+                ),
+                None => format!("{} of {} images failed", g.failed, g.total),
+            };
+            StoreError {
+                store_id: g.store_id,
+                error,
+            }
+        })
+        .collect())
+}

@@ -1,0 +1,269 @@
+//! The database: one connection pool over SQLite or PostgreSQL, chosen by the URL scheme, with
+//! the migrations of each backend and the queries per area (`jobs`, `images`, `stores`).
+//!
+//! Queries go through sqlx's `Any` driver with `$n` placeholders, which both backends accept,
+//! so there is one query path; the few statements whose SQL must differ (the queue's claim)
+//! branch on [`Backend`].
+
+pub mod images;
+pub mod jobs;
+pub mod stores;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor};
+use thiserror::Error;
+
+/// Which database engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Error)]
+pub enum DbError {
+    /// The database cannot be reached right now (connection refused, pool timed out, …).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl DbError {
+    /// Sorts a driver error into "try again later" and "this query is wrong".
+    pub fn classify(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => DbError::Unavailable(error),
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| {
+                    // PostgreSQL: admin shutdown / cannot connect now / too many connections;
+                    // SQLite: busy / locked.
+                    ["57P01", "57P02", "57P03", "53300", "5", "6", "517"].contains(&c.as_ref())
+                }) =>
+            {
+                DbError::Unavailable(error)
+            }
+            other => DbError::Query(other),
+        }
+    }
+
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DbError::Unavailable(_))
+    }
+}
+
+/// Shorthand used by every query function.
+pub(crate) fn err(error: sqlx::Error) -> DbError {
+    DbError::classify(error)
+}
+
+/// A handle to the pool; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+impl Db {
+    /// Opens a pool. A `sqlite:` URL with `mode=rwc` creates the file if it is missing.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5));
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers (status polls) run beside the one writer; NORMAL
+                    // synchronous is durable across process crashes, which is what we promise.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await.map_err(err)?;
+        Ok(Self {
+            pool,
+            backend,
+            url: url.to_string(),
+        })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Applies the migrations this database has not seen yet, each in its own transaction.
+    /// On PostgreSQL an advisory lock keeps two processes starting at once from racing.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let (migrations, create) = match self.backend {
+            Backend::Sqlite => (
+                SQLITE_MIGRATIONS,
+                "CREATE TABLE IF NOT EXISTS rp_schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            ),
+            Backend::Postgres => (
+                POSTGRES_MIGRATIONS,
+                "CREATE TABLE IF NOT EXISTS rp_schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            ),
+        };
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_lock(7210550)")
+                .await
+                .map_err(err)?;
+        }
+        let result = async {
+            conn.execute(create).await.map_err(err)?;
+            for &(version, sql) in migrations {
+                let applied: Option<i64> = sqlx::query_scalar(
+                    "SELECT version FROM rp_schema_migrations WHERE version = $1",
+                )
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(err)?;
+                if applied.is_some() {
+                    continue;
+                }
+                let step = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    tx.execute(sql).await?;
+                    sqlx::query(
+                        "INSERT INTO rp_schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    )
+                    .bind(version)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await
+                };
+                step.await
+                    .map_err(|source| DbError::Migration { version, source })?;
+                tracing::info!(migration = version, "applied migration");
+            }
+            Ok(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            let _ = conn.execute("SELECT pg_advisory_unlock(7210550)").await;
+        }
+        result
+    }
+
+    /// True when the database answers and every migration is applied.
+    pub async fn is_ready(&self) -> Result<bool, DbError> {
+        let latest = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.last(),
+            Backend::Postgres => POSTGRES_MIGRATIONS.last(),
+        }
+        .map(|m| m.0)
+        .unwrap_or(0);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM rp_schema_migrations")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?;
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+}
+
+/// Milliseconds since the Unix epoch: how every time is stored.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Formats a stored time for the API (RFC 3339, UTC, milliseconds).
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The row groups of a multi-row `VALUES` list: `rows` groups with one numbered placeholder
+/// per entry of `casts`, starting at `$first`, each group closed by the fixed SQL `shared`
+/// (parameters every row shares, such as `$1, $2`; empty for none). A non-empty cast wraps the
+/// placeholder in `CAST(… AS type)`, which PostgreSQL needs to type a bare `VALUES` table.
+/// `values_list(2, &["", "BIGINT"], 2, "$1")` is `($2, CAST($3 AS BIGINT), $1), ($4, CAST($5 AS BIGINT), $1)`.
+pub(crate) fn values_list(rows: usize, casts: &[&str], first: usize, shared: &str) -> String {
+    use std::fmt::Write;
+    let per_row = casts.len();
+    let mut out = String::with_capacity(rows * (per_row * 20 + shared.len() + 4));
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for (c, cast) in casts.iter().enumerate() {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            let n = first + r * per_row + c;
+            let _ = if cast.is_empty() {
+                write!(out, "${n}")
+            } else {
+                write!(out, "CAST(${n} AS {cast})")
+            };
+        }
+        if !shared.is_empty() {
+            out.push_str(", ");
+            out.push_str(shared);
+        }
+        out.push(')');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::values_list;
+
+    #[test]
+    fn values_list_numbers_rows_after_the_shared_parameters() {
+        assert_eq!(
+            values_list(2, &["", ""], 2, "$1"),
+            "($2, $3, $1), ($4, $5, $1)"
+        );
+        assert_eq!(
+            values_list(2, &["", "BIGINT"], 3, ""),
+            "($3, CAST($4 AS BIGINT)), ($5, CAST($6 AS BIGINT))"
+        );
+    }
+}

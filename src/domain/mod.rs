@@ -1,0 +1,8 @@
+//! The service's vocabulary: a validated job submission, and the states of jobs and images.
+//! Validation happens once, here; everything past the HTTP layer holds parsed values.
+
+pub mod job;
+pub mod submission;
+
+pub use job::{ErrorKind, ImageStatus, JobStatus, StoreError};
+pub use submission::{Limits, Submission, ValidationError, Visit};

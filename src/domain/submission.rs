@@ -1,0 +1,341 @@
+//! A job submission, parsed from the request body once: after [`Submission::parse`] every
+//! field is known to be present, of the right type and non-empty, and `count` matches.
+//! Error messages name the field the way a client wrote it: `visits[1].image_url[0]`.
+
+use serde_json::Value;
+
+/// Why a body was refused. The HTTP layer maps `Invalid` to 400 and `TooLarge` to 413.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValidationError {
+    Invalid(String),
+    TooLarge(String),
+}
+
+impl std::fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValidationError::Invalid(m) | ValidationError::TooLarge(m) => f.write_str(m),
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ValidationError {
+    ValidationError::Invalid(message.into())
+}
+
+/// Size limits a submission must respect.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_images_per_job: usize,
+    pub max_url_len: usize,
+    pub max_store_id_len: usize,
+    pub max_visit_time_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_images_per_job: 100_000,
+            max_url_len: 2048,
+            max_store_id_len: 64,
+            max_visit_time_len: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Visit {
+    pub store_id: String,
+    pub image_urls: Vec<String>,
+    /// Exactly as the client sent it.
+    pub visit_time: String,
+    /// The same instant in epoch milliseconds, when `visit_time` is RFC 3339.
+    pub visit_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    pub visits: Vec<Visit>,
+}
+
+impl Submission {
+    /// Parses and validates a request body.
+    pub fn parse(body: &[u8], limits: &Limits) -> Result<Self, ValidationError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("body is not valid JSON: {e}")))?;
+        Self::from_value(&value, limits)
+    }
+
+    pub fn from_value(value: &Value, limits: &Limits) -> Result<Self, ValidationError> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| invalid(format!("body must be a JSON object, not {}", kind(value))))?;
+        let count = match object.get("count") {
+            None => return Err(invalid("count: is required")),
+            Some(v) => parse_count(v)?,
+        };
+        let visits = match object.get("visits") {
+            None => return Err(invalid("visits: is required")),
+            Some(Value::Array(a)) => a,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "visits: must be an array, not {}",
+                    kind(other)
+                )));
+            }
+        };
+        if visits.is_empty() {
+            return Err(invalid("visits: must not be empty"));
+        }
+        if count != visits.len() as u64 {
+            return Err(invalid(format!(
+                "count: is {count} but visits has {} entries",
+                visits.len()
+            )));
+        }
+        let mut parsed = Vec::with_capacity(visits.len());
+        let mut images = 0usize;
+        for (i, visit) in visits.iter().enumerate() {
+            let visit = parse_visit(i, visit, limits)?;
+            images += visit.image_urls.len();
+            if images > limits.max_images_per_job {
+                return Err(ValidationError::TooLarge(format!(
+                    "visits: a job may hold at most {} images",
+                    limits.max_images_per_job
+                )));
+            }
+            parsed.push(visit);
+        }
+        Ok(Self { visits: parsed })
+    }
+
+    pub fn image_count(&self) -> usize {
+        self.visits.iter().map(|v| v.image_urls.len()).sum()
+    }
+}
+
+fn parse_count(value: &Value) -> Result<u64, ValidationError> {
+    match value {
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Ok(u)
+            } else if n.as_i64().is_some() {
+                Err(invalid("count: must not be negative"))
+            } else if n.is_f64() {
+                Err(invalid("count: must be a whole number"))
+            } else {
+                Err(invalid("count: is too large"))
+            }
+        }
+        other => Err(invalid(format!(
+            "count: must be an integer, not {}",
+            kind(other)
+        ))),
+    }
+}
+
+fn parse_visit(i: usize, value: &Value, limits: &Limits) -> Result<Visit, ValidationError> {
+    let field = |name: &str| format!("visits[{i}].{name}");
+    let object = value.as_object().ok_or_else(|| {
+        invalid(format!(
+            "visits[{i}]: must be an object, not {}",
+            kind(value)
+        ))
+    })?;
+    let store_id = required_string(
+        object.get("store_id"),
+        &field("store_id"),
+        limits.max_store_id_len,
+    )?;
+    let visit_time = required_string(
+        object.get("visit_time"),
+        &field("visit_time"),
+        limits.max_visit_time_len,
+    )?;
+    let urls = match object.get("image_url") {
+        None => return Err(invalid(format!("{}: is required", field("image_url")))),
+        Some(Value::Array(a)) => a,
+        Some(other) => {
+            return Err(invalid(format!(
+                "{}: must be an array of URLs, not {}",
+                field("image_url"),
+                kind(other)
+            )));
+        }
+    };
+    if urls.is_empty() {
+        return Err(invalid(format!(
+            "{}: must not be empty",
+            field("image_url")
+        )));
+    }
+    let image_urls = urls
+        .iter()
+        .enumerate()
+        .map(|(j, u)| {
+            required_string(
+                Some(u),
+                &format!("visits[{i}].image_url[{j}]"),
+                limits.max_url_len,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let visit_at = chrono::DateTime::parse_from_rfc3339(visit_time.trim())
+        .ok()
+        .map(|t| t.timestamp_millis());
+    Ok(Visit {
+        store_id,
+        image_urls,
+        visit_time,
+        visit_at,
+    })
+}
+
+fn required_string(
+    value: Option<&Value>,
+    field: &str,
+    max_len: usize,
+) -> Result<String, ValidationError> {
+    match value {
+        None => Err(invalid(format!("{field}: is required"))),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(invalid(format!("{field}: must not be empty")))
+        }
+        Some(Value::String(s)) if s.len() > max_len => {
+            Err(invalid(format!("{field}: is longer than {max_len} bytes")))
+        }
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(invalid(format!(
+            "{field}: must be a string, not {}",
+            kind(other)
+        ))),
+    }
+}
+
+/// How a JSON value is named in an error message.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<Submission, ValidationError> {
+        Submission::from_value(&value, &Limits::default())
+    }
+
+    fn message(value: Value) -> String {
+        match parse(value).unwrap_err() {
+            ValidationError::Invalid(m) | ValidationError::TooLarge(m) => m,
+        }
+    }
+
+    fn example() -> Value {
+        json!({"count": 2, "visits": [
+            {"store_id": "S00339218", "image_url": ["https://a/1.jpg", "https://a/2.jpg"], "visit_time": "time of store visit"},
+            {"store_id": "S01408764", "image_url": ["https://a/3.jpg"], "visit_time": "2024-01-02T03:04:05Z"}
+        ]})
+    }
+
+    #[test]
+    fn the_assignment_example_parses() {
+        let s = parse(example()).unwrap();
+        assert_eq!(s.visits.len(), 2);
+        assert_eq!(s.image_count(), 3);
+        assert_eq!(s.visits[0].visit_time, "time of store visit");
+        assert_eq!(s.visits[0].visit_at, None);
+        assert_eq!(s.visits[1].visit_at, Some(1_704_164_645_000));
+    }
+
+    #[test]
+    fn non_json_and_non_objects_are_refused() {
+        assert!(Submission::parse(b"not json", &Limits::default()).is_err());
+        assert!(message(json!([1, 2])).starts_with("body must be a JSON object"));
+    }
+
+    #[test]
+    fn count_must_match_and_be_a_whole_non_negative_number() {
+        let mut v = example();
+        v["count"] = json!(3);
+        assert_eq!(message(v.clone()), "count: is 3 but visits has 2 entries");
+        v["count"] = json!(-1);
+        assert_eq!(message(v.clone()), "count: must not be negative");
+        v["count"] = json!(2.5);
+        assert_eq!(message(v.clone()), "count: must be a whole number");
+        v["count"] = json!("2");
+        assert_eq!(
+            message(v.clone()),
+            "count: must be an integer, not a string"
+        );
+        v.as_object_mut().unwrap().remove("count");
+        assert_eq!(message(v), "count: is required");
+    }
+
+    #[test]
+    fn visits_must_be_a_non_empty_array() {
+        assert_eq!(
+            message(json!({"count": 0, "visits": []})),
+            "visits: must not be empty"
+        );
+        assert_eq!(
+            message(json!({"count": 0, "visits": {}})),
+            "visits: must be an array, not an object"
+        );
+        assert_eq!(message(json!({"count": 0})), "visits: is required");
+    }
+
+    #[test]
+    fn visit_fields_are_named_in_errors() {
+        let mut v = example();
+        v["visits"][1]["image_url"] = json!("https://a/1.jpg");
+        assert_eq!(
+            message(v.clone()),
+            "visits[1].image_url: must be an array of URLs, not a string"
+        );
+        v["visits"][1]["image_url"] = json!([]);
+        assert_eq!(message(v.clone()), "visits[1].image_url: must not be empty");
+        v["visits"][1]["image_url"] = json!(["ok", 5]);
+        assert_eq!(
+            message(v.clone()),
+            "visits[1].image_url[1]: must be a string, not a number"
+        );
+        v = example();
+        v["visits"][0]["store_id"] = json!("  ");
+        assert_eq!(message(v.clone()), "visits[0].store_id: must not be empty");
+        v["visits"][0].as_object_mut().unwrap().remove("store_id");
+        assert_eq!(message(v.clone()), "visits[0].store_id: is required");
+        v = example();
+        v["visits"][0]["visit_time"] = json!(null);
+        assert_eq!(
+            message(v),
+            "visits[0].visit_time: must be a string, not null"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut v = example();
+        v["extra"] = json!(true);
+        v["visits"][0]["note"] = json!("x");
+        assert!(parse(v).is_ok());
+    }
+
+    #[test]
+    fn too_many_images_is_too_large() {
+        let limits = Limits {
+            max_images_per_job: 2,
+            ..Limits::default()
+        };
+        let err = Submission::from_value(&example(), &limits).unwrap_err();
+        assert!(matches!(err, ValidationError::TooLarge(_)));
+    }
+}

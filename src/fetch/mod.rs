@@ -1,0 +1,215 @@
+//! The HTTP client for image downloads: connect and total timeouts, a byte cap enforced while
+//! streaming, a redirect cap with loop detection, and the address guard of [`guard`]. Every
+//! failure comes back as a [`FetchError`] whose message is what gets stored for the image.
+
+pub mod guard;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::{Url, redirect};
+use thiserror::Error;
+
+use crate::config::FetchConfig;
+use crate::domain::ErrorKind;
+
+#[derive(Debug, Error)]
+pub enum FetchError {
+    #[error("invalid URL: {0}")]
+    InvalidUrl(String),
+    #[error("refused: {0}")]
+    Blocked(String),
+    #[error("HTTP {code} {reason}")]
+    Status {
+        code: u16,
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("more than {0} redirects")]
+    TooManyRedirects(usize),
+    #[error("redirect loop at {0}")]
+    RedirectLoop(String),
+    #[error("connection failed: {0}")]
+    Network(String),
+}
+
+impl FetchError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FetchError::InvalidUrl(_) => ErrorKind::InvalidUrl,
+            FetchError::Blocked(_) => ErrorKind::BlockedAddress,
+            FetchError::Status { .. } => ErrorKind::HttpStatus,
+            FetchError::Timeout(_) => ErrorKind::Timeout,
+            FetchError::TooLarge(_) => ErrorKind::TooLarge,
+            FetchError::TooManyRedirects(_) | FetchError::RedirectLoop(_) => {
+                ErrorKind::TooManyRedirects
+            }
+            FetchError::Network(_) => ErrorKind::Network,
+        }
+    }
+
+    /// Transient failures worth another try: timeouts, connection trouble, 408, 429 and 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Timeout(_) | FetchError::Network(_) => true,
+            FetchError::Status { code, .. } => *code == 408 || *code == 429 || *code >= 500,
+            _ => false,
+        }
+    }
+
+    /// The server's `Retry-After`, when it sent one with a 429 or 503.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Downloads images. Cheap to clone (the connection pool is shared).
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    config: FetchConfig,
+}
+
+/// Marker errors a redirect policy returns, recovered from reqwest's error chain.
+#[derive(Debug, Error)]
+enum RedirectRefused {
+    #[error("too many redirects")]
+    TooMany,
+    #[error("redirect loop at {0}")]
+    Loop(String),
+    #[error("redirect to unsupported scheme {0}")]
+    Scheme(String),
+}
+
+impl Fetcher {
+    pub fn new(config: &FetchConfig) -> Result<Self, FetchError> {
+        // reqwest is built without a bundled crypto provider; use ring (already in the tree
+        // for the database driver). A second install attempt is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let allow_private = config.allow_private_networks;
+        let max_redirects = config.max_redirects;
+        let policy = redirect::Policy::custom(move |attempt| {
+            let url = attempt.url().clone();
+            if !matches!(url.scheme(), "http" | "https") {
+                return attempt.error(RedirectRefused::Scheme(url.scheme().to_string()));
+            }
+            if attempt.previous().iter().any(|u| u == &url) {
+                return attempt.error(RedirectRefused::Loop(url.to_string()));
+            }
+            if attempt.previous().len() > max_redirects {
+                return attempt.error(RedirectRefused::TooMany);
+            }
+            if !allow_private && let Err(blocked) = guard::check_literal(&url) {
+                return attempt.error(blocked);
+            }
+            attempt.follow()
+        });
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("retail-pulse/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
+            .redirect(policy);
+        if !allow_private {
+            builder = builder.dns_resolver(guard::GuardedResolver);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| FetchError::Network(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            config: config.clone(),
+        })
+    }
+
+    /// Downloads the whole body of `url`, or says precisely why it could not.
+    #[tracing::instrument(skip_all, fields(url = %url))]
+    pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
+        let parsed = Url::parse(url.trim()).map_err(|e| FetchError::InvalidUrl(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(FetchError::InvalidUrl(format!(
+                "scheme {} is not supported (only http and https)",
+                parsed.scheme()
+            )));
+        }
+        if parsed.host().is_none() {
+            return Err(FetchError::InvalidUrl("no host".into()));
+        }
+        if !self.config.allow_private_networks {
+            guard::check_literal(&parsed).map_err(|b| FetchError::Blocked(b.0))?;
+        }
+        let mut response = self
+            .client
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(FetchError::Status {
+                code: status.as_u16(),
+                reason: status.canonical_reason().unwrap_or("").to_string(),
+                retry_after,
+            });
+        }
+        let max = self.config.max_bytes;
+        if response.content_length().is_some_and(|len| len > max) {
+            return Err(FetchError::TooLarge(max));
+        }
+        let capacity = response.content_length().unwrap_or(64 * 1024).min(max) as usize;
+        let mut body = BytesMut::with_capacity(capacity);
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(e))? {
+            if (body.len() + chunk.len()) as u64 > max {
+                return Err(FetchError::TooLarge(max));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    fn classify(&self, error: reqwest::Error) -> FetchError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        let mut innermost = error.to_string();
+        while let Some(e) = source {
+            if let Some(b) = e.downcast_ref::<guard::Blocked>() {
+                return FetchError::Blocked(b.0.clone());
+            }
+            if let Some(r) = e.downcast_ref::<RedirectRefused>() {
+                return match r {
+                    RedirectRefused::TooMany => {
+                        FetchError::TooManyRedirects(self.config.max_redirects)
+                    }
+                    RedirectRefused::Loop(u) => FetchError::RedirectLoop(u.clone()),
+                    RedirectRefused::Scheme(s) => {
+                        FetchError::InvalidUrl(format!("redirect to unsupported scheme {s}"))
+                    }
+                };
+            }
+            innermost = e.to_string();
+            source = e.source();
+        }
+        if error.is_timeout() {
+            // A connect timeout and a whole-download timeout read the same to a client;
+            // report the limit that applies to the phase that ran out.
+            let limit = if error.is_connect() {
+                self.config.connect_timeout
+            } else {
+                self.config.timeout
+            };
+            return FetchError::Timeout(limit);
+        }
+        FetchError::Network(innermost)
+    }
+}

@@ -1,0 +1,146 @@
+//! The extended API: `GET /api/jobs/{id}` (a job with its progress) and
+//! `GET /api/jobs/{id}/images?limit=&after=` (per-image results, paginated by an opaque cursor).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+use crate::db::{self, format_ms};
+use crate::domain::StoreError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs/{job_id}", get(job))
+        .route("/api/jobs/{job_id}/images", get(images))
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobBody {
+    pub job_id: i64,
+    pub status: &'static str,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub images: Progress,
+    pub error: Vec<StoreError>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Progress {
+    pub total: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub pending: i64,
+}
+
+fn parse_job_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .map_err(|_| ApiError::NotFound(format!("no job {raw}")))
+}
+
+async fn job(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<JobBody>, ApiError> {
+    let id = parse_job_id(&raw)?;
+    let job = db::jobs::get(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    Ok(Json(JobBody {
+        job_id: job.id,
+        status: job.status.as_str(),
+        created_at: format_ms(job.created_at),
+        finished_at: job.finished_at.map(format_ms),
+        images: Progress {
+            total: job.total,
+            succeeded: job.succeeded,
+            failed: job.failed,
+            pending: job.pending(),
+        },
+        error: job.errors,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImagesBody {
+    pub job_id: i64,
+    pub images: Vec<ImageBody>,
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageBody {
+    pub store_id: String,
+    pub url: String,
+    pub visit_time: String,
+    pub status: &'static str,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub perimeter: Option<i64>,
+    pub error: Option<String>,
+}
+
+pub const DEFAULT_PAGE: i64 = 1000;
+pub const MAX_PAGE: i64 = 10_000;
+
+async fn images(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<ImagesBody>, ApiError> {
+    let id = parse_job_id(&raw)?;
+    let limit = match query.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit: must be an integer from 1 to {MAX_PAGE}"))
+            })?,
+    };
+    // The cursor is the position of the last image returned; opaque to clients.
+    let after = match query.get("after") {
+        None => -1,
+        Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::BadRequest("after: not a cursor returned by this endpoint".into())
+        })?,
+    };
+    if db::jobs::get(&state.db, id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no job {id}")));
+    }
+    let mut rows = db::images::page(&state.db, id, after, limit + 1).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.seq.to_string())
+    } else {
+        None
+    };
+    let images = rows
+        .into_iter()
+        .map(|r| ImageBody {
+            store_id: r.store_id,
+            url: r.url,
+            visit_time: r.visit_time,
+            status: match r.status {
+                // Leased is still unfinished: the contract knows pending, succeeded, failed.
+                crate::domain::ImageStatus::Running => "pending",
+                other => other.as_str(),
+            },
+            width: r.width,
+            height: r.height,
+            perimeter: r.perimeter,
+            error: r
+                .error
+                .filter(|_| r.status == crate::domain::ImageStatus::Failed),
+        })
+        .collect();
+    Ok(Json(ImagesBody {
+        job_id: id,
+        images,
+        next,
+    }))
+}

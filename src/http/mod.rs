@@ -1,0 +1,141 @@
+//! The HTTP API: the router, the shared state handlers see, and [`ApiError`], the one place
+//! where failures become status codes. One file per area: `submit`, `status` (the assignment's
+//! two endpoints), `jobs` (the extended API) and `health`.
+
+mod health;
+mod jobs;
+mod status;
+mod submit;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::Notify;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::db::{Db, DbError};
+use crate::domain::Limits;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    /// Wakes this process's workers when a job is submitted.
+    pub wake: Arc<Notify>,
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+}
+
+/// Errors a handler can return. Each variant's doc says its status and body.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400 `{"error": message}`: the request is malformed; the message names the field.
+    BadRequest(String),
+    /// 400 `{}`: the assignment's answer for a missing, malformed or unknown `jobid`.
+    StatusBadRequest,
+    /// 404 `{"error": message}`.
+    NotFound(String),
+    /// 413 `{"error": message}`: the body or the job is over a configured limit.
+    TooLarge(String),
+    /// 503 `{"error": ...}`: the database cannot be reached right now; retry shortly.
+    Unavailable,
+    /// 500 `{"error": "internal error"}`: logged here with its cause, never shown.
+    Internal(String),
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(%error, "database unavailable");
+            ApiError::Unavailable
+        } else {
+            ApiError::Internal(error.to_string())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
+            ApiError::StatusBadRequest => (StatusCode::BAD_REQUEST, json!({})),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": m })),
+            ApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "the database is unavailable; retry shortly" }),
+            ),
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({ "error": "internal error; the request id in the x-request-id header identifies it in the logs" }),
+                )
+            }
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: a per-process random prefix and a counter — unique without coordination.
+#[derive(Clone)]
+struct NextRequestId {
+    prefix: u32,
+    counter: Arc<AtomicU64>,
+}
+
+impl MakeRequestId for NextRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{n}", self.prefix)
+            .parse()
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let ids = NextRequestId {
+        prefix: fastrand::u32(..),
+        counter: Arc::new(AtomicU64::new(1)),
+    };
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request<_>| {
+            let id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", request.id = %id, method = %req.method(), path = %req.uri().path())
+        })
+        .on_request(())
+        .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+            tracing::debug!(status = res.status().as_u16(), ?latency, "response");
+        });
+    Router::new()
+        .merge(submit::router())
+        .merge(status::router())
+        .merge(jobs::router())
+        .merge(health::router())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+        .layer(DefaultBodyLimit::disable())
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("handler panicked".into()).into_response()
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, ids))
+}

@@ -1,0 +1,61 @@
+//! `GET /api/status?jobid=N`: the assignment's status shape. Reads the job row only, so it
+//! answers in constant time however many images the job holds.
+
+use axum::extract::{RawQuery, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+use crate::db;
+use crate::domain::{JobStatus, StoreError};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/status", get(status))
+}
+
+/// Field order is the contract's: status, job_id, error.
+#[derive(Debug, Serialize)]
+pub struct StatusBody {
+    pub status: &'static str,
+    pub job_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Vec<StoreError>>,
+}
+
+async fn status(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<StatusBody>, ApiError> {
+    let job_id = query
+        .as_deref()
+        .and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "jobid")
+                .map(|(_, v)| v.into_owned())
+        })
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .ok_or(ApiError::StatusBadRequest)?;
+    let job = db::jobs::get(&state.db, job_id)
+        .await?
+        .ok_or(ApiError::StatusBadRequest)?;
+    let body = match job.status {
+        JobStatus::Ongoing => StatusBody {
+            status: "ongoing",
+            job_id: job.id.to_string(),
+            error: None,
+        },
+        JobStatus::Completed => StatusBody {
+            status: "completed",
+            job_id: job.id.to_string(),
+            error: None,
+        },
+        // The assignment knows no "cancelled": a cancelled job reads as failed, with its reason.
+        JobStatus::Failed | JobStatus::Cancelled => StatusBody {
+            status: "failed",
+            job_id: job.id.to_string(),
+            error: Some(job.errors),
+        },
+    };
+    Ok(Json(body))
+}

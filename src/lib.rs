@@ -1,0 +1,20 @@
+//! Retail Pulse: turns store-visit photos into measurements.
+//!
+//! A request enters through [`http`], is validated into a [`domain::Submission`], and is
+//! written with all its images by [`db::jobs::create`] in one transaction. The images table is
+//! the queue ([`queue`]); [`worker`] claims images, downloads them ([`fetch`]), measures them
+//! ([`measure`]) and records the outcome. [`app`] wires the pieces; [`cli`] is the front door.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod fetch;
+pub mod http;
+pub mod measure;
+pub mod queue;
+pub mod shutdown;
+pub mod stores;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,148 @@
+//! Bytes → (width, height), from the image header alone: no pixel is decoded, so a
+//! 20000×20000 PNG of a few kilobytes costs what a thumbnail does. Formats: JPEG (incl.
+//! progressive and CMYK), PNG, GIF, WebP (incl. animated), BMP, TIFF, AVIF, HEIC and the
+//! others `imagesize` reads. EXIF rotation is ignored: it cannot change a perimeter.
+
+use thiserror::Error;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dimensions {
+    pub width: u64,
+    pub height: u64,
+}
+
+impl Dimensions {
+    pub fn perimeter(&self) -> u64 {
+        2 * (self.width + self.height)
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MeasureError {
+    #[error("not an image: empty body")]
+    Empty,
+    #[error("not an image: {0}")]
+    NotAnImage(String),
+    #[error("corrupt or truncated {0} header")]
+    Corrupt(String),
+    #[error("image reports a zero dimension ({width}x{height})")]
+    ZeroSize { width: u64, height: u64 },
+}
+
+pub fn measure(bytes: &[u8]) -> Result<Dimensions, MeasureError> {
+    if bytes.is_empty() {
+        return Err(MeasureError::Empty);
+    }
+    let format =
+        imagesize::image_type(bytes).map_err(|_| MeasureError::NotAnImage(describe(bytes)))?;
+    let size = imagesize::blob_size(bytes)
+        .map_err(|_| MeasureError::Corrupt(format!("{format:?}").to_ascii_uppercase()))?;
+    let (width, height) = (size.width as u64, size.height as u64);
+    if width == 0 || height == 0 {
+        return Err(MeasureError::ZeroSize { width, height });
+    }
+    Ok(Dimensions { width, height })
+}
+
+/// What bytes that are not an image look like, for the stored error message.
+fn describe(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(512)];
+    let text = String::from_utf8_lossy(head);
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    let lower = trimmed.to_ascii_lowercase();
+    if lower.starts_with("<!doctype html") || lower.starts_with("<html") || lower.contains("<body")
+    {
+        "looks like HTML".into()
+    } else if lower.starts_with("<?xml") || lower.starts_with("<svg") {
+        if lower.contains("<svg") {
+            "looks like SVG (vector images have no pixel size)".into()
+        } else {
+            "looks like XML".into()
+        }
+    } else if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        "looks like JSON".into()
+    } else if std::str::from_utf8(head).is_ok()
+        && head
+            .iter()
+            .all(|b| !b.is_ascii_control() || b.is_ascii_whitespace())
+    {
+        "looks like plain text".into()
+    } else {
+        let hex: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("unrecognised format (first bytes {})", hex.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest valid PNG header claiming the given size (no pixel data follows).
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut v = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+        v.extend_from_slice(&width.to_be_bytes());
+        v.extend_from_slice(&height.to_be_bytes());
+        v.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+        v
+    }
+
+    #[test]
+    fn perimeter_is_twice_width_plus_height() {
+        assert_eq!(
+            Dimensions {
+                width: 550,
+                height: 368
+            }
+            .perimeter(),
+            1836
+        );
+    }
+
+    #[test]
+    fn huge_png_is_measured_from_its_header() {
+        let d = measure(&png_header(20_000, 20_000)).unwrap();
+        assert_eq!(
+            d,
+            Dimensions {
+                width: 20_000,
+                height: 20_000
+            }
+        );
+    }
+
+    #[test]
+    fn non_images_say_what_they_look_like() {
+        assert_eq!(measure(b""), Err(MeasureError::Empty));
+        let html = measure(b"  <!DOCTYPE html><html><body>oops</body></html>").unwrap_err();
+        assert_eq!(html.to_string(), "not an image: looks like HTML");
+        assert_eq!(
+            measure(b"{\"error\": 1}").unwrap_err().to_string(),
+            "not an image: looks like JSON"
+        );
+        assert_eq!(
+            measure(b"hello world").unwrap_err().to_string(),
+            "not an image: looks like plain text"
+        );
+        assert!(
+            measure(&[0, 1, 2, 3, 4, 5, 6, 7, 8])
+                .unwrap_err()
+                .to_string()
+                .contains("unrecognised")
+        );
+    }
+
+    #[test]
+    fn truncated_header_is_corrupt() {
+        let header = png_header(10, 10);
+        let err = measure(&header[..14]).unwrap_err();
+        assert!(matches!(err, MeasureError::Corrupt(_)), "{err:?}");
+    }
+
+    #[test]
+    fn zero_size_is_refused() {
+        assert!(matches!(
+            measure(&png_header(0, 5)),
+            Err(MeasureError::ZeroSize { .. })
+        ));
+    }
+}

@@ -1,0 +1,360 @@
+//! The durable queue: the `images` table, worked through leases.
+//!
+//! An image is `pending` until a worker claims it; the claim sets `running`, the worker's id
+//! as `lease_owner`, a `lease_expires_at`, and counts the attempt. The worker heartbeats its
+//! leases while it works and writes its result only where it still holds the lease, so a
+//! result is never recorded twice. Leases that expire (a dead worker) are handed back to
+//! `pending`, or failed for good once the attempts are used up (a poison image).
+//!
+//! Claims interleave jobs: each claim spreads its batch over the ongoing jobs, starting after
+//! the job this queue handle served last, so a small job is never stuck behind a large one.
+//!
+//! This module knows rows, leases and outcomes; it knows nothing of HTTP or of how an image
+//! is processed.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::db::{Backend, Db, DbError, err, jobs, now_ms, values_list};
+use crate::domain::ErrorKind;
+
+/// An image leased to this worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedImage {
+    pub id: i64,
+    pub job_id: i64,
+    pub seq: i64,
+    pub store_id: String,
+    pub url: String,
+    /// Including this one.
+    pub attempts: i64,
+}
+
+/// What became of a claimed image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded {
+        width: i64,
+        height: i64,
+        perimeter: i64,
+    },
+    Failed {
+        kind: ErrorKind,
+        message: String,
+    },
+    /// Put it back in the queue, to be claimed again no earlier than `after`.
+    Retry {
+        after: Duration,
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// A queue handle for one worker process (one lease owner).
+#[derive(Debug)]
+pub struct Queue {
+    db: Db,
+    owner: String,
+    lease: Duration,
+    max_attempts: i64,
+    /// The job served last: the next claim starts after it (round robin across jobs).
+    cursor: Mutex<i64>,
+}
+
+/// SQL types of the columns of one outcome row in `complete`'s VALUES table.
+const OUTCOME_COLUMNS: [&str; 8] = [
+    "BIGINT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT", "BIGINT",
+];
+
+/// At most this many ongoing jobs are considered by one claim.
+const JOBS_PER_CLAIM: i64 = 256;
+
+impl Queue {
+    pub fn new(db: Db, owner: String, lease: Duration, max_attempts: u32) -> Self {
+        Self {
+            db,
+            owner,
+            lease,
+            max_attempts: i64::from(max_attempts),
+            cursor: Mutex::new(0),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.lease.as_millis() as i64
+    }
+
+    /// Leases up to `n` pending images, spread evenly over the ongoing jobs.
+    pub async fn claim(&self, n: usize) -> Result<Vec<ClaimedImage>, DbError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut jobs = jobs::ongoing_ids(&self.db, JOBS_PER_CLAIM).await?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cursor = *self.cursor.lock().expect("cursor lock");
+        let start = jobs.iter().position(|&id| id > cursor).unwrap_or(0);
+        jobs.rotate_left(start);
+
+        let mut claimed = Vec::with_capacity(n);
+        let mut candidates = jobs;
+        // Each pass gives every candidate job an equal share of what is left; jobs that could
+        // not fill their share drop out, so the rest of the batch goes to those that can.
+        while claimed.len() < n && !candidates.is_empty() {
+            let share = (n - claimed.len()).div_ceil(candidates.len());
+            let mut still_full = Vec::new();
+            for &job_id in &candidates {
+                let want = share.min(n - claimed.len());
+                if want == 0 {
+                    break;
+                }
+                let got = self.claim_from_job(job_id, want).await?;
+                if !got.is_empty() {
+                    *self.cursor.lock().expect("cursor lock") = job_id;
+                }
+                if got.len() == want {
+                    still_full.push(job_id);
+                }
+                claimed.extend(got);
+            }
+            candidates = still_full;
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_from_job(&self, job_id: i64, n: usize) -> Result<Vec<ClaimedImage>, DbError> {
+        let now = now_ms();
+        let sql = match self.db.backend() {
+            // SKIP LOCKED lets concurrent workers claim disjoint rows without waiting; the
+            // MATERIALIZED fence keeps the planner from re-running the LIMITed select.
+            Backend::Postgres => {
+                "WITH picked AS MATERIALIZED (\
+                   SELECT id FROM images WHERE job_id = $1 AND status = 'pending' AND available_at <= $2 \
+                   ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 UPDATE images SET status = 'running', lease_owner = $4, lease_expires_at = $5, \
+                   attempts = attempts + 1, updated_at = $2 \
+                 FROM picked WHERE images.id = picked.id \
+                 RETURNING images.id, images.job_id, images.seq, images.store_id, images.url, images.attempts"
+            }
+            // SQLite has one writer at a time: the single statement is atomic.
+            Backend::Sqlite => {
+                "UPDATE images SET status = 'running', lease_owner = $4, lease_expires_at = $5, \
+                   attempts = attempts + 1, updated_at = $2 \
+                 WHERE id IN (SELECT id FROM images WHERE job_id = $1 AND status = 'pending' \
+                   AND available_at <= $2 ORDER BY seq LIMIT $3) \
+                 RETURNING id, job_id, seq, store_id, url, attempts"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(job_id)
+            .bind(now)
+            .bind(n as i64)
+            .bind(&self.owner)
+            .bind(now + self.lease_ms())
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(err)?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| {
+                Ok(ClaimedImage {
+                    id: r.try_get("id").map_err(err)?,
+                    job_id: r.try_get("job_id").map_err(err)?,
+                    seq: r.try_get("seq").map_err(err)?,
+                    store_id: r.try_get("store_id").map_err(err)?,
+                    url: r.try_get("url").map_err(err)?,
+                    attempts: r.try_get("attempts").map_err(err)?,
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        claimed.sort_by_key(|c| c.seq);
+        Ok(claimed)
+    }
+
+    /// Extends the lease of every image this worker holds. Returns how many it still holds.
+    pub async fn heartbeat(&self) -> Result<u64, DbError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE images SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'running'",
+        )
+        .bind(now + self.lease_ms())
+        .bind(&self.owner)
+        .execute(self.db.pool())
+        .await
+        .map_err(err)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Records outcomes in one transaction, each only where this worker still holds the
+    /// image's lease, then advances the counters of the jobs they belong to (finishing a job
+    /// when its last image is in). Returns how many outcomes were recorded.
+    pub async fn complete(&self, outcomes: &[(i64, Outcome)]) -> Result<usize, DbError> {
+        if outcomes.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut tx = self.db.pool().begin().await.map_err(err)?;
+        let mut per_job: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        let mut recorded = 0;
+        for chunk in outcomes.chunks(500) {
+            // (id, status, width, height, perimeter, error, error_kind, available_at)
+            let values = values_list(chunk.len(), &OUTCOME_COLUMNS, 3, "");
+            let sql = format!(
+                "UPDATE images SET status = v.column2, width = v.column3, height = v.column4, \
+                   perimeter = v.column5, error = v.column6, error_kind = v.column7, \
+                   available_at = v.column8, lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
+                 FROM (VALUES {values}) AS v \
+                 WHERE images.id = v.column1 AND images.lease_owner = $2 AND images.status = 'running' \
+                 RETURNING job_id, status"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(&self.owner);
+            for (id, outcome) in chunk {
+                let (status, w, h, p, error, kind, available_at) = match outcome {
+                    Outcome::Succeeded {
+                        width,
+                        height,
+                        perimeter,
+                    } => (
+                        "succeeded",
+                        Some(*width),
+                        Some(*height),
+                        Some(*perimeter),
+                        None,
+                        None,
+                        now,
+                    ),
+                    Outcome::Failed { kind, message } => (
+                        "failed",
+                        None,
+                        None,
+                        None,
+                        Some(message.as_str()),
+                        Some(kind.as_str()),
+                        now,
+                    ),
+                    Outcome::Retry {
+                        after,
+                        kind,
+                        message,
+                    } => (
+                        "pending",
+                        None,
+                        None,
+                        None,
+                        Some(message.as_str()),
+                        Some(kind.as_str()),
+                        now + after.as_millis() as i64,
+                    ),
+                };
+                q = q
+                    .bind(*id)
+                    .bind(status)
+                    .bind(w)
+                    .bind(h)
+                    .bind(p)
+                    .bind(error)
+                    .bind(kind)
+                    .bind(available_at);
+            }
+            for row in q.fetch_all(&mut *tx).await.map_err(err)? {
+                recorded += 1;
+                let job_id: i64 = row.try_get("job_id").map_err(err)?;
+                let status: String = row.try_get("status").map_err(err)?;
+                let entry = per_job.entry(job_id).or_default();
+                match status.as_str() {
+                    "succeeded" => entry.0 += 1,
+                    "failed" => entry.1 += 1,
+                    _ => {}
+                }
+            }
+        }
+        // Jobs in id order, so two workers never lock the same two job rows in opposite order.
+        for (job_id, (succeeded, failed)) in per_job {
+            if succeeded + failed > 0 {
+                jobs::record_finished(&mut tx, job_id, succeeded, failed, now).await?;
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(recorded)
+    }
+
+    /// Hands back every image this worker still holds (used at shutdown): they become
+    /// pending again and the interrupted attempt is not counted.
+    pub async fn release_all(&self) -> Result<u64, DbError> {
+        let done = sqlx::query(
+            "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+             attempts = attempts - 1, updated_at = $1 WHERE lease_owner = $2 AND status = 'running'",
+        )
+        .bind(now_ms())
+        .bind(&self.owner)
+        .execute(self.db.pool())
+        .await
+        .map_err(err)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Takes back images whose lease expired (their worker died or hung): back to pending,
+    /// or failed once their attempts are used up. Safe to run from every worker at once.
+    pub async fn reap_expired(&self) -> Result<u64, DbError> {
+        let now = now_ms();
+        let expired_ids = match self.db.backend() {
+            Backend::Postgres => {
+                "SELECT id FROM images WHERE status = 'running' AND lease_expires_at < $1 \
+                 ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED"
+            }
+            Backend::Sqlite => {
+                "SELECT id FROM images WHERE status = 'running' AND lease_expires_at < $1 \
+                 ORDER BY lease_expires_at LIMIT 1000"
+            }
+        };
+        let mut tx = self.db.pool().begin().await.map_err(err)?;
+        // Write first: on SQLite this takes the write lock at once instead of upgrading a read.
+        let failed = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE images SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
+               error = 'abandoned after ' || CAST(attempts AS TEXT) || ' attempts: its worker stopped or stalled each time', \
+               error_kind = $2, updated_at = $1 \
+             WHERE id IN ({expired_ids}) AND attempts >= $3 RETURNING job_id"
+        )))
+        .bind(now)
+        .bind(ErrorKind::LeaseExpired.as_str())
+        .bind(self.max_attempts)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        let requeued = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+               updated_at = $1 WHERE id IN ({expired_ids})"
+        )))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        let mut per_job: BTreeMap<i64, i64> = BTreeMap::new();
+        for row in &failed {
+            *per_job
+                .entry(row.try_get("job_id").map_err(err)?)
+                .or_default() += 1;
+        }
+        for (job_id, n) in per_job {
+            jobs::record_finished(&mut tx, job_id, 0, n, now).await?;
+        }
+        tx.commit().await.map_err(err)?;
+        let total = failed.len() as u64 + requeued.rows_affected();
+        if total > 0 {
+            tracing::warn!(
+                requeued = requeued.rows_affected(),
+                failed = failed.len(),
+                "took back images whose lease expired"
+            );
+        }
+        Ok(total)
+    }
+}

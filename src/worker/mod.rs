@@ -1,0 +1,341 @@
+//! The worker pool of one process: claims images from the queue up to `concurrency` in flight,
+//! processes each in its own task, and hands outcomes to a single writer that records them in
+//! batches. Beside it run the heartbeat (extends this worker's leases), the reaper (takes back
+//! images of dead workers) and, on PostgreSQL, a LISTEN that wakes the pool when work arrives.
+//!
+//! Shutdown: stop claiming, give in-flight images `shutdown_grace` to finish, record what
+//! finished, and hand the rest back to the queue.
+
+pub mod process;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::db::{Backend, Db, jobs::WORK_CHANNEL};
+use crate::domain::ErrorKind;
+use crate::fetch::{FetchError, Fetcher};
+use crate::queue::{ClaimedImage, Outcome, Queue};
+use process::Processor;
+
+/// Most images claimed in one round trip.
+const MAX_CLAIM: usize = 256;
+/// Most outcomes recorded in one transaction.
+const MAX_WRITE_BATCH: usize = 512;
+
+pub struct WorkerPool {
+    queue: Arc<Queue>,
+    processor: Arc<Processor>,
+    db: Db,
+    concurrency: usize,
+    lease: Duration,
+    poll_interval: Duration,
+    shutdown_grace: Duration,
+    wake: Arc<Notify>,
+}
+
+/// A worker id unique per process start (not the host name: several workers may share one).
+pub fn new_worker_id() -> String {
+    format!("worker-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+impl WorkerPool {
+    pub fn new(db: Db, config: &Config, wake: Arc<Notify>) -> Result<Self, FetchError> {
+        let w = &config.worker;
+        let fetcher = Fetcher::new(&config.fetch)?;
+        let queue = Queue::new(db.clone(), new_worker_id(), w.lease, w.max_attempts);
+        Ok(Self {
+            queue: Arc::new(queue),
+            processor: Arc::new(Processor::new(fetcher, w)),
+            db,
+            concurrency: w.concurrency,
+            lease: w.lease,
+            poll_interval: w.poll_interval,
+            shutdown_grace: w.shutdown_grace,
+            wake,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        self.queue.owner()
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(
+            worker.id = self.id(),
+            concurrency = self.concurrency,
+            "worker pool started"
+        );
+        let background = CancellationToken::new();
+        let mut helpers = JoinSet::new();
+        helpers.spawn(heartbeat(
+            self.queue.clone(),
+            self.lease / 3,
+            background.clone(),
+        ));
+        helpers.spawn(reaper(
+            self.queue.clone(),
+            self.lease / 2,
+            background.clone(),
+        ));
+        if self.db.backend() == Backend::Postgres {
+            helpers.spawn(listen(
+                self.db.url().to_string(),
+                self.wake.clone(),
+                background.clone(),
+            ));
+        }
+        let (results, results_rx) = mpsc::channel(self.concurrency * 2 + MAX_WRITE_BATCH);
+        let writer = tokio::spawn(write_outcomes(self.queue.clone(), results_rx, self.lease));
+
+        let in_flight = self.claim_loop(&shutdown, results).await;
+        self.drain(in_flight).await;
+
+        // Every sender is gone once the tasks are: the writer records the last outcomes and ends.
+        if let Err(error) = writer.await {
+            tracing::error!(%error, "outcome writer failed");
+        }
+        background.cancel();
+        while helpers.join_next().await.is_some() {}
+        match self.queue.release_all().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "handed unfinished images back to the queue"),
+            Err(error) => tracing::warn!(%error, "could not release leases; they will expire"),
+        }
+        tracing::info!(worker.id = self.id(), "worker pool stopped");
+    }
+
+    /// Claims and starts images until shutdown; returns the tasks still running.
+    async fn claim_loop(
+        &self,
+        shutdown: &CancellationToken,
+        results: mpsc::Sender<(i64, Outcome)>,
+    ) -> JoinSet<()> {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut failures = 0u32;
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < MAX_CLAIM {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let claimed = match self.queue.claim(permits.len()).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    claimed
+                }
+                Err(error) => {
+                    failures += 1;
+                    let wait = process::backoff(
+                        i64::from(failures),
+                        Duration::from_millis(200),
+                        Duration::from_secs(10),
+                    );
+                    tracing::warn!(%error, retry_in = ?wait, "cannot claim images");
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            if claimed.is_empty() {
+                drop(permits);
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            for (image, permit) in claimed.into_iter().zip(permits.drain(..)) {
+                let processor = self.processor.clone();
+                let results = results.clone();
+                let span = tracing::info_span!("image", image.id = image.id, job.id = image.job_id, store.id = %image.store_id);
+                tasks.spawn(
+                    async move {
+                        let outcome = run_one(&processor, &image).await;
+                        drop(permit);
+                        // The writer only stops after every sender is dropped, so this succeeds.
+                        let _ = results.send((image.id, outcome)).await;
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        tasks
+    }
+
+    /// Waits up to the grace period for in-flight images, then abandons the rest (their
+    /// leases are released by `run`).
+    async fn drain(&self, mut tasks: JoinSet<()>) {
+        if tasks.is_empty() {
+            return;
+        }
+        tracing::info!(in_flight = tasks.len(), grace = ?self.shutdown_grace, "waiting for in-flight images");
+        let finished = tokio::time::timeout(self.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                abandoned = tasks.len(),
+                "grace period over; handing the rest back"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Processes one image; a panic becomes a failed image instead of a dead worker.
+async fn run_one(processor: &Processor, image: &ClaimedImage) -> Outcome {
+    let outcome = match AssertUnwindSafe(processor.process(image))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %what, "image processing panicked");
+            Outcome::Failed {
+                kind: ErrorKind::Internal,
+                message: "internal error while processing the image".into(),
+            }
+        }
+    };
+    match &outcome {
+        Outcome::Succeeded { perimeter, .. } => tracing::debug!(perimeter, "image measured"),
+        Outcome::Failed { kind, message } => {
+            tracing::info!(error.kind = kind.as_str(), error = %message, "image failed")
+        }
+        Outcome::Retry { after, message, .. } => {
+            tracing::info!(retry_in = ?after, error = %message, "image will be retried")
+        }
+    }
+    outcome
+}
+
+/// Records outcomes in batches: whatever has arrived while the previous batch was written.
+async fn write_outcomes(
+    queue: Arc<Queue>,
+    mut rx: mpsc::Receiver<(i64, Outcome)>,
+    lease: Duration,
+) {
+    let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
+    while rx.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
+        let started = tokio::time::Instant::now();
+        let mut failures = 0u32;
+        loop {
+            match queue.complete(&batch).await {
+                Ok(recorded) => {
+                    if recorded < batch.len() {
+                        tracing::warn!(
+                            lost = batch.len() - recorded,
+                            "some outcomes arrived after their lease was taken over; not recorded"
+                        );
+                    }
+                    break;
+                }
+                // Past the lease the images belong to someone else anyway: let them be redone.
+                Err(error) if started.elapsed() > lease => {
+                    tracing::error!(%error, dropped = batch.len(), "cannot record outcomes; their images will be retried");
+                    break;
+                }
+                Err(error) => {
+                    failures += 1;
+                    let wait = process::backoff(
+                        i64::from(failures),
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                    );
+                    tracing::warn!(%error, retry_in = ?wait, "cannot record outcomes yet");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn heartbeat(queue: Arc<Queue>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(error) = queue.heartbeat().await {
+            tracing::warn!(%error, "heartbeat failed");
+        }
+    }
+}
+
+async fn reaper(queue: Arc<Queue>, every: Duration, stop: CancellationToken) {
+    loop {
+        // Jitter keeps many workers from reaping in lockstep.
+        let wait = every.mul_f64(0.75 + fastrand::f64() * 0.5);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(error) = queue.reap_expired().await {
+            tracing::warn!(%error, "reaping expired leases failed");
+        }
+    }
+}
+
+/// Wakes the claim loop when any process commits new work (PostgreSQL NOTIFY).
+async fn listen(url: String, wake: Arc<Notify>, stop: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let attempt = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+            listener.listen(WORK_CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                wake.notify_one();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            result = attempt => {
+                if let Err(error) = result {
+                    failures += 1;
+                    tracing::warn!(%error, "work notifications interrupted; polling meanwhile");
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+        let wait = process::backoff(
+            i64::from(failures.max(1)),
+            Duration::from_millis(500),
+            Duration::from_secs(15),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

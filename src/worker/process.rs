@@ -1,0 +1,114 @@
+//! What happens to one image: download, measure, the simulated GPU time, and the decision
+//! whether a failure is final or worth another try.
+
+use std::time::Duration;
+
+use crate::config::{DelayRange, WorkerConfig};
+use crate::fetch::{FetchError, Fetcher};
+use crate::measure;
+use crate::queue::{ClaimedImage, Outcome};
+
+/// Longest wait a host's `Retry-After` may impose on one retry.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct Processor {
+    fetcher: Fetcher,
+    delay: DelayRange,
+    max_attempts: i64,
+    retry_base: Duration,
+    retry_max: Duration,
+}
+
+impl Processor {
+    pub fn new(fetcher: Fetcher, config: &WorkerConfig) -> Self {
+        Self {
+            fetcher,
+            delay: config.processing_delay,
+            max_attempts: i64::from(config.max_attempts),
+            retry_base: config.retry_base,
+            retry_max: config.retry_max,
+        }
+    }
+
+    pub async fn process(&self, image: &ClaimedImage) -> Outcome {
+        let bytes = match self.fetcher.fetch(&image.url).await {
+            Ok(bytes) => bytes,
+            Err(error) => return self.fetch_failed(image, error),
+        };
+        let dims = match measure::measure(&bytes) {
+            Ok(d) => d,
+            Err(error) => {
+                return Outcome::Failed {
+                    kind: crate::domain::ErrorKind::NotAnImage,
+                    message: error.to_string(),
+                };
+            }
+        };
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay.sample()).await;
+        }
+        Outcome::Succeeded {
+            width: dims.width as i64,
+            height: dims.height as i64,
+            perimeter: dims.perimeter() as i64,
+        }
+    }
+
+    fn fetch_failed(&self, image: &ClaimedImage, error: FetchError) -> Outcome {
+        let kind = error.kind();
+        if error.is_transient() && image.attempts < self.max_attempts {
+            let after = match error.retry_after() {
+                Some(wait) => wait.min(RETRY_AFTER_CAP),
+                None => backoff(image.attempts, self.retry_base, self.retry_max),
+            };
+            return Outcome::Retry {
+                after,
+                kind,
+                message: format!(
+                    "{error} (attempt {} of {}, retrying)",
+                    image.attempts, self.max_attempts
+                ),
+            };
+        }
+        let message = if image.attempts > 1 {
+            format!("{error} (after {} attempts)", image.attempts)
+        } else {
+            error.to_string()
+        };
+        Outcome::Failed { kind, message }
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait in [d/2, d] where d doubles per attempt
+/// from `base`, capped at `max`.
+pub fn backoff(attempt: i64, base: Duration, max: Duration) -> Duration {
+    let exp = attempt.clamp(1, 30) as u32 - 1;
+    let full = base.saturating_mul(2u32.saturating_pow(exp)).min(max);
+    let half = full / 2;
+    half + Duration::from_millis(fastrand::u64(0..=(full - half).as_millis() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_stays_under_the_cap() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for _ in 0..200 {
+            let b1 = backoff(1, base, max);
+            assert!(
+                b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+                "{b1:?}"
+            );
+            let b3 = backoff(3, base, max);
+            assert!(
+                b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400),
+                "{b3:?}"
+            );
+            assert!(backoff(20, base, max) <= max);
+        }
+    }
+}
