@@ -20,8 +20,9 @@ use crate::{shutdown, stores};
     about = "Turns store-visit photos into measurements"
 )]
 pub struct Cli {
+    /// What to run; without one, `serve` with its defaults.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,7 +186,13 @@ impl WorkerArgs {
 
 /// Runs one parsed command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let command = match cli.command {
+        Some(command) => command,
+        None => Cli::parse_from(["retail-pulse", "serve"])
+            .command
+            .expect("serve parses"),
+    };
+    match command {
         Command::Serve(args) => {
             let config = args.to_config()?;
             let listener = TcpListener::bind(config.bind)

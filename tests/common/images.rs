@@ -1,0 +1,187 @@
+//! A local image host for tests: real encoded images generated on demand (cached), plus the
+//! misbehaving endpoints a real host can have. Counts every request it receives.
+//!
+//! Routes:
+//! - `/img/{w}x{h}.{png|jpg|gif|bmp|webp|tiff}` — an image of that size and format
+//! - `/status/{code}` — answers that status with an HTML body
+//! - `/html` — an HTML error page served with 200
+//! - `/flaky/{key}/{fails}/{w}x{h}.png` — 503 for the first `fails` requests of `key`, then the image
+//! - `/slow/{ms}/{w}x{h}.png` — waits `ms` before answering
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use image::{ImageFormat, RgbImage};
+
+#[derive(Default)]
+struct Inner {
+    cache: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    flaky: Mutex<HashMap<String, usize>>,
+    requests: AtomicUsize,
+    flaky_times: Mutex<HashMap<String, Vec<std::time::Instant>>>,
+}
+
+#[derive(Clone)]
+pub struct ImageServer {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+/// Encodes a `width`×`height` image in `ext`'s format.
+pub fn encode(width: u32, height: u32, ext: &str) -> Vec<u8> {
+    let format = match ext {
+        "png" => ImageFormat::Png,
+        "jpg" | "jpeg" => ImageFormat::Jpeg,
+        "gif" => ImageFormat::Gif,
+        "bmp" => ImageFormat::Bmp,
+        "webp" => ImageFormat::WebP,
+        "tiff" => ImageFormat::Tiff,
+        other => panic!("no encoder for {other}"),
+    };
+    let img = RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("encode");
+    out.into_inner()
+}
+
+impl ImageServer {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Inner::default());
+        let app = Router::new()
+            .route("/img/{file}", get(image_route))
+            .route("/status/{code}", get(status_route))
+            .route(
+                "/html",
+                get(|| async {
+                    (
+                        [(header::CONTENT_TYPE, "text/html")],
+                        "<!DOCTYPE html><html><body>Not here</body></html>",
+                    )
+                }),
+            )
+            .route("/flaky/{key}/{fails}/{file}", get(flaky_route))
+            .route("/slow/{ms}/{file}", get(slow_route))
+            .layer(axum::middleware::from_fn_with_state(inner.clone(), count))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind image server");
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("image server");
+        });
+        ImageServer { addr, inner }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn image(&self, width: u32, height: u32, ext: &str) -> String {
+        self.url(&format!("/img/{width}x{height}.{ext}"))
+    }
+
+    pub fn requests(&self) -> usize {
+        self.inner.requests.load(Ordering::SeqCst)
+    }
+
+    /// When each request for a flaky key arrived.
+    pub fn flaky_times(&self, key: &str) -> Vec<std::time::Instant> {
+        self.inner
+            .flaky_times
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+async fn count(
+    State(inner): State<Arc<Inner>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    inner.requests.fetch_add(1, Ordering::SeqCst);
+    next.run(req).await
+}
+
+fn parse_file(file: &str) -> Option<(u32, u32, String)> {
+    let (dims, ext) = file.split_once('.')?;
+    let (w, h) = dims.split_once('x')?;
+    Some((w.parse().ok()?, h.parse().ok()?, ext.to_string()))
+}
+
+fn serve_image(inner: &Inner, file: &str) -> Response {
+    let Some((w, h, ext)) = parse_file(file) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let bytes = {
+        let mut cache = inner.cache.lock().unwrap();
+        cache
+            .entry(file.to_string())
+            .or_insert_with(|| Arc::new(encode(w, h, &ext)))
+            .clone()
+    };
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        bytes.as_ref().clone(),
+    )
+        .into_response()
+}
+
+async fn image_route(State(inner): State<Arc<Inner>>, Path(file): Path<String>) -> Response {
+    serve_image(&inner, &file)
+}
+
+async fn status_route(Path(code): Path<u16>) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::IM_A_TEAPOT);
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html")],
+        "<html><body>error</body></html>",
+    )
+        .into_response()
+}
+
+async fn flaky_route(
+    State(inner): State<Arc<Inner>>,
+    Path((key, fails, file)): Path<(String, usize, String)>,
+) -> Response {
+    inner
+        .flaky_times
+        .lock()
+        .unwrap()
+        .entry(key.clone())
+        .or_default()
+        .push(std::time::Instant::now());
+    let seen = {
+        let mut map = inner.flaky.lock().unwrap();
+        let n = map.entry(key).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if seen <= fails {
+        return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
+    }
+    serve_image(&inner, &file)
+}
+
+async fn slow_route(
+    State(inner): State<Arc<Inner>>,
+    Path((ms, file)): Path<(u64, String)>,
+) -> Response {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    serve_image(&inner, &file)
+}

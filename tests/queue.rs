@@ -1,0 +1,431 @@
+//! The durable queue: fairness between jobs, leases (exclusive claims, expiry, results only
+//! under the lease, poison images), retries, graceful shutdown, and a hard kill mid-job.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
+use retail_pulse::config::DelayRange;
+use retail_pulse::db::{self, Db};
+use retail_pulse::domain::{ErrorKind, Limits, Submission};
+use retail_pulse::queue::{Outcome, Queue};
+use serde_json::{Value, json};
+
+async fn migrated(db: &TestDb) -> Db {
+    let handle = Db::connect(&db.url, 8).await.unwrap();
+    handle.migrate().await.unwrap();
+    let stores = retail_pulse::stores::parse(retail_pulse::stores::SAMPLE_CSV.as_bytes()).unwrap();
+    db::stores::upsert(&handle, &stores).await.unwrap();
+    handle
+}
+
+async fn create_job(db: &Db, store: &str, images: usize) -> i64 {
+    let urls: Vec<String> = (0..images)
+        .map(|i| format!("http://img.invalid/{i}.png"))
+        .collect();
+    let body = payload(&[(store, urls)]).to_string();
+    let submission = Submission::parse(body.as_bytes(), &Limits::default()).unwrap();
+    let known: HashSet<String> = [STORE_A.to_string(), STORE_B.to_string()].into();
+    db::jobs::create(db, &submission, &known).await.unwrap()
+}
+
+fn ok() -> Outcome {
+    Outcome::Succeeded {
+        width: 1,
+        height: 1,
+        perimeter: 4,
+    }
+}
+
+async fn small_job_is_not_stuck_behind_a_large_one(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let mut config = test_config(&db);
+    config.worker.concurrency = 4;
+    config.worker.processing_delay = DelayRange {
+        min_ms: 20,
+        max_ms: 20,
+    };
+    let app = TestApp::start(config).await;
+    // Alone, the big job needs 600 × 20 ms / 4 slots = 3 s.
+    let big = app
+        .submit_ok(&payload(&[(
+            STORE_A,
+            (0..600)
+                .map(|i| images.image(10 + i % 7, 10, "png"))
+                .collect(),
+        )]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let small = app
+        .submit_ok(&payload(&[(
+            STORE_B,
+            (0..5).map(|_| images.image(3, 3, "png")).collect(),
+        )]))
+        .await;
+    let done = app.wait_finished(small, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert_eq!(done["status"], "completed");
+    assert_eq!(
+        app.status(big).await["status"],
+        "ongoing",
+        "the big job should still be running"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "5-image job took {took:?} behind a 600-image job"
+    );
+    app.stop().await;
+}
+
+async fn concurrent_claims_never_share_an_image(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    let jobs = [
+        create_job(&db, STORE_A, 300).await,
+        create_job(&db, STORE_B, 100).await,
+    ];
+    let mut handles = Vec::new();
+    for w in 0..6 {
+        let queue = Queue::new(db.clone(), format!("w{w}"), Duration::from_secs(30), 3);
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = queue.claim(7).await.unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                let outcomes: Vec<_> = batch.iter().map(|c| (c.id, ok())).collect();
+                assert_eq!(queue.complete(&outcomes).await.unwrap(), batch.len());
+                mine.extend(batch.into_iter().map(|c| c.id));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for h in handles {
+        let ids = h.await.unwrap();
+        total += ids.len();
+        seen.extend(ids);
+    }
+    assert_eq!(total, 400, "every image claimed exactly once");
+    assert_eq!(seen.len(), 400);
+    for job in jobs {
+        let row = db::jobs::get(&db, job).await.unwrap().unwrap();
+        assert_eq!(row.status.as_str(), "completed");
+        assert_eq!(row.succeeded, row.total);
+    }
+}
+
+async fn results_are_recorded_only_under_the_lease(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    let job = create_job(&db, STORE_A, 1).await;
+    let slow = Queue::new(db.clone(), "slow".into(), Duration::from_millis(1000), 5);
+    let claimed = slow.claim(1).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let other = Queue::new(db.clone(), "other".into(), Duration::from_secs(30), 5);
+    assert_eq!(
+        other.reap_expired().await.unwrap(),
+        1,
+        "expired lease taken back"
+    );
+    let again = other.claim(1).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2, "attempts counted at claim time");
+    // The first worker wakes up late: its result is refused; the new owner's is recorded.
+    assert_eq!(slow.complete(&[(claimed[0].id, ok())]).await.unwrap(), 0);
+    assert_eq!(other.complete(&[(again[0].id, ok())]).await.unwrap(), 1);
+    assert_eq!(
+        other.complete(&[(again[0].id, ok())]).await.unwrap(),
+        0,
+        "never twice"
+    );
+    let row = db::jobs::get(&db, job).await.unwrap().unwrap();
+    assert_eq!(
+        (row.succeeded, row.failed, row.status.as_str()),
+        (1, 0, "completed")
+    );
+}
+
+async fn heartbeat_keeps_a_lease_alive(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    create_job(&db, STORE_A, 1).await;
+    let holder = Queue::new(db.clone(), "holder".into(), Duration::from_millis(1000), 5);
+    let reaper = Queue::new(db.clone(), "reaper".into(), Duration::from_secs(30), 5);
+    holder.claim(1).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(holder.heartbeat().await.unwrap(), 1);
+        assert_eq!(
+            reaper.reap_expired().await.unwrap(),
+            0,
+            "a heartbeating lease is not taken"
+        );
+    }
+}
+
+async fn poison_image_fails_after_its_attempts(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    let job = create_job(&db, STORE_A, 1).await;
+    for attempt in 1..=3 {
+        // Each "worker" claims and dies without a word.
+        let doomed = Queue::new(
+            db.clone(),
+            format!("doomed{attempt}"),
+            Duration::from_millis(50),
+            3,
+        );
+        let c = doomed.claim(1).await.unwrap();
+        assert_eq!(c.len(), 1, "attempt {attempt} claims it");
+        assert_eq!(c[0].attempts, attempt);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(doomed.reap_expired().await.unwrap(), 1);
+    }
+    let last = Queue::new(db.clone(), "last".into(), Duration::from_secs(30), 3);
+    assert!(
+        last.claim(1).await.unwrap().is_empty(),
+        "a poison image is not claimed again"
+    );
+    let row = db::jobs::get(&db, job).await.unwrap().unwrap();
+    assert_eq!(row.status.as_str(), "failed");
+    assert!(
+        row.errors[0].error.contains("abandoned after 3 attempts"),
+        "{:?}",
+        row.errors
+    );
+}
+
+async fn retry_waits_for_its_time(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    create_job(&db, STORE_A, 1).await;
+    let q = Queue::new(db.clone(), "q".into(), Duration::from_secs(30), 3);
+    let c = q.claim(1).await.unwrap();
+    let retry = Outcome::Retry {
+        after: Duration::from_millis(400),
+        kind: ErrorKind::Network,
+        message: "reset".into(),
+    };
+    assert_eq!(q.complete(&[(c[0].id, retry)]).await.unwrap(), 1);
+    assert!(q.claim(1).await.unwrap().is_empty(), "not before its time");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(q.claim(1).await.unwrap().len(), 1);
+}
+
+async fn flaky_host_succeeds_and_broken_host_fails_after_retries(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let mut config = test_config(&db);
+    config.worker.max_attempts = 3;
+    config.worker.retry_base = Duration::from_millis(200);
+    let app = TestApp::start(config).await;
+    let key = format!("k{}", fastrand::u32(..));
+    let flaky = images.url(&format!("/flaky/{key}/2/40x30.png"));
+    let job = app
+        .submit_ok(&payload(&[
+            (STORE_A, vec![flaky]),
+            (STORE_B, vec![images.url("/status/500")]),
+        ]))
+        .await;
+    let status = app.wait_finished(job, Duration::from_secs(30)).await;
+    assert_eq!(status["status"], "failed");
+    let errors = status["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{status}");
+    assert_eq!(errors[0]["store_id"], STORE_B);
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("HTTP 500 Internal Server Error (after 3 attempts)"),
+        "{status}"
+    );
+    let results = app.all_images(job, 10).await;
+    assert_eq!(results[0]["status"], "succeeded");
+    assert_eq!(results[0]["perimeter"], 140);
+    // Backoff: base 200 ms with jitter in [d/2, d], doubling: ≥100 ms, then ≥200 ms.
+    let times = images.flaky_times(&key);
+    assert_eq!(times.len(), 3);
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(100),
+        "{:?}",
+        times[1] - times[0]
+    );
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(200),
+        "{:?}",
+        times[2] - times[1]
+    );
+    app.stop().await;
+}
+
+async fn graceful_stop_hands_unfinished_images_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let mut config = test_config(&db);
+    config.worker.concurrency = 2;
+    config.worker.shutdown_grace = Duration::from_millis(100);
+    let app = TestApp::start(config.clone()).await;
+    let slow = images.url("/slow/3000/10x10.png");
+    let job = app
+        .submit_ok(&payload(&[(STORE_A, vec![slow.clone(), slow])]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.stop().await;
+    let handle = Db::connect(&db.url, 2).await.unwrap();
+    let rows = db::images::page(&handle, job, -1, 10).await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.status.as_str() == "pending"),
+        "released, not left leased: {rows:?}"
+    );
+    // Another start finishes the job without waiting for any lease to expire.
+    config.worker.lease = Duration::from_secs(600);
+    let app = TestApp::start(config).await;
+    let status = app.wait_finished(job, Duration::from_secs(20)).await;
+    assert_eq!(status["status"], "completed");
+    app.stop().await;
+}
+
+/// The real binary, started as a separate process.
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    fn start(db_url: &str, extra: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_retail-pulse"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("RP_BIND", "127.0.0.1:0")
+            .env("RP_ALLOW_PRIVATE_NETWORKS", "true")
+            .env("RP_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start retail-pulse");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !sent
+                    && let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "listening"
+                {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("service announces its address");
+        Service {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn kill_hard(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let settings = [
+        ("RP_PROCESSING_DELAY_MS", "5-15"),
+        ("RP_WORKERS", "8"),
+        ("RP_LEASE_SECS", "1.5"),
+        ("RP_POLL_INTERVAL_MS", "100"),
+    ];
+    let client = reqwest::Client::new();
+    let n = 400u32;
+    let urls: Vec<String> = (0..n)
+        .map(|i| images.image(1 + i % 50, 1 + i / 50, "png"))
+        .collect();
+    let mut service = Service::start(&db.url, &settings);
+    let res = client
+        .post(format!("{}/api/submit/", service.base))
+        .body(payload(&[(STORE_A, urls)]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let job = serde_json::from_slice::<Value>(&res.bytes().await.unwrap()).unwrap()["job_id"]
+        .as_i64()
+        .unwrap();
+    let mut kills = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let detail = get_json(&client, format!("{}/api/jobs/{job}", service.base)).await;
+        let done = detail["images"]["succeeded"].as_i64().unwrap();
+        if detail["status"] != "ongoing" {
+            break;
+        }
+        // Kill at roughly a quarter, a half and three quarters of the way.
+        if kills < 3 && done >= (i64::from(n) / 4) * (kills + 1) {
+            service.kill_hard();
+            kills += 1;
+            service = Service::start(&db.url, &settings);
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {detail}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(kills, 3, "the job finished before all the kills");
+    let detail = get_json(&client, format!("{}/api/jobs/{job}", service.base)).await;
+    assert_eq!(detail["status"], "completed", "{detail}");
+    assert_eq!(
+        detail["images"],
+        json!({"total": n, "succeeded": n, "failed": 0, "pending": 0})
+    );
+    let page = get_json(
+        &client,
+        format!("{}/api/jobs/{job}/images?limit=1000", service.base),
+    )
+    .await;
+    let results = page["images"].as_array().unwrap();
+    assert_eq!(results.len(), n as usize);
+    for (i, r) in results.iter().enumerate() {
+        let (w, h) = (1 + i as i64 % 50, 1 + i as i64 / 50);
+        assert_eq!(r["perimeter"], json!(2 * (w + h)), "image {i}: {r}");
+    }
+}
+
+on_both_backends!(
+    small_job_is_not_stuck_behind_a_large_one,
+    concurrent_claims_never_share_an_image,
+    results_are_recorded_only_under_the_lease,
+    heartbeat_keeps_a_lease_alive,
+    poison_image_fails_after_its_attempts,
+    retry_waits_for_its_time,
+    flaky_host_succeeds_and_broken_host_fails_after_retries,
+    graceful_stop_hands_unfinished_images_back,
+    killed_process_loses_nothing_and_doubles_nothing,
+);
