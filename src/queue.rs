@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::db::{Backend, Db, DbError, err, jobs, now_ms, values_list};
+use serde_json::{Value, json};
+
+use crate::db::{Backend, Db, DbError, err, jobs, now_ms};
 use crate::domain::ErrorKind;
 
 /// An image leased to this worker.
@@ -63,11 +65,6 @@ pub struct Queue {
     /// The job served last: the next claim starts after it (round robin across jobs).
     cursor: Mutex<i64>,
 }
-
-/// SQL types of the columns of one outcome row in `complete`'s VALUES table.
-const OUTCOME_COLUMNS: [&str; 8] = [
-    "BIGINT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "TEXT", "TEXT", "BIGINT",
-];
 
 /// At most this many ongoing jobs are considered by one claim.
 const JOBS_PER_CLAIM: i64 = 256;
@@ -204,82 +201,64 @@ impl Queue {
         let mut tx = self.db.pool().begin().await.map_err(err)?;
         let mut per_job: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
         let mut recorded = 0;
-        for chunk in outcomes.chunks(500) {
-            // (id, status, width, height, perimeter, error, error_kind, available_at)
-            let values = values_list(chunk.len(), &OUTCOME_COLUMNS, 3, "");
-            let sql = format!(
-                "UPDATE images SET status = v.column2, width = v.column3, height = v.column4, \
-                   perimeter = v.column5, error = v.column6, error_kind = v.column7, \
-                   available_at = v.column8, lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
-                 FROM (VALUES {values}) AS v \
-                 WHERE images.id = v.column1 AND images.lease_owner = $2 AND images.status = 'running' \
-                 RETURNING job_id, status"
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(&self.owner);
-            for (id, outcome) in chunk {
-                let (status, w, h, p, error, kind, available_at) = match outcome {
-                    Outcome::Succeeded {
-                        width,
-                        height,
-                        perimeter,
-                    } => (
-                        "succeeded",
-                        Some(*width),
-                        Some(*height),
-                        Some(*perimeter),
-                        None,
-                        None,
-                        now,
-                    ),
-                    Outcome::Failed { kind, message } => (
-                        "failed",
-                        None,
-                        None,
-                        None,
-                        Some(message.as_str()),
-                        Some(kind.as_str()),
-                        now,
-                    ),
-                    Outcome::Retry {
-                        after,
-                        kind,
-                        message,
-                    } => (
-                        "pending",
-                        None,
-                        None,
-                        None,
-                        Some(message.as_str()),
-                        Some(kind.as_str()),
-                        now + after.as_millis() as i64,
-                    ),
-                };
-                q = q
-                    .bind(*id)
-                    .bind(status)
-                    .bind(w)
-                    .bind(h)
-                    .bind(p)
-                    .bind(error)
-                    .bind(kind)
-                    .bind(available_at);
-            }
-            for row in q.fetch_all(&mut *tx).await.map_err(err)? {
-                recorded += 1;
-                let job_id: i64 = row.try_get("job_id").map_err(err)?;
-                let status: String = row.try_get("status").map_err(err)?;
-                let entry = per_job.entry(job_id).or_default();
-                match status.as_str() {
-                    "succeeded" => entry.0 += 1,
-                    "failed" => entry.1 += 1,
-                    _ => {}
+        let sql = format!(
+            "UPDATE images SET status = v.status, width = v.width, height = v.height, \
+               perimeter = v.perimeter, error = v.error, error_kind = v.error_kind, \
+               available_at = v.available_at, lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
+             FROM (SELECT CAST(t.value ->> 0 AS BIGINT) AS id, t.value ->> 1 AS status, \
+                     CAST(t.value ->> 2 AS BIGINT) AS width, CAST(t.value ->> 3 AS BIGINT) AS height, \
+                     CAST(t.value ->> 4 AS BIGINT) AS perimeter, t.value ->> 5 AS error, \
+                     t.value ->> 6 AS error_kind, CAST(t.value ->> 7 AS BIGINT) AS available_at \
+                   FROM {}) AS v \
+             WHERE images.id = v.id AND images.lease_owner = $2 AND images.status = 'running' \
+             RETURNING images.job_id, images.status",
+            self.db.json_rows("$3")
+        );
+        let rows: Vec<Value> = outcomes
+            .iter()
+            .map(|(id, outcome)| match outcome {
+                Outcome::Succeeded {
+                    width,
+                    height,
+                    perimeter,
+                } => {
+                    json!([id, "succeeded", width, height, perimeter, null, null, now])
                 }
+                Outcome::Failed { kind, message } => {
+                    json!([id, "failed", null, null, null, message, kind.as_str(), now])
+                }
+                Outcome::Retry {
+                    after,
+                    kind,
+                    message,
+                } => {
+                    let at = now + after.as_millis() as i64;
+                    json!([id, "pending", null, null, null, message, kind.as_str(), at])
+                }
+            })
+            .collect();
+        let updated = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(&self.owner)
+            .bind(Value::Array(rows).to_string())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+        for row in updated {
+            recorded += 1;
+            let job_id: i64 = row.try_get("job_id").map_err(err)?;
+            let status: String = row.try_get("status").map_err(err)?;
+            let entry = per_job.entry(job_id).or_default();
+            match status.as_str() {
+                "succeeded" => entry.0 += 1,
+                "failed" => entry.1 += 1,
+                _ => {}
             }
         }
         // Jobs in id order, so two workers never lock the same two job rows in opposite order.
         for (job_id, (succeeded, failed)) in per_job {
             if succeeded + failed > 0 {
-                jobs::record_finished(&mut tx, job_id, succeeded, failed, now).await?;
+                jobs::record_finished(&self.db, &mut tx, job_id, succeeded, failed, now).await?;
             }
         }
         tx.commit().await.map_err(err)?;
@@ -344,7 +323,7 @@ impl Queue {
                 .or_default() += 1;
         }
         for (job_id, n) in per_job {
-            jobs::record_finished(&mut tx, job_id, 0, n, now).await?;
+            jobs::record_finished(&self.db, &mut tx, job_id, 0, n, now).await?;
         }
         tx.commit().await.map_err(err)?;
         let total = failed.len() as u64 + requeued.rows_affected();

@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::service::Service;
 use common::{Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
 use retail_pulse::config::DelayRange;
 use retail_pulse::db::{self, Db};
@@ -32,6 +31,8 @@ async fn create_job(db: &Db, store: &str, images: usize) -> i64 {
     let known: HashSet<String> = [STORE_A.to_string(), STORE_B.to_string()].into();
     db::jobs::create(db, &submission, &known).await.unwrap()
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
 
 fn ok() -> Outcome {
     Outcome::Succeeded {
@@ -294,63 +295,6 @@ async fn graceful_stop_hands_unfinished_images_back(backend: Backend) {
     app.stop().await;
 }
 
-/// The real binary, started as a separate process.
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    fn start(db_url: &str, extra: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_retail-pulse"));
-        cmd.arg("serve")
-            .env("DATABASE_URL", db_url)
-            .env("RP_BIND", "127.0.0.1:0")
-            .env("RP_ALLOW_PRIVATE_NETWORKS", "true")
-            .env("RP_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start retail-pulse");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent
-                    && let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "listening"
-                {
-                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
-                    sent = true;
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("service announces its address");
-        Service {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    fn kill_hard(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn get_json(client: &reqwest::Client, url: String) -> Value {
     let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
     serde_json::from_slice(&bytes).unwrap()
@@ -370,7 +314,7 @@ async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
     let urls: Vec<String> = (0..n)
         .map(|i| images.image(1 + i % 50, 1 + i / 50, "png"))
         .collect();
-    let mut service = Service::start(&db.url, &settings);
+    let mut service = Service::start(BIN, "serve", &db.url, &settings);
     let res = client
         .post(format!("{}/api/submit/", service.base))
         .body(payload(&[(STORE_A, urls)]).to_string())
@@ -393,7 +337,7 @@ async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
         if kills < 3 && done >= (i64::from(n) / 4) * (kills + 1) {
             service.kill_hard();
             kills += 1;
-            service = Service::start(&db.url, &settings);
+            service = Service::start(BIN, "serve", &db.url, &settings);
         }
         assert!(Instant::now() < deadline, "job did not finish: {detail}");
         tokio::time::sleep(Duration::from_millis(20)).await;

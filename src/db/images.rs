@@ -3,16 +3,18 @@
 
 use std::collections::HashSet;
 
+use serde_json::{Value, json};
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::{Db, DbError, err, values_list};
+use super::{Db, DbError, err};
 use crate::domain::{ErrorKind, ImageStatus, Submission};
 
-/// Rows per INSERT statement: 8 parameters each keeps well under both backends' limits.
-const INSERT_CHUNK: usize = 2000;
+/// Rows per INSERT statement (one JSON parameter each), to bound a statement's memory.
+const INSERT_CHUNK: usize = 10_000;
 
 /// Inserts every image of a submission, in submission order (`seq` = 0, 1, …).
 pub async fn insert_for_job(
+    db: &Db,
     conn: &mut AnyConnection,
     job_id: i64,
     submission: &Submission,
@@ -41,35 +43,51 @@ pub async fn insert_for_job(
         })
         .collect();
     let unknown_error = "store_id is not in the store master; image not downloaded";
+    let sql = format!(
+        "INSERT INTO images (job_id, seq, store_id, url, visit_time, visit_at, status, error, error_kind, \
+         created_at, updated_at, available_at) \
+         SELECT $1, CAST(t.value ->> 0 AS BIGINT), t.value ->> 1, t.value ->> 2, t.value ->> 3, \
+         CAST(t.value ->> 4 AS BIGINT), t.value ->> 5, t.value ->> 6, t.value ->> 7, $2, $2, $2 FROM {}",
+        db.json_rows("$3")
+    );
     for (chunk_no, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
-        let sql = format!(
-            "INSERT INTO images (seq, store_id, url, visit_time, visit_at, status, error, error_kind, \
-             job_id, created_at, updated_at, available_at) VALUES {}",
-            values_list(chunk.len(), &[""; 8], 3, "$1, $2, $2, $2")
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(job_id).bind(now);
-        for (i, img) in chunk.iter().enumerate() {
-            let seq = (chunk_no * INSERT_CHUNK + i) as i64;
-            let (status, error, kind) = if img.known {
-                (ImageStatus::Pending, None, None)
-            } else {
-                (
-                    ImageStatus::Failed,
-                    Some(unknown_error),
-                    Some(ErrorKind::UnknownStore.as_str()),
-                )
-            };
-            q = q
-                .bind(seq)
-                .bind(img.store_id)
-                .bind(img.url)
-                .bind(img.visit_time)
-                .bind(img.visit_at)
-                .bind(status.as_str())
-                .bind(error)
-                .bind(kind);
-        }
-        q.execute(&mut *conn).await.map_err(err)?;
+        let rows: Vec<Value> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let seq = chunk_no * INSERT_CHUNK + i;
+                if img.known {
+                    json!([
+                        seq,
+                        img.store_id,
+                        img.url,
+                        img.visit_time,
+                        img.visit_at,
+                        ImageStatus::Pending.as_str(),
+                        null,
+                        null
+                    ])
+                } else {
+                    json!([
+                        seq,
+                        img.store_id,
+                        img.url,
+                        img.visit_time,
+                        img.visit_at,
+                        ImageStatus::Failed.as_str(),
+                        unknown_error,
+                        ErrorKind::UnknownStore.as_str()
+                    ])
+                }
+            })
+            .collect();
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(job_id)
+            .bind(now)
+            .bind(Value::Array(rows).to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -85,33 +103,33 @@ pub struct Failure {
 
 /// The failures at the given positions of a job.
 pub async fn failures_at(
+    db: &Db,
     conn: &mut AnyConnection,
     job_id: i64,
     seqs: &[i64],
 ) -> Result<Vec<Failure>, DbError> {
-    let mut out = Vec::with_capacity(seqs.len());
-    for chunk in seqs.chunks(500) {
-        let list = (0..chunk.len())
-            .map(|i| format!("${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT seq, url, error, error_kind FROM images WHERE job_id = $1 AND seq IN ({list})"
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(job_id);
-        for s in chunk {
-            q = q.bind(*s);
-        }
-        for row in q.fetch_all(&mut *conn).await.map_err(err)? {
-            out.push(Failure {
+    let sql = format!(
+        "SELECT seq, url, error, error_kind FROM images WHERE job_id = $1 \
+         AND seq IN (SELECT CAST(t.value ->> 0 AS BIGINT) FROM {})",
+        db.json_rows("$2")
+    );
+    let list: Vec<Value> = seqs.iter().map(|s| json!([s])).collect();
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(Value::Array(list).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+    rows.iter()
+        .map(|row| {
+            Ok(Failure {
                 seq: row.try_get("seq").map_err(err)?,
                 url: row.try_get("url").map_err(err)?,
                 error: row.try_get("error").map_err(err)?,
                 kind: row.try_get("error_kind").map_err(err)?,
-            });
-        }
-    }
-    Ok(out)
+            })
+        })
+        .collect()
 }
 
 /// One image as the results endpoint shows it.

@@ -59,9 +59,9 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await
     .map_err(err)?;
-    images::insert_for_job(&mut tx, id, submission, known_stores, now).await?;
+    images::insert_for_job(db, &mut tx, id, submission, known_stores, now).await?;
     if unknown == total {
-        finalize(&mut tx, id, now).await?;
+        finalize(db, &mut tx, id, now).await?;
     } else if db.backend() == Backend::Postgres {
         // Delivered at commit: wakes idle workers in every process.
         sqlx::query("SELECT pg_notify($1, '')")
@@ -121,6 +121,7 @@ pub async fn ongoing_ids(db: &Db, limit: i64) -> Result<Vec<i64>, DbError> {
 /// workers finish a job's last images at once, the second sees the first's counts and exactly
 /// one of them finalizes.
 pub async fn record_finished(
+    db: &Db,
     conn: &mut AnyConnection,
     job_id: i64,
     succeeded: i64,
@@ -143,14 +144,14 @@ pub async fn record_finished(
     let done: i64 = row.try_get::<i64, _>("succeeded").map_err(err)?
         + row.try_get::<i64, _>("failed").map_err(err)?;
     if status == JobStatus::Ongoing.as_str() && done >= total {
-        finalize(conn, job_id, now).await?;
+        finalize(db, conn, job_id, now).await?;
     }
     Ok(())
 }
 
 /// Sets the final status of a job whose images are all finished, with its per-store errors.
-async fn finalize(conn: &mut AnyConnection, job_id: i64, now: i64) -> Result<(), DbError> {
-    let errors = store_errors(conn, job_id).await?;
+async fn finalize(db: &Db, conn: &mut AnyConnection, job_id: i64, now: i64) -> Result<(), DbError> {
+    let errors = store_errors(db, conn, job_id).await?;
     let (status, errors_json) = if errors.is_empty() {
         (JobStatus::Completed, None)
     } else {
@@ -175,7 +176,11 @@ async fn finalize(conn: &mut AnyConnection, job_id: i64, now: i64) -> Result<(),
 /// One error per store with a failed image, in the order stores first appear in the job.
 /// Two queries whatever the job's size: an aggregate per store, then the first failed image
 /// of each failed store by its position.
-async fn store_errors(conn: &mut AnyConnection, job_id: i64) -> Result<Vec<StoreError>, DbError> {
+async fn store_errors(
+    db: &Db,
+    conn: &mut AnyConnection,
+    job_id: i64,
+) -> Result<Vec<StoreError>, DbError> {
     let groups = sqlx::query(
         "SELECT store_id, MIN(seq) AS first_seq, CAST(COUNT(*) AS BIGINT) AS total, \
          CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
@@ -208,7 +213,7 @@ async fn store_errors(conn: &mut AnyConnection, job_id: i64) -> Result<Vec<Store
         })
         .collect::<Result<Vec<_>, DbError>>()?;
     let seqs: Vec<i64> = groups.iter().map(|g| g.first_failed).collect();
-    let firsts = images::failures_at(conn, job_id, &seqs).await?;
+    let firsts = images::failures_at(db, conn, job_id, &seqs).await?;
     let mut by_seq: HashMap<i64, images::Failure> =
         firsts.into_iter().map(|f| (f.seq, f)).collect();
     Ok(groups

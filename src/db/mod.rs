@@ -220,50 +220,17 @@ pub fn format_ms(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The row groups of a multi-row `VALUES` list: `rows` groups with one numbered placeholder
-/// per entry of `casts`, starting at `$first`, each group closed by the fixed SQL `shared`
-/// (parameters every row shares, such as `$1, $2`; empty for none). A non-empty cast wraps the
-/// placeholder in `CAST(… AS type)`, which PostgreSQL needs to type a bare `VALUES` table.
-/// `values_list(2, &["", "BIGINT"], 2, "$1")` is `($2, CAST($3 AS BIGINT), $1), ($4, CAST($5 AS BIGINT), $1)`.
-pub(crate) fn values_list(rows: usize, casts: &[&str], first: usize, shared: &str) -> String {
-    use std::fmt::Write;
-    let per_row = casts.len();
-    let mut out = String::with_capacity(rows * (per_row * 20 + shared.len() + 4));
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ", (" });
-        for (c, cast) in casts.iter().enumerate() {
-            if c > 0 {
-                out.push_str(", ");
+impl Db {
+    /// A `FROM` item that expands one JSON-array parameter into rows, one per element, each
+    /// element itself an array read with `t.value ->> i`. Bulk statements pass their rows this
+    /// way: one parameter and one statement text whatever the batch size, so the statement is
+    /// prepared once and no backend's parameter limit is ever near.
+    pub(crate) fn json_rows(&self, param: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("json_each({param}) AS t"),
+            Backend::Postgres => {
+                format!("jsonb_array_elements(CAST({param} AS jsonb)) AS t(value)")
             }
-            let n = first + r * per_row + c;
-            let _ = if cast.is_empty() {
-                write!(out, "${n}")
-            } else {
-                write!(out, "CAST(${n} AS {cast})")
-            };
         }
-        if !shared.is_empty() {
-            out.push_str(", ");
-            out.push_str(shared);
-        }
-        out.push(')');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::values_list;
-
-    #[test]
-    fn values_list_numbers_rows_after_the_shared_parameters() {
-        assert_eq!(
-            values_list(2, &["", ""], 2, "$1"),
-            "($2, $3, $1), ($4, $5, $1)"
-        );
-        assert_eq!(
-            values_list(2, &["", "BIGINT"], 3, ""),
-            "($3, CAST($4 AS BIGINT)), ($5, CAST($6 AS BIGINT))"
-        );
     }
 }

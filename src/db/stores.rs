@@ -2,29 +2,37 @@
 
 use std::collections::HashSet;
 
+use serde_json::json;
 use sqlx::AssertSqlSafe;
 
-use super::{Db, DbError, err, now_ms, values_list};
+use super::{Db, DbError, err, now_ms};
 use crate::stores::Store;
 
-const CHUNK: usize = 500;
+const CHUNK: usize = 5000;
 
 /// Inserts or refreshes stores (never deletes). Returns how many rows were written.
 pub async fn upsert(db: &Db, stores: &[Store]) -> Result<usize, DbError> {
     let now = now_ms();
     let mut tx = db.pool().begin().await.map_err(err)?;
+    // `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
+    let sql = format!(
+        "INSERT INTO stores (store_id, store_name, area_code, updated_at) \
+         SELECT t.value ->> 0, t.value ->> 1, t.value ->> 2, $1 FROM {} WHERE true \
+         ON CONFLICT (store_id) DO UPDATE SET store_name = excluded.store_name, \
+         area_code = excluded.area_code, updated_at = excluded.updated_at",
+        db.json_rows("$2")
+    );
     for chunk in stores.chunks(CHUNK) {
-        let values = values_list(chunk.len(), &["", "", ""], 2, "$1");
-        let sql = format!(
-            "INSERT INTO stores (store_id, store_name, area_code, updated_at) VALUES {values} \
-             ON CONFLICT (store_id) DO UPDATE SET store_name = excluded.store_name, \
-             area_code = excluded.area_code, updated_at = excluded.updated_at"
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(now);
-        for s in chunk {
-            q = q.bind(&s.store_id).bind(&s.store_name).bind(&s.area_code);
-        }
-        q.execute(&mut *tx).await.map_err(err)?;
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|s| json!([s.store_id, s.store_name, s.area_code]))
+            .collect();
+        sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(now)
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
     }
     tx.commit().await.map_err(err)?;
     Ok(stores.len())
@@ -39,17 +47,15 @@ pub async fn count(db: &Db) -> Result<i64, DbError> {
 
 /// The subset of `ids` present in the store master.
 pub async fn known(db: &Db, ids: &[&str]) -> Result<HashSet<String>, DbError> {
+    let sql = format!(
+        "SELECT store_id FROM stores WHERE store_id IN (SELECT t.value ->> 0 FROM {})",
+        db.json_rows("$1")
+    );
     let mut found = HashSet::new();
     for chunk in ids.chunks(CHUNK) {
-        let list = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("SELECT store_id FROM stores WHERE store_id IN ({list})");
-        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
+        let rows: Vec<_> = chunk.iter().map(|id| json!([id])).collect();
+        let q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.clone()))
+            .bind(serde_json::Value::Array(rows).to_string());
         found.extend(q.fetch_all(db.pool()).await.map_err(err)?);
     }
     Ok(found)
