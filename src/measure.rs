@@ -44,6 +44,17 @@ pub fn measure(bytes: &[u8]) -> Result<Dimensions, MeasureError> {
     Ok(Dimensions { width, height })
 }
 
+/// True once `prefix` holds all a measurement will ever need: the size can be read, or the
+/// bytes are of no known image format (the first 512 describe them). A download stops keeping
+/// bytes at that point. (A TIFF whose directory sits at the end needs the whole file.)
+pub fn is_readable(prefix: &[u8]) -> bool {
+    match measure(prefix) {
+        Ok(_) => true,
+        Err(MeasureError::NotAnImage(_)) => prefix.len() >= 512,
+        Err(_) => false,
+    }
+}
+
 /// What bytes that are not an image look like, for the stored error message.
 fn describe(bytes: &[u8]) -> String {
     let head = &bytes[..bytes.len().min(512)];
@@ -136,6 +147,15 @@ mod tests {
         let header = png_header(10, 10);
         let err = measure(&header[..14]).unwrap_err();
         assert!(matches!(err, MeasureError::Corrupt(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_prefix_is_enough_once_the_header_is_in() {
+        let header = png_header(10, 10);
+        assert!(!is_readable(&header[..14]));
+        assert!(is_readable(&header));
+        assert!(!is_readable(b"<html>"), "a short non-image may still be described better");
+        assert!(is_readable(&[b'x'; 600]));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Row};
 
@@ -64,7 +64,13 @@ pub struct Queue {
     max_attempts: i64,
     /// The job served last: the next claim starts after it (round robin across jobs).
     cursor: Mutex<i64>,
+    /// The ongoing jobs, as last read; re-read when older than [`JOB_LIST_TTL`], when
+    /// [`Queue::forget_jobs`] is called (new work announced), or when it yielded nothing.
+    jobs: Mutex<Option<(Instant, Vec<i64>)>>,
 }
+
+/// How long the list of ongoing jobs is reused between claims.
+const JOB_LIST_TTL: Duration = Duration::from_millis(250);
 
 /// At most this many ongoing jobs are considered by one claim.
 const JOBS_PER_CLAIM: i64 = 256;
@@ -77,7 +83,25 @@ impl Queue {
             lease,
             max_attempts: i64::from(max_attempts),
             cursor: Mutex::new(0),
+            jobs: Mutex::new(None),
         }
+    }
+
+    /// Drops the cached list of ongoing jobs, so the next claim sees a job just submitted.
+    pub fn forget_jobs(&self) {
+        *self.jobs.lock().expect("jobs lock") = None;
+    }
+
+    /// The ongoing jobs, and whether the list came from the cache.
+    async fn ongoing_jobs(&self) -> Result<(Vec<i64>, bool), DbError> {
+        if let Some((at, ids)) = &*self.jobs.lock().expect("jobs lock")
+            && at.elapsed() < JOB_LIST_TTL
+        {
+            return Ok((ids.clone(), true));
+        }
+        let ids = jobs::ongoing_ids(&self.db, JOBS_PER_CLAIM).await?;
+        *self.jobs.lock().expect("jobs lock") = Some((Instant::now(), ids.clone()));
+        Ok((ids, false))
     }
 
     pub fn owner(&self) -> &str {
@@ -93,7 +117,18 @@ impl Queue {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let mut jobs = jobs::ongoing_ids(&self.db, JOBS_PER_CLAIM).await?;
+        let (jobs, cached) = self.ongoing_jobs().await?;
+        let claimed = self.claim_over(jobs, n).await?;
+        if claimed.is_empty() && cached {
+            // The cached list may be stale (its jobs done, new ones missing): look again.
+            self.forget_jobs();
+            let (jobs, _) = self.ongoing_jobs().await?;
+            return self.claim_over(jobs, n).await;
+        }
+        Ok(claimed)
+    }
+
+    async fn claim_over(&self, mut jobs: Vec<i64>, n: usize) -> Result<Vec<ClaimedImage>, DbError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
@@ -150,6 +185,7 @@ impl Queue {
                  RETURNING id, job_id, seq, store_id, url, attempts"
             }
         };
+        let _turn = self.db.write_turn().await;
         let rows = sqlx::query(sql)
             .bind(job_id)
             .bind(now)
@@ -179,6 +215,7 @@ impl Queue {
     /// Extends the lease of every image this worker holds. Returns how many it still holds.
     pub async fn heartbeat(&self) -> Result<u64, DbError> {
         let now = now_ms();
+        let _turn = self.db.write_turn().await;
         let done = sqlx::query(
             "UPDATE images SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'running'",
         )
@@ -198,6 +235,7 @@ impl Queue {
             return Ok(0);
         }
         let now = now_ms();
+        let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await.map_err(err)?;
         let mut per_job: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
         let mut recorded = 0;
@@ -268,6 +306,7 @@ impl Queue {
     /// Hands back every image this worker still holds (used at shutdown): they become
     /// pending again and the interrupted attempt is not counted.
     pub async fn release_all(&self) -> Result<u64, DbError> {
+        let _turn = self.db.write_turn().await;
         let done = sqlx::query(
             "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
              attempts = attempts - 1, updated_at = $1 WHERE lease_owner = $2 AND status = 'running'",
@@ -294,6 +333,7 @@ impl Queue {
                  ORDER BY lease_expires_at LIMIT 1000"
             }
         };
+        let _turn = self.db.write_turn().await;
         let mut tx = self.db.pool().begin().await.map_err(err)?;
         // Write first: on SQLite this takes the write lock at once instead of upgrading a read.
         let failed = sqlx::query(AssertSqlSafe(format!(

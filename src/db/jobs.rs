@@ -48,6 +48,7 @@ pub async fn create(
         .filter(|v| !known_stores.contains(&v.store_id))
         .map(|v| v.image_urls.len() as i64)
         .sum();
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await.map_err(err)?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (status, total, succeeded, failed, created_at) \

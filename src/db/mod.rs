@@ -9,6 +9,7 @@ pub mod images;
 pub mod jobs;
 pub mod stores;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -77,6 +78,10 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     url: String,
+    /// SQLite allows one writer at a time; connections of one process that race for the file
+    /// lock fall into SQLite's sleeping busy handler. Taking this lock first turns that into
+    /// an orderly queue. Unused on PostgreSQL, where row locks do the work.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str)] =
@@ -115,11 +120,20 @@ impl Db {
             pool,
             backend,
             url: url.to_string(),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Held around every write on SQLite (see [`Db::writer`]); `None` on PostgreSQL.
+    pub async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.writer.lock().await),
+            Backend::Postgres => None,
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -13,6 +13,7 @@ const CHUNK: usize = 5000;
 /// Inserts or refreshes stores (never deletes). Returns how many rows were written.
 pub async fn upsert(db: &Db, stores: &[Store]) -> Result<usize, DbError> {
     let now = now_ms();
+    let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await.map_err(err)?;
     // `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
     let sql = format!(

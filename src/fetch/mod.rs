@@ -70,6 +70,13 @@ impl FetchError {
     }
 }
 
+/// A completed download: the kept beginning of the body, and the body's full size.
+#[derive(Debug, Clone)]
+pub struct Download {
+    pub head: Bytes,
+    pub total_bytes: u64,
+}
+
 /// Downloads images. Cheap to clone (the connection pool is shared).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -129,8 +136,19 @@ impl Fetcher {
     }
 
     /// Downloads the whole body of `url`, or says precisely why it could not.
-    #[tracing::instrument(skip_all, fields(url = %url))]
     pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
+        Ok(self.fetch_head(url, |_| false).await?.head)
+    }
+
+    /// Downloads the whole body of `url` but keeps only its beginning: bytes are kept until
+    /// `enough(kept)` is true (for an image, until its header can be read). Memory per download
+    /// is then the header, not the photo, and no body is copied around.
+    #[tracing::instrument(skip_all, fields(url = %url))]
+    pub async fn fetch_head(
+        &self,
+        url: &str,
+        enough: impl Fn(&[u8]) -> bool,
+    ) -> Result<Download, FetchError> {
         let parsed = Url::parse(url.trim()).map_err(|e| FetchError::InvalidUrl(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(FetchError::InvalidUrl(format!(
@@ -168,15 +186,25 @@ impl Fetcher {
         if response.content_length().is_some_and(|len| len > max) {
             return Err(FetchError::TooLarge(max));
         }
-        let capacity = response.content_length().unwrap_or(64 * 1024).min(max) as usize;
-        let mut body = BytesMut::with_capacity(capacity);
+        // Keep bytes only until `enough` says the prefix held is sufficient; the rest of the
+        // body is still read (the download completes and the cap applies) but not stored.
+        let mut head = BytesMut::new();
+        let mut keeping = true;
+        let mut total: u64 = 0;
         while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(e))? {
-            if (body.len() + chunk.len()) as u64 > max {
+            total += chunk.len() as u64;
+            if total > max {
                 return Err(FetchError::TooLarge(max));
             }
-            body.extend_from_slice(&chunk);
+            if keeping {
+                head.extend_from_slice(&chunk);
+                keeping = !enough(&head);
+            }
         }
-        Ok(body.freeze())
+        Ok(Download {
+            head: head.freeze(),
+            total_bytes: total,
+        })
     }
 
     fn classify(&self, error: reqwest::Error) -> FetchError {

@@ -8,12 +8,13 @@
 
 pub mod process;
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -113,72 +114,87 @@ impl WorkerPool {
     }
 
     /// Claims and starts images until shutdown; returns the tasks still running.
+    ///
+    /// Claimed images wait in a small local buffer (at most one round of `concurrency`) so
+    /// that a slot freed by a finished image starts the next one at once, while the claim
+    /// round trip for the following batch overlaps with work. Buffered images are leased and
+    /// heartbeated like running ones, and handed back at shutdown.
     async fn claim_loop(
         &self,
         shutdown: &CancellationToken,
         results: mpsc::Sender<(i64, Outcome)>,
     ) -> JoinSet<()> {
         let slots = Arc::new(Semaphore::new(self.concurrency));
+        let target = self.concurrency.min(MAX_CLAIM);
+        let mut ready: VecDeque<ClaimedImage> = VecDeque::with_capacity(target);
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
         loop {
             while tasks.try_join_next().is_some() {}
-            let first = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-                _ = shutdown.cancelled() => break,
-            };
-            let mut permits = vec![first];
-            while permits.len() < MAX_CLAIM {
-                match slots.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
+            if shutdown.is_cancelled() {
+                break;
             }
-            let claimed = match self.queue.claim(permits.len()).await {
-                Ok(claimed) => {
-                    failures = 0;
-                    claimed
-                }
-                Err(error) => {
-                    failures += 1;
-                    let wait = process::backoff(
-                        i64::from(failures),
-                        Duration::from_millis(200),
-                        Duration::from_secs(10),
-                    );
-                    tracing::warn!(%error, retry_in = ?wait, "cannot claim images");
-                    drop(permits);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.cancelled() => break,
+            if ready.len() <= target / 2 {
+                match self.queue.claim(target - ready.len()).await {
+                    Ok(claimed) => {
+                        failures = 0;
+                        ready.extend(claimed);
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        let wait = process::backoff(i64::from(failures), Duration::from_millis(200), Duration::from_secs(10));
+                        tracing::warn!(%error, retry_in = ?wait, "cannot claim images");
+                        if ready.is_empty() {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => continue,
+                                _ = shutdown.cancelled() => break,
+                            }
+                        }
                     }
                 }
-            };
-            if claimed.is_empty() {
-                drop(permits);
+            }
+            if ready.is_empty() {
                 tokio::select! {
-                    _ = self.wake.notified() => {}
+                    _ = self.wake.notified() => self.queue.forget_jobs(),
                     _ = tokio::time::sleep(self.poll_interval) => {}
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
             }
-            for (image, permit) in claimed.into_iter().zip(permits.drain(..)) {
-                let processor = self.processor.clone();
-                let results = results.clone();
-                let span = tracing::info_span!("image", image.id = image.id, job.id = image.job_id, store.id = %image.store_id);
-                tasks.spawn(
-                    async move {
-                        let outcome = run_one(&processor, &image).await;
-                        drop(permit);
-                        // The writer only stops after every sender is dropped, so this succeeds.
-                        let _ = results.send((image.id, outcome)).await;
-                    }
-                    .instrument(span),
-                );
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            let mut permit = Some(permit);
+            while let Some(p) = permit.take().or_else(|| slots.clone().try_acquire_owned().ok()) {
+                let Some(image) = ready.pop_front() else {
+                    drop(p);
+                    break;
+                };
+                self.start(&mut tasks, image, p, results.clone());
             }
         }
         tasks
+    }
+
+    fn start(
+        &self,
+        tasks: &mut JoinSet<()>,
+        image: ClaimedImage,
+        permit: OwnedSemaphorePermit,
+        results: mpsc::Sender<(i64, Outcome)>,
+    ) {
+        let processor = self.processor.clone();
+        let span = tracing::info_span!("image", image.id = image.id, job.id = image.job_id, store.id = %image.store_id);
+        tasks.spawn(
+            async move {
+                let outcome = run_one(&processor, &image).await;
+                drop(permit);
+                // The writer only stops after every sender is dropped, so this succeeds.
+                let _ = results.send((image.id, outcome)).await;
+            }
+            .instrument(span),
+        );
     }
 
     /// Waits up to the grace period for in-flight images, then abandons the rest (their

@@ -32,11 +32,11 @@ impl Processor {
     }
 
     pub async fn process(&self, image: &ClaimedImage) -> Outcome {
-        let bytes = match self.fetcher.fetch(&image.url).await {
-            Ok(bytes) => bytes,
+        let download = match self.fetcher.fetch_head(&image.url, measure::is_readable).await {
+            Ok(download) => download,
             Err(error) => return self.fetch_failed(image, error),
         };
-        let dims = match measure::measure(&bytes) {
+        let dims = match measure::measure(&download.head) {
             Ok(d) => d,
             Err(error) => {
                 return Outcome::Failed {
