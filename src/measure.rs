@@ -154,7 +154,10 @@ mod tests {
         let header = png_header(10, 10);
         assert!(!is_readable(&header[..14]));
         assert!(is_readable(&header));
-        assert!(!is_readable(b"<html>"), "a short non-image may still be described better");
+        assert!(
+            !is_readable(b"<html>"),
+            "a short non-image may still be described better"
+        );
         assert!(is_readable(&[b'x'; 600]));
     }
 

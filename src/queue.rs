@@ -167,13 +167,17 @@ impl Queue {
         let sql = match self.db.backend() {
             // SKIP LOCKED lets concurrent workers claim disjoint rows without waiting; the
             // MATERIALIZED fence keeps the planner from re-running the LIMITed select.
+            // A claim need not wait for its WAL flush: one lost in a PostgreSQL crash leaves the
+            // image pending, and the worker's result is then refused for want of the lease, so
+            // `async_commit` turns synchronous_commit off for this statement's transaction only.
             Backend::Postgres => {
-                "WITH picked AS MATERIALIZED (\
+                "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)), \
+                 picked AS MATERIALIZED (\
                    SELECT id FROM images WHERE job_id = $1 AND status = 'pending' AND available_at <= $2 \
                    ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  UPDATE images SET status = 'running', lease_owner = $4, lease_expires_at = $5, \
                    attempts = attempts + 1, updated_at = $2 \
-                 FROM picked WHERE images.id = picked.id \
+                 FROM picked, async_commit WHERE images.id = picked.id \
                  RETURNING images.id, images.job_id, images.seq, images.store_id, images.url, images.attempts"
             }
             // SQLite has one writer at a time: the single statement is atomic.

@@ -142,7 +142,11 @@ impl WorkerPool {
                     }
                     Err(error) => {
                         failures += 1;
-                        let wait = process::backoff(i64::from(failures), Duration::from_millis(200), Duration::from_secs(10));
+                        let wait = process::backoff(
+                            i64::from(failures),
+                            Duration::from_millis(200),
+                            Duration::from_secs(10),
+                        );
                         tracing::warn!(%error, retry_in = ?wait, "cannot claim images");
                         if ready.is_empty() {
                             tokio::select! {
@@ -166,7 +170,10 @@ impl WorkerPool {
                 _ = shutdown.cancelled() => break,
             };
             let mut permit = Some(permit);
-            while let Some(p) = permit.take().or_else(|| slots.clone().try_acquire_owned().ok()) {
+            while let Some(p) = permit
+                .take()
+                .or_else(|| slots.clone().try_acquire_owned().ok())
+            {
                 let Some(image) = ready.pop_front() else {
                     drop(p);
                     break;

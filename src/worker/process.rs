@@ -32,7 +32,11 @@ impl Processor {
     }
 
     pub async fn process(&self, image: &ClaimedImage) -> Outcome {
-        let download = match self.fetcher.fetch_head(&image.url, measure::is_readable).await {
+        let download = match self
+            .fetcher
+            .fetch_head(&image.url, measure::is_readable)
+            .await
+        {
             Ok(download) => download,
             Err(error) => return self.fetch_failed(image, error),
         };
