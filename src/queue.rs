@@ -12,7 +12,7 @@
 //! This module knows rows, leases and outcomes; it knows nothing of HTTP or of how an image
 //! is processed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,10 @@ pub struct Queue {
     /// The ongoing jobs, as last read; re-read when older than [`JOB_LIST_TTL`], when
     /// [`Queue::forget_jobs`] is called (new work announced), or when it yielded nothing.
     jobs: Mutex<Option<(Instant, Vec<i64>)>>,
+    /// Images this process claimed and has not yet recorded or let go: the only leases the
+    /// heartbeat renews. (Renewing every lease of the owner would keep alive forever an image
+    /// whose outcome could not be written during a database outage.)
+    held: Mutex<HashSet<i64>>,
 }
 
 /// How long the list of ongoing jobs is reused between claims.
@@ -84,12 +88,26 @@ impl Queue {
             max_attempts: i64::from(max_attempts),
             cursor: Mutex::new(0),
             jobs: Mutex::new(None),
+            held: Mutex::new(HashSet::new()),
         }
     }
 
     /// Drops the cached list of ongoing jobs, so the next claim sees a job just submitted.
     pub fn forget_jobs(&self) {
         *self.jobs.lock().expect("jobs lock") = None;
+    }
+
+    /// False when the list of ongoing jobs (at most [`JOB_LIST_TTL`] old) is complete and
+    /// lacks `job_id` — the job was cancelled or otherwise finished; true when it is there or
+    /// the list cannot tell. Lets a worker skip claimed images of a cancelled job without a
+    /// query per image.
+    pub async fn may_be_ongoing(&self, job_id: i64) -> bool {
+        match self.ongoing_jobs().await {
+            Ok((ids, _)) if (ids.len() as i64) < JOBS_PER_CLAIM => {
+                ids.binary_search(&job_id).is_ok()
+            }
+            _ => true,
+        }
     }
 
     /// The ongoing jobs, and whether the list came from the cache.
@@ -213,21 +231,48 @@ impl Queue {
             })
             .collect::<Result<Vec<_>, DbError>>()?;
         claimed.sort_by_key(|c| c.seq);
+        self.held
+            .lock()
+            .expect("held lock")
+            .extend(claimed.iter().map(|c| c.id));
         Ok(claimed)
     }
 
-    /// Extends the lease of every image this worker holds. Returns how many it still holds.
+    /// Stops renewing the leases of these images (their outcome will not be recorded by this
+    /// process): they expire and another worker takes them.
+    pub fn let_go(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut held = self.held.lock().expect("held lock");
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+
+    /// Extends the leases of the images this process still holds. Returns how many it renewed.
     pub async fn heartbeat(&self) -> Result<u64, DbError> {
+        let ids: Vec<_> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .map(|id| json!([id]))
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE images SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'running' \
+             AND id IN (SELECT CAST(t.value ->> 0 AS BIGINT) FROM {})",
+            self.db.json_rows("$3")
+        );
         let now = now_ms();
         let _turn = self.db.write_turn().await;
-        let done = sqlx::query(
-            "UPDATE images SET lease_expires_at = $1 WHERE lease_owner = $2 AND status = 'running'",
-        )
-        .bind(now + self.lease_ms())
-        .bind(&self.owner)
-        .execute(self.db.pool())
-        .await
-        .map_err(err)?;
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(now + self.lease_ms())
+            .bind(&self.owner)
+            .bind(Value::Array(ids).to_string())
+            .execute(self.db.pool())
+            .await
+            .map_err(err)?;
         Ok(done.rows_affected())
     }
 
@@ -246,7 +291,8 @@ impl Queue {
         let sql = format!(
             "UPDATE images SET status = v.status, width = v.width, height = v.height, \
                perimeter = v.perimeter, error = v.error, error_kind = v.error_kind, \
-               available_at = v.available_at, lease_owner = NULL, lease_expires_at = NULL, updated_at = $1 \
+               available_at = v.available_at, lease_owner = NULL, lease_expires_at = NULL, updated_at = $1, \
+               processed_by = $2 \
              FROM (SELECT CAST(t.value ->> 0 AS BIGINT) AS id, t.value ->> 1 AS status, \
                      CAST(t.value ->> 2 AS BIGINT) AS width, CAST(t.value ->> 3 AS BIGINT) AS height, \
                      CAST(t.value ->> 4 AS BIGINT) AS perimeter, t.value ->> 5 AS error, \
@@ -304,12 +350,14 @@ impl Queue {
             }
         }
         tx.commit().await.map_err(err)?;
+        self.let_go(outcomes.iter().map(|(id, _)| *id));
         Ok(recorded)
     }
 
     /// Hands back every image this worker still holds (used at shutdown): they become
     /// pending again and the interrupted attempt is not counted.
     pub async fn release_all(&self) -> Result<u64, DbError> {
+        self.held.lock().expect("held lock").clear();
         let _turn = self.db.write_turn().await;
         let done = sqlx::query(
             "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \

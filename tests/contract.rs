@@ -349,7 +349,111 @@ async fn large_job_is_accepted_quickly_and_status_stays_cheap(backend: Backend) 
     app.stop().await;
 }
 
+async fn cancel_stops_unfinished_images_and_fails_the_job(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let mut config = test_config(&db);
+    config.worker.concurrency = 2;
+    let app = TestApp::start(config).await;
+    let slow: Vec<String> = (0..10)
+        .map(|i| images.url(&format!("/slow/1500/{}x10.png", i + 1)))
+        .collect();
+    let job = app
+        .submit_ok(&payload(&[
+            (STORE_A, slow[..5].to_vec()),
+            (STORE_B, slow[5..].to_vec()),
+        ]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = app.post_raw(&format!("/api/jobs/{job}/cancel"), "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(body["images"]["pending"], 0);
+    let status = app.status(job).await;
+    assert_eq!(status["status"], "failed");
+    let errors = status["error"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{status}");
+    assert_eq!(errors[0]["store_id"], STORE_A);
+    assert!(
+        errors[0]["error"].as_str().unwrap().contains("cancelled"),
+        "{status}"
+    );
+    // The two in flight finish on the host, but nothing else is fetched and nothing recorded.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        images.requests() <= 2,
+        "{} images fetched after a cancel",
+        images.requests()
+    );
+    let results = app.all_images(job, 100).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r["status"] == "failed" && r["perimeter"].is_null()),
+        "{results:?}"
+    );
+    let (code, body) = app.post_raw(&format!("/api/jobs/{job}/cancel"), "").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already finished"));
+    let (code, _) = app.post_raw("/api/jobs/987654/cancel", "").await;
+    assert_eq!(code, 404);
+    app.stop().await;
+}
+
+async fn idempotency_key_returns_the_original_job(backend: Backend) {
+    let (_db, app, images) = setup(backend).await;
+    let body = payload(&[(STORE_A, vec![images.image(10, 10, "png")])]);
+    let post = |key: &'static str, body: String| {
+        let req = app
+            .client
+            .post(format!("{}/api/submit/", app.base))
+            .header("Idempotency-Key", key)
+            .body(body);
+        async move {
+            let res = req.send().await.unwrap();
+            let code = res.status().as_u16();
+            (
+                code,
+                serde_json::from_slice::<Value>(&res.bytes().await.unwrap()).unwrap(),
+            )
+        }
+    };
+    let (code, first) = post("order-1", body.to_string()).await;
+    assert_eq!(code, 201);
+    // Same JSON, other whitespace: the same job.
+    let (code, again) = post("order-1", serde_json::to_string_pretty(&body).unwrap()).await;
+    assert_eq!((code, &again), (201, &first));
+    // Same key, another body: refused.
+    let other = payload(&[(STORE_B, vec![images.image(10, 10, "png")])]);
+    let (code, refused) = post("order-1", other.to_string()).await;
+    assert_eq!(code, 422, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Idempotency-Key")
+    );
+    // Concurrent first uses of one key make one job.
+    let racers: Vec<_> = (0..8).map(|_| post("order-2", body.to_string())).collect();
+    let answers = futures_util::future::join_all(racers).await;
+    let ids: std::collections::HashSet<i64> = answers
+        .iter()
+        .map(|(code, v)| {
+            assert_eq!(*code, 201, "{v}");
+            v["job_id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    // Without a key, every submit is a new job.
+    let a = app.submit_ok(&body).await;
+    let b = app.submit_ok(&body).await;
+    assert_ne!(a, b);
+    app.stop().await;
+}
+
 on_both_backends!(
+    cancel_stops_unfinished_images_and_fails_the_job,
+    idempotency_key_returns_the_original_job,
     submit_answers_201_with_an_integer_job_id,
     submit_accepts_any_content_type,
     each_bad_payload_is_a_400_naming_the_field,

@@ -29,7 +29,9 @@ async fn create_job(db: &Db, store: &str, images: usize) -> i64 {
     let body = payload(&[(store, urls)]).to_string();
     let submission = Submission::parse(body.as_bytes(), &Limits::default()).unwrap();
     let known: HashSet<String> = [STORE_A.to_string(), STORE_B.to_string()].into();
-    db::jobs::create(db, &submission, &known).await.unwrap()
+    db::jobs::create(db, &submission, &known, None)
+        .await
+        .unwrap()
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
@@ -173,6 +175,34 @@ async fn heartbeat_keeps_a_lease_alive(backend: Backend) {
     }
 }
 
+async fn a_lease_let_go_is_not_renewed(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    create_job(&db, STORE_A, 2).await;
+    let q = Queue::new(db.clone(), "q".into(), Duration::from_millis(300), 5);
+    let claimed = q.claim(2).await.unwrap();
+    // The outcome of the first could not be written (say, the database was away): let it go.
+    q.let_go([claimed[0].id]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        q.heartbeat().await.unwrap(),
+        1,
+        "only the image still held is renewed"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = Queue::new(db.clone(), "other".into(), Duration::from_secs(30), 5);
+    assert_eq!(
+        other.reap_expired().await.unwrap(),
+        1,
+        "the let-go image expires and is taken back"
+    );
+    let again = other.claim(2).await.unwrap();
+    assert_eq!(
+        again.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![claimed[0].id]
+    );
+}
+
 async fn poison_image_fails_after_its_attempts(backend: Backend) {
     let tdb = TestDb::new(backend).await;
     let db = migrated(&tdb).await;
@@ -309,7 +339,7 @@ async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
         ("RP_LEASE_SECS", "1.5"),
         ("RP_POLL_INTERVAL_MS", "100"),
     ];
-    let client = reqwest::Client::new();
+    let client = common::client();
     let n = 400u32;
     let urls: Vec<String> = (0..n)
         .map(|i| images.image(1 + i % 50, 1 + i / 50, "png"))
@@ -367,6 +397,7 @@ on_both_backends!(
     concurrent_claims_never_share_an_image,
     results_are_recorded_only_under_the_lease,
     heartbeat_keeps_a_lease_alive,
+    a_lease_let_go_is_not_renewed,
     poison_image_fails_after_its_attempts,
     retry_waits_for_its_time,
     flaky_host_succeeds_and_broken_host_fails_after_retries,

@@ -520,6 +520,7 @@ fn verdict(ok: bool) -> &'static str {
 async fn main() {
     // `cargo bench` passes `--bench`; there is nothing else to parse.
     let o = Opts::from_env();
+    retail_pulse::fetch::install_crypto_provider();
     let host = ImageHost::start().await;
     eprintln!(
         "image host at {}, image sizes {:?} bytes",

@@ -35,10 +35,18 @@ pub const WORK_CHANNEL: &str = "retail_pulse_work";
 /// Writes the job and every image in one transaction; returns the new job id once committed.
 /// Images of stores missing from `known_stores` are stored as failed right away (never
 /// downloaded), so a job made only of unknown stores is finished at once.
+/// A client's idempotency key and the hash of the body it first came with.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub body_hash: &'a str,
+}
+
 pub async fn create(
     db: &Db,
     submission: &Submission,
     known_stores: &HashSet<String>,
+    idempotency: Option<Idempotency<'_>>,
 ) -> Result<i64, DbError> {
     let now = now_ms();
     let total = submission.image_count() as i64;
@@ -51,12 +59,14 @@ pub async fn create(
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await.map_err(err)?;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (status, total, succeeded, failed, created_at) \
-         VALUES ('ongoing', $1, 0, $2, $3) RETURNING id",
+        "INSERT INTO jobs (status, total, succeeded, failed, created_at, idempotency_key, request_hash) \
+         VALUES ('ongoing', $1, 0, $2, $3, $4, $5) RETURNING id",
     )
     .bind(total)
     .bind(unknown)
     .bind(now)
+    .bind(idempotency.map(|i| i.key))
+    .bind(idempotency.map(|i| i.body_hash))
     .fetch_one(&mut *tx)
     .await
     .map_err(err)?;
@@ -94,6 +104,90 @@ fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
         },
         created_at: row.try_get("created_at").map_err(err)?,
         finished_at: row.try_get("finished_at").map_err(err)?,
+    })
+}
+
+/// The job created with an idempotency key, and the hash of the body it was created from.
+pub async fn find_by_idempotency_key(db: &Db, key: &str) -> Result<Option<(i64, String)>, DbError> {
+    let row = sqlx::query("SELECT id, request_hash FROM jobs WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(err)?;
+    row.map(|r| {
+        Ok((
+            r.try_get("id").map_err(err)?,
+            r.try_get::<Option<String>, _>("request_hash")
+                .map_err(err)?
+                .unwrap_or_default(),
+        ))
+    })
+    .transpose()
+}
+
+/// What a cancel request found.
+#[derive(Debug)]
+pub enum Cancel {
+    /// The job was ongoing and is now cancelled.
+    Cancelled(JobRow),
+    /// The job had already finished; nothing changed.
+    Finished(JobRow),
+    NotFound,
+}
+
+/// Cancels an ongoing job: its unfinished images become failed (`cancelled`) without being
+/// processed, results still in flight are refused (their lease is gone), and the job ends as
+/// `cancelled` with an error entry per affected store. Images are locked before the job row,
+/// the same order as recording results, so the two never deadlock.
+pub async fn cancel(db: &Db, id: i64) -> Result<Cancel, DbError> {
+    let now = now_ms();
+    {
+        let _turn = db.write_turn().await;
+        let mut tx = db.pool().begin().await.map_err(err)?;
+        let stopped = sqlx::query(
+            "UPDATE images SET status = 'failed', error = 'job cancelled before this image was processed', \
+             error_kind = $2, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3 \
+             WHERE job_id = $1 AND status IN ('pending', 'running') \
+             AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND status = 'ongoing')",
+        )
+        .bind(id)
+        .bind(ErrorKind::Cancelled.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected() as i64;
+        let updated = sqlx::query("UPDATE jobs SET failed = failed + $2 WHERE id = $1 AND status = 'ongoing' RETURNING id")
+            .bind(id)
+            .bind(stopped)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+        if updated.is_some() {
+            let errors = store_errors(db, &mut tx, id).await?;
+            let json =
+                serde_json::to_string(&errors).map_err(|e| DbError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "UPDATE jobs SET status = 'cancelled', errors = $2, finished_at = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(json)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            tracing::info!(job.id = id, images.cancelled = stopped, "job cancelled");
+            let job = get(db, id)
+                .await?
+                .ok_or_else(|| DbError::Corrupt("cancelled job vanished".into()))?;
+            return Ok(Cancel::Cancelled(job));
+        }
+        tx.rollback().await.map_err(err)?;
+    }
+    Ok(match get(db, id).await? {
+        Some(job) => Cancel::Finished(job),
+        None => Cancel::NotFound,
     })
 }
 

@@ -38,6 +38,9 @@ pub enum DbError {
     },
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// A unique constraint refused the write (e.g. an idempotency key already in use).
+    #[error("duplicate: {0}")]
+    Duplicate(#[source] sqlx::Error),
 }
 
 impl DbError {
@@ -58,6 +61,7 @@ impl DbError {
             {
                 DbError::Unavailable(error)
             }
+            sqlx::Error::Database(ref db) if db.is_unique_violation() => DbError::Duplicate(error),
             other => DbError::Query(other),
         }
     }
@@ -72,6 +76,10 @@ pub(crate) fn err(error: sqlx::Error) -> DbError {
     DbError::classify(error)
 }
 
+/// How long a query waits for a connection. While the database is away, this is how long an
+/// API request takes to answer 503: short, so clients get a quick answer and retry.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A handle to the pool; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -84,10 +92,21 @@ pub struct Db {
     writer: Arc<tokio::sync::Mutex<()>>,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+/// (version, SQL) per backend, applied in order; never edit one that has shipped.
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_idempotency_and_worker.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_idempotency_and_worker.sql"),
+    ),
+];
 
 impl Db {
     /// Opens a pool. A `sqlite:` URL with `mode=rwc` creates the file if it is missing.
@@ -100,7 +119,7 @@ impl Db {
         };
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5));
+            .acquire_timeout(ACQUIRE_TIMEOUT);
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {

@@ -77,6 +77,13 @@ pub struct Download {
     pub total_bytes: u64,
 }
 
+/// reqwest is built without a bundled crypto provider; this installs ring (already in the
+/// tree for the database driver) as the process default. Any later call is a no-op. Call it
+/// before building any other reqwest client in the process.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Downloads images. Cheap to clone (the connection pool is shared).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -97,9 +104,7 @@ enum RedirectRefused {
 
 impl Fetcher {
     pub fn new(config: &FetchConfig) -> Result<Self, FetchError> {
-        // reqwest is built without a bundled crypto provider; use ring (already in the tree
-        // for the database driver). A second install attempt is a harmless no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto_provider();
         let allow_private = config.allow_private_networks;
         let max_redirects = config.max_redirects;
         let policy = redirect::Policy::custom(move |attempt| {

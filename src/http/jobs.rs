@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -16,6 +16,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/jobs/{job_id}", get(job))
         .route("/api/jobs/{job_id}/images", get(images))
+        .route("/api/jobs/{job_id}/cancel", post(cancel))
 }
 
 #[derive(Debug, Serialize)]
@@ -49,19 +50,41 @@ async fn job(
     let job = db::jobs::get(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
-    Ok(Json(JobBody {
-        job_id: job.id,
-        status: job.status.as_str(),
-        created_at: format_ms(job.created_at),
-        finished_at: job.finished_at.map(format_ms),
-        images: Progress {
-            total: job.total,
-            succeeded: job.succeeded,
-            failed: job.failed,
-            pending: job.pending(),
-        },
-        error: job.errors,
-    }))
+    Ok(Json(JobBody::from(job)))
+}
+
+/// `POST /api/jobs/{id}/cancel`: 200 with the cancelled job; 409 if it had already finished.
+async fn cancel(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<JobBody>, ApiError> {
+    let id = parse_job_id(&raw)?;
+    match db::jobs::cancel(&state.db, id).await? {
+        db::jobs::Cancel::Cancelled(job) => Ok(Json(JobBody::from(job))),
+        db::jobs::Cancel::Finished(job) => Err(ApiError::Conflict(format!(
+            "job {id} has already finished ({}); only an ongoing job can be cancelled",
+            job.status.as_str()
+        ))),
+        db::jobs::Cancel::NotFound => Err(ApiError::NotFound(format!("no job {id}"))),
+    }
+}
+
+impl From<db::jobs::JobRow> for JobBody {
+    fn from(job: db::jobs::JobRow) -> Self {
+        JobBody {
+            job_id: job.id,
+            status: job.status.as_str(),
+            created_at: format_ms(job.created_at),
+            finished_at: job.finished_at.map(format_ms),
+            images: Progress {
+                total: job.total,
+                succeeded: job.succeeded,
+                failed: job.failed,
+                pending: job.pending(),
+            },
+            error: job.errors,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

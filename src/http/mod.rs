@@ -45,8 +45,13 @@ pub enum ApiError {
     StatusBadRequest,
     /// 404 `{"error": message}`.
     NotFound(String),
+    /// 409 `{"error": message}`: the request conflicts with the resource's state.
+    Conflict(String),
     /// 413 `{"error": message}`: the body or the job is over a configured limit.
     TooLarge(String),
+    /// 422 `{"error": message}`: well-formed, but cannot be done (idempotency key reused
+    /// with another body).
+    Unprocessable(String),
     /// 503 `{"error": ...}`: the database cannot be reached right now; retry shortly.
     Unavailable,
     /// 500 `{"error": "internal error"}`: logged here with its cause, never shown.
@@ -70,7 +75,9 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
             ApiError::StatusBadRequest => (StatusCode::BAD_REQUEST, json!({})),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({ "error": m })),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": m })),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": m })),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "error": "the database is unavailable; retry shortly" }),

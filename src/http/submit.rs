@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
-use crate::db;
+use crate::db::{self, DbError, jobs::Idempotency};
 use crate::domain::{Submission, ValidationError};
 
 pub fn router() -> Router<AppState> {
@@ -27,10 +28,15 @@ pub struct Submitted {
 
 /// Whatever the Content-Type says, the body is read as JSON: the assignment's clients post
 /// with curl's default form content type.
+///
+/// With an `Idempotency-Key` header, a repeat of the same body returns the job the first
+/// request created (no second job); the same key with another body is a 422.
 async fn submit(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+    let key = idempotency_key(&headers)?;
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|e| body_error(e, state.max_body_bytes))?;
@@ -44,8 +50,28 @@ async fn submit(
         .map(|v| v.store_id.as_str())
         .collect();
     let store_ids: Vec<&str> = store_ids.into_iter().collect();
+    let hash = key.map(|_| body_hash(&bytes));
+    if let (Some(key), Some(hash)) = (key, &hash)
+        && let Some(job_id) = replay(&state, key, hash).await?
+    {
+        return Ok((StatusCode::CREATED, Json(Submitted { job_id })));
+    }
     let known = db::stores::known(&state.db, &store_ids).await?;
-    let job_id = db::jobs::create(&state.db, &submission, &known).await?;
+    let idempotency = key
+        .zip(hash.as_deref())
+        .map(|(key, body_hash)| Idempotency { key, body_hash });
+    let job_id = match db::jobs::create(&state.db, &submission, &known, idempotency).await {
+        Ok(id) => id,
+        // Another request with the same key won the race: answer as a replay of it.
+        Err(DbError::Duplicate(_)) if idempotency.is_some() => {
+            let (key, hash) = key.zip(hash.as_deref()).expect("idempotency present");
+            return match replay(&state, key, hash).await? {
+                Some(job_id) => Ok((StatusCode::CREATED, Json(Submitted { job_id }))),
+                None => Err(ApiError::Internal("idempotency key vanished".into())),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
     state.wake.notify_one();
     tracing::info!(
         job.id = job_id,
@@ -53,6 +79,49 @@ async fn submit(
         "job submitted"
     );
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "Idempotency-Key: must be 1 to 255 visible ASCII characters".into(),
+            )
+        })?;
+    Ok(Some(key))
+}
+
+/// The hash a repeat must match: of the body's JSON value, so whitespace and key order do not
+/// matter (serde_json objects serialise with sorted keys), falling back to the raw bytes.
+fn body_hash(bytes: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<serde_json::Value>(bytes)
+        .map(|v| v.to_string().into_bytes())
+        .unwrap_or_else(|_| bytes.to_vec());
+    let digest = Sha256::digest(&canonical);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The job an earlier request with this key created, if its body was the same.
+async fn replay(state: &AppState, key: &str, hash: &str) -> Result<Option<i64>, ApiError> {
+    match db::jobs::find_by_idempotency_key(&state.db, key).await? {
+        Some((job_id, stored)) if stored == hash => {
+            tracing::info!(job.id = job_id, "idempotent replay of a submit");
+            Ok(Some(job_id))
+        }
+        Some((job_id, _)) => Err(ApiError::Unprocessable(format!(
+            "Idempotency-Key: already used for job {job_id} with a different body"
+        ))),
+        None => Ok(None),
+    }
 }
 
 fn body_error(error: axum::Error, limit: usize) -> ApiError {

@@ -178,6 +178,18 @@ impl WorkerPool {
                     drop(p);
                     break;
                 };
+                if !self.queue.may_be_ongoing(image.job_id).await {
+                    // Its job was cancelled while the image waited here: its row is already
+                    // failed and its lease gone, so there is nothing to do or record.
+                    tracing::debug!(
+                        image.id = image.id,
+                        job.id = image.job_id,
+                        "skipping an image of a finished job"
+                    );
+                    self.queue.let_go([image.id]);
+                    permit = Some(p);
+                    continue;
+                }
                 self.start(&mut tasks, image, p, results.clone());
             }
         }
@@ -274,13 +286,14 @@ async fn write_outcomes(
                     if recorded < batch.len() {
                         tracing::warn!(
                             lost = batch.len() - recorded,
-                            "some outcomes arrived after their lease was taken over; not recorded"
+                            "outcomes not recorded: their lease was taken over or their job cancelled"
                         );
                     }
                     break;
                 }
                 // Past the lease the images belong to someone else anyway: let them be redone.
                 Err(error) if started.elapsed() > lease => {
+                    queue.let_go(batch.iter().map(|(id, _)| *id));
                     tracing::error!(%error, dropped = batch.len(), "cannot record outcomes; their images will be retried");
                     break;
                 }

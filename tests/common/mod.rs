@@ -183,7 +183,7 @@ impl TestApp {
         });
         TestApp {
             base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
+            client: client(),
             stop: Some(stop),
             handle: Some(handle),
         }
@@ -301,6 +301,15 @@ pub fn payload(visits: &[(&str, Vec<String>)]) -> Value {
         .map(|(store, urls)| serde_json::json!({"store_id": store, "image_url": urls, "visit_time": "2026-11-28T10:00:00Z"}))
         .collect();
     serde_json::json!({"count": visits.len(), "visits": visits})
+}
+
+/// An HTTP client for tests (with the TLS crypto provider the service uses installed).
+pub fn client() -> reqwest::Client {
+    retail_pulse::fetch::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
 }
 
 /// A store id from the bundled sample store master.

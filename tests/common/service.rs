@@ -40,9 +40,14 @@ impl Service {
         } else {
             "worker pool started"
         };
+        // RP_TEST_ECHO_LOGS=1 shows the service's log lines (on stderr) when debugging a test.
+        let echo = std::env::var("RP_TEST_ECHO_LOGS").is_ok();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("{line}");
+                }
                 if !sent
                     && let Ok(v) = serde_json::from_str::<Value>(&line)
                     && v["message"] == waits_for

@@ -1,0 +1,96 @@
+//! Scale-out on PostgreSQL: one API process and several `worker` processes share one database.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::service::Service;
+use common::{ImageServer, STORE_A, TestDb, payload};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
+
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_processes_share_a_job_and_survive_losing_one() {
+    if !common::postgres_available("worker_processes_share_a_job_and_survive_losing_one") {
+        return;
+    }
+    let db = TestDb::new(common::Backend::Postgres).await;
+    let images = ImageServer::start().await;
+    let worker_env = [
+        ("RP_PROCESSING_DELAY_MS", "20"),
+        ("RP_WORKERS", "4"),
+        ("RP_LEASE_SECS", "1.5"),
+        ("RP_POLL_INTERVAL_MS", "100"),
+    ];
+    let api = Service::start(BIN, "serve", &db.url, &[("RP_NO_WORKERS", "true")]);
+    let first = Service::start(BIN, "worker", &db.url, &worker_env);
+    let second = Service::start(BIN, "worker", &db.url, &worker_env);
+    let client = common::client();
+    let n = 300i64;
+    let urls: Vec<String> = (0..n)
+        .map(|i| images.image(1 + i as u32, 7, "png"))
+        .collect();
+    let res = client
+        .post(format!("{}/api/submit/", api.base))
+        .body(payload(&[(STORE_A, urls)]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let job = serde_json::from_slice::<Value>(&res.bytes().await.unwrap()).unwrap()["job_id"]
+        .as_i64()
+        .unwrap();
+
+    // Both workers take part.
+    let pool = sqlx::postgres::PgPool::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let workers: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT processed_by) FROM images WHERE job_id = $1 AND processed_by IS NOT NULL")
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if workers == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the two workers never both recorded results"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Lose one worker for good, mid-job: the other finishes, taking over its leases.
+    first.kill_hard();
+    let killed_at = Instant::now();
+    loop {
+        let detail = get_json(&client, format!("{}/api/jobs/{job}", api.base)).await;
+        if detail["status"] != "ongoing" {
+            assert_eq!(detail["status"], "completed", "{detail}");
+            assert_eq!(
+                detail["images"],
+                json!({"total": n, "succeeded": n, "failed": 0, "pending": 0})
+            );
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "job stuck after losing a worker: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let processed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE job_id = $1 AND status = 'succeeded' AND perimeter = 2 * (width + height)")
+        .bind(job)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(processed, n);
+    pool.close().await;
+    drop(second);
+    drop(api);
+}
