@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{self, Db, DbError};
-use crate::domain::Limits;
 use crate::fetch::FetchError;
 use crate::http::{self, AppState};
 use crate::stores::{self, StoreMasterError};
@@ -80,10 +79,7 @@ pub async fn build(
     let state = (roles.api && listener.is_some()).then(|| AppState {
         db: db.clone(),
         wake: wake.clone(),
-        limits: Limits {
-            max_images_per_job: config.api.max_images_per_job,
-            ..Limits::default()
-        },
+        limits: config.api.limits,
         max_body_bytes: config.api.max_body_bytes,
     });
     let workers = if roles.workers {

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::app::{self, Roles};
 use crate::config::{Config, DEFAULT_DATABASE_URL, DelayRange};
 use crate::db::Db;
+use crate::fetch::guard::AllowList;
 use crate::{shutdown, stores};
 
 #[derive(Debug, Parser)]
@@ -74,6 +75,18 @@ pub struct ServeArgs {
     /// Most images accepted in one job.
     #[arg(long, env = "RP_MAX_IMAGES_PER_JOB", default_value_t = 100_000)]
     pub max_images_per_job: usize,
+    /// Most visits accepted in one job.
+    #[arg(long, env = "RP_MAX_VISITS_PER_JOB", default_value_t = 100_000)]
+    pub max_visits_per_job: usize,
+    /// Most images accepted in one visit.
+    #[arg(long, env = "RP_MAX_IMAGES_PER_VISIT", default_value_t = 1_000)]
+    pub max_images_per_visit: usize,
+    /// Longest accepted image URL, in bytes.
+    #[arg(long, env = "RP_MAX_URL_BYTES", default_value_t = 2048)]
+    pub max_url_bytes: usize,
+    /// Longest accepted store_id, in bytes.
+    #[arg(long, env = "RP_MAX_STORE_ID_BYTES", default_value_t = 64)]
+    pub max_store_id_bytes: usize,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -104,6 +117,13 @@ pub struct WorkerArgs {
     /// Largest image download in bytes.
     #[arg(long, env = "RP_FETCH_MAX_BYTES", default_value_t = 50 * 1024 * 1024)]
     pub fetch_max_bytes: u64,
+    /// Seconds without a byte from an image host before the download counts as stalled.
+    #[arg(long, env = "RP_FETCH_STALL_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub fetch_stall_timeout_secs: f64,
+    /// Private hosts and networks image URLs may reach even without --allow-private-networks:
+    /// comma-separated host names (`intranet.local`, `*.corp.example`), addresses and CIDRs.
+    #[arg(long, env = "RP_ALLOW_HOSTS", default_value = "", value_parser = parse_allow_hosts)]
+    pub allow_hosts: AllowList,
     /// Redirects followed per download.
     #[arg(long, env = "RP_FETCH_MAX_REDIRECTS", default_value_t = 5)]
     pub fetch_max_redirects: usize,
@@ -125,6 +145,10 @@ pub struct WorkerArgs {
     /// Seconds shutdown waits for in-flight images before handing them back to the queue.
     #[arg(long, env = "RP_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
     pub shutdown_grace_secs: f64,
+}
+
+fn parse_allow_hosts(text: &str) -> Result<AllowList, String> {
+    AllowList::parse(text)
 }
 
 fn parse_delay(text: &str) -> Result<DelayRange, String> {
@@ -159,6 +183,8 @@ impl WorkerArgs {
         f.max_bytes = self.fetch_max_bytes;
         f.max_redirects = self.fetch_max_redirects;
         f.allow_private_networks = self.allow_private_networks;
+        f.allow_hosts = self.allow_hosts.clone();
+        f.stall_timeout = secs(self.fetch_stall_timeout_secs, "fetch-stall-timeout-secs")?;
         Ok(())
     }
 }
@@ -169,7 +195,12 @@ impl ServeArgs {
         self.worker.apply(&mut config)?;
         config.bind = self.bind;
         config.api.max_body_bytes = self.max_body_bytes;
-        config.api.max_images_per_job = self.max_images_per_job;
+        let limits = &mut config.api.limits;
+        limits.max_images_per_job = self.max_images_per_job;
+        limits.max_visits = self.max_visits_per_job;
+        limits.max_images_per_visit = self.max_images_per_visit;
+        limits.max_url_len = self.max_url_bytes;
+        limits.max_store_id_len = self.max_store_id_bytes;
         config.validate()?;
         Ok(config)
     }

@@ -48,8 +48,8 @@ pub struct DatabaseConfig {
 pub struct ApiConfig {
     /// Largest accepted request body in bytes (413 above it).
     pub max_body_bytes: usize,
-    /// Largest number of images in one job (413 above it).
-    pub max_images_per_job: usize,
+    /// Sizes a submission must respect.
+    pub limits: crate::domain::Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +78,11 @@ pub struct FetchConfig {
     pub timeout: Duration,
     pub max_bytes: u64,
     pub max_redirects: usize,
+    /// Longest wait for the next bytes of a response before the download counts as stalled.
+    pub stall_timeout: Duration,
     pub allow_private_networks: bool,
+    /// Private hosts and networks reachable even when private networks are not.
+    pub allow_hosts: crate::fetch::guard::AllowList,
 }
 
 /// The simulated GPU time per image: a fixed value or a uniform random range, in ms.
@@ -136,7 +140,7 @@ impl Default for Config {
             store_master: None,
             api: ApiConfig {
                 max_body_bytes: 32 * 1024 * 1024,
-                max_images_per_job: 100_000,
+                limits: crate::domain::Limits::default(),
             },
             worker: WorkerConfig {
                 concurrency: 32,
@@ -156,7 +160,9 @@ impl Default for Config {
                 timeout: Duration::from_secs(30),
                 max_bytes: 50 * 1024 * 1024,
                 max_redirects: 5,
+                stall_timeout: Duration::from_secs(10),
                 allow_private_networks: false,
+                allow_hosts: crate::fetch::guard::AllowList::default(),
             },
         }
     }

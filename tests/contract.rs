@@ -332,10 +332,13 @@ async fn large_job_is_accepted_quickly_and_status_stays_cheap(backend: Backend) 
         max_ms: 1000,
     };
     let app = TestApp::start(config).await;
+    // 10 visits of 1,000 images (the default per-visit limit).
     let urls: Vec<String> = (0..10_000)
         .map(|i| format!("http://127.0.0.1:9/{i}.png"))
         .collect();
-    let body = payload(&[(STORE_A, urls)]);
+    let visits: Vec<(&str, Vec<String>)> =
+        urls.chunks(1000).map(|c| (STORE_A, c.to_vec())).collect();
+    let body = payload(&visits);
     let started = std::time::Instant::now();
     let job = app.submit_ok(&body).await;
     let took = started.elapsed();

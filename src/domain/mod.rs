@@ -2,6 +2,7 @@
 //! Validation happens once, here; everything past the HTTP layer holds parsed values.
 
 pub mod job;
+pub mod strict_json;
 pub mod submission;
 
 pub use job::{ErrorKind, ImageStatus, JobStatus, StoreError};

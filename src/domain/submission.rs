@@ -26,6 +26,11 @@ fn invalid(message: impl Into<String>) -> ValidationError {
 /// Size limits a submission must respect.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Visits in one job (413 above).
+    pub max_visits: usize,
+    /// Images in one visit (413 above).
+    pub max_images_per_visit: usize,
+    /// Images in one job (413 above).
     pub max_images_per_job: usize,
     pub max_url_len: usize,
     pub max_store_id_len: usize,
@@ -35,6 +40,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            max_visits: 100_000,
+            max_images_per_visit: 1_000,
             max_images_per_job: 100_000,
             max_url_len: 2048,
             max_store_id_len: 64,
@@ -61,7 +68,7 @@ pub struct Submission {
 impl Submission {
     /// Parses and validates a request body.
     pub fn parse(body: &[u8], limits: &Limits) -> Result<Self, ValidationError> {
-        let value: Value = serde_json::from_slice(body)
+        let value = super::strict_json::parse(body)
             .map_err(|e| invalid(format!("body is not valid JSON: {e}")))?;
         Self::from_value(&value, limits)
     }
@@ -86,6 +93,12 @@ impl Submission {
         };
         if visits.is_empty() {
             return Err(invalid("visits: must not be empty"));
+        }
+        if visits.len() > limits.max_visits {
+            return Err(ValidationError::TooLarge(format!(
+                "visits: a job may hold at most {} visits",
+                limits.max_visits
+            )));
         }
         if count != visits.len() as u64 {
             return Err(invalid(format!(
@@ -121,7 +134,7 @@ fn parse_count(value: &Value) -> Result<u64, ValidationError> {
                 Ok(u)
             } else if n.as_i64().is_some() {
                 Err(invalid("count: must not be negative"))
-            } else if n.is_f64() {
+            } else if n.as_f64().is_some_and(|f| f.fract() != 0.0) {
                 Err(invalid("count: must be a whole number"))
             } else {
                 Err(invalid("count: is too large"))
@@ -167,6 +180,13 @@ fn parse_visit(i: usize, value: &Value, limits: &Limits) -> Result<Visit, Valida
         return Err(invalid(format!(
             "{}: must not be empty",
             field("image_url")
+        )));
+    }
+    if urls.len() > limits.max_images_per_visit {
+        return Err(ValidationError::TooLarge(format!(
+            "{}: a visit may hold at most {} images",
+            field("image_url"),
+            limits.max_images_per_visit
         )));
     }
     let image_urls = urls

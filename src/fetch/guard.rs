@@ -9,6 +9,9 @@
 //! redirect.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
@@ -65,26 +68,94 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
         || (first == 0x0100 && s[1..4] == [0; 3])) // discard-only
 }
 
-/// Checks a URL's host when it is an IP literal (names are checked by [`GuardedResolver`]).
-pub fn check_literal(url: &reqwest::Url) -> Result<(), Blocked> {
-    let ip = match url.host() {
-        Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
-        Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
-        _ => return Ok(()),
-    };
-    if is_global(ip) {
-        Ok(())
-    } else {
-        Err(Blocked(format!("address {ip} is not a public address")))
+/// Exceptions to the global-only rule for an intranet deployment: host names (exact, or
+/// `*.corp.example` for any subdomain) and networks (`10.1.2.0/24`, or one address). Parsed
+/// from a comma-separated list (`RP_ALLOW_HOSTS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    names: Vec<String>,
+    suffixes: Vec<String>,
+    nets: Vec<IpNet>,
+}
+
+impl AllowList {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut list = AllowList::default();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if let Ok(net) = entry.parse::<IpNet>() {
+                list.nets.push(net);
+            } else if let Ok(ip) = entry.parse::<IpAddr>() {
+                list.nets.push(IpNet::from(ip));
+            } else if let Some(suffix) = entry.strip_prefix("*.") {
+                list.suffixes
+                    .push(format!(".{}", suffix.to_ascii_lowercase()));
+            } else if entry
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                list.names.push(entry.to_ascii_lowercase());
+            } else {
+                return Err(format!(
+                    "`{entry}` is neither a host name, an address nor a CIDR"
+                ));
+            }
+        }
+        Ok(list)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.suffixes.is_empty() && self.nets.is_empty()
+    }
+
+    fn allows_name(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.names.contains(&host) || self.suffixes.iter().any(|s| host.ends_with(s.as_str()))
+    }
+
+    fn allows_ip(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(&ip))
     }
 }
 
-/// A resolver that keeps only global addresses and fails when none is left.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GuardedResolver;
+/// Which destinations a download may connect to.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Everything allowed (tests, trusted deployments).
+    pub allow_private: bool,
+    pub allow: AllowList,
+}
+
+impl Policy {
+    /// Whether `ip`, reached through the name `host` (if any), may be connected to.
+    pub fn permits(&self, host: Option<&str>, ip: IpAddr) -> bool {
+        self.allow_private
+            || is_global(ip)
+            || self.allow.allows_ip(ip)
+            || host.is_some_and(|h| self.allow.allows_name(h))
+    }
+
+    /// Checks a URL's host when it is an IP literal (names are checked by [`GuardedResolver`]).
+    pub fn check_literal(&self, url: &reqwest::Url) -> Result<(), Blocked> {
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
+            Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
+            _ => return Ok(()),
+        };
+        if self.permits(None, ip) {
+            Ok(())
+        } else {
+            Err(Blocked(format!("address {ip} is not a public address")))
+        }
+    }
+}
+
+/// A resolver that keeps only the addresses the policy permits and fails when none is left.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver(pub Arc<Policy>);
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.0.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
             let found: Vec<SocketAddr> =
@@ -92,7 +163,7 @@ impl Resolve for GuardedResolver {
             let allowed: Vec<SocketAddr> = found
                 .iter()
                 .copied()
-                .filter(|a| is_global(a.ip()))
+                .filter(|a| policy.permits(Some(&host), a.ip()))
                 .collect();
             if allowed.is_empty() {
                 let shown = found
@@ -165,15 +236,38 @@ mod tests {
 
     #[test]
     fn numeric_spellings_of_loopback_are_caught() {
+        let policy = Policy::default();
         for url in [
             "http://2130706433/x.jpg",
             "http://0x7f000001/x.jpg",
             "http://127.1/x.jpg",
+            "http://0177.0.0.1/x.jpg",
             "http://[::ffff:7f00:1]/",
         ] {
             let url = reqwest::Url::parse(url).unwrap();
-            assert!(check_literal(&url).is_err(), "{url}");
+            assert!(policy.check_literal(&url).is_err(), "{url}");
         }
-        assert!(check_literal(&reqwest::Url::parse("http://example.com/a.jpg").unwrap()).is_ok());
+        let public = reqwest::Url::parse("http://example.com/a.jpg").unwrap();
+        assert!(policy.check_literal(&public).is_ok());
+    }
+
+    #[test]
+    fn the_allow_list_opens_chosen_hosts_and_networks_only() {
+        let allow =
+            AllowList::parse("intranet.local, *.corp.example, 10.1.2.0/24, 192.168.7.7").unwrap();
+        let policy = Policy {
+            allow_private: false,
+            allow,
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(policy.permits(Some("intranet.local"), ip("10.9.9.9")));
+        assert!(policy.permits(Some("img.corp.example"), ip("172.16.0.5")));
+        assert!(policy.permits(None, ip("10.1.2.200")));
+        assert!(policy.permits(None, ip("192.168.7.7")));
+        assert!(!policy.permits(None, ip("10.1.3.1")));
+        assert!(!policy.permits(Some("other.local"), ip("192.168.7.8")));
+        assert!(!policy.permits(Some("corp.example.evil"), ip("10.0.0.1")));
+        assert!(AllowList::parse("bad host!").is_err());
+        assert!(AllowList::parse("").unwrap().is_empty());
     }
 }

@@ -4,7 +4,8 @@
 
 pub mod guard;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use reqwest::{Url, redirect};
@@ -25,8 +26,14 @@ pub enum FetchError {
         reason: String,
         retry_after: Option<Duration>,
     },
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
+    /// `phase` is what ran out of time: "connecting" or "the download".
+    #[error("timed out after {} s {phase}", secs(*.after))]
+    Timeout {
+        phase: &'static str,
+        after: Duration,
+    },
+    #[error("stalled: no data for {} s", secs(*.0))]
+    Stalled(Duration),
     #[error("larger than {0} bytes")]
     TooLarge(u64),
     #[error("more than {0} redirects")]
@@ -37,13 +44,23 @@ pub enum FetchError {
     Network(String),
 }
 
+/// `30`, `0.5`: seconds as a person writes them.
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}")
+    } else {
+        format!("{s}")
+    }
+}
+
 impl FetchError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             FetchError::InvalidUrl(_) => ErrorKind::InvalidUrl,
             FetchError::Blocked(_) => ErrorKind::BlockedAddress,
             FetchError::Status { .. } => ErrorKind::HttpStatus,
-            FetchError::Timeout(_) => ErrorKind::Timeout,
+            FetchError::Timeout { .. } | FetchError::Stalled(_) => ErrorKind::Timeout,
             FetchError::TooLarge(_) => ErrorKind::TooLarge,
             FetchError::TooManyRedirects(_) | FetchError::RedirectLoop(_) => {
                 ErrorKind::TooManyRedirects
@@ -55,7 +72,7 @@ impl FetchError {
     /// Transient failures worth another try: timeouts, connection trouble, 408, 429 and 5xx.
     pub fn is_transient(&self) -> bool {
         match self {
-            FetchError::Timeout(_) | FetchError::Network(_) => true,
+            FetchError::Timeout { .. } | FetchError::Stalled(_) | FetchError::Network(_) => true,
             FetchError::Status { code, .. } => *code == 408 || *code == 429 || *code >= 500,
             _ => false,
         }
@@ -89,6 +106,7 @@ pub fn install_crypto_provider() {
 pub struct Fetcher {
     client: reqwest::Client,
     config: FetchConfig,
+    policy: Arc<guard::Policy>,
 }
 
 /// Marker errors a redirect policy returns, recovered from reqwest's error chain.
@@ -105,9 +123,13 @@ enum RedirectRefused {
 impl Fetcher {
     pub fn new(config: &FetchConfig) -> Result<Self, FetchError> {
         install_crypto_provider();
-        let allow_private = config.allow_private_networks;
+        let policy = Arc::new(guard::Policy {
+            allow_private: config.allow_private_networks,
+            allow: config.allow_hosts.clone(),
+        });
         let max_redirects = config.max_redirects;
-        let policy = redirect::Policy::custom(move |attempt| {
+        let redirect_policy = policy.clone();
+        let redirects = redirect::Policy::custom(move |attempt| {
             let url = attempt.url().clone();
             if !matches!(url.scheme(), "http" | "https") {
                 return attempt.error(RedirectRefused::Scheme(url.scheme().to_string()));
@@ -118,7 +140,8 @@ impl Fetcher {
             if attempt.previous().len() > max_redirects {
                 return attempt.error(RedirectRefused::TooMany);
             }
-            if !allow_private && let Err(blocked) = guard::check_literal(&url) {
+            // Names are checked again by the resolver when the redirect connects.
+            if let Err(blocked) = redirect_policy.check_literal(&url) {
                 return attempt.error(blocked);
             }
             attempt.follow()
@@ -127,9 +150,10 @@ impl Fetcher {
             .user_agent(concat!("retail-pulse/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
-            .redirect(policy);
-        if !allow_private {
-            builder = builder.dns_resolver(guard::GuardedResolver);
+            .read_timeout(config.stall_timeout)
+            .redirect(redirects);
+        if !config.allow_private_networks {
+            builder = builder.dns_resolver(guard::GuardedResolver(policy.clone()));
         }
         let client = builder
             .build()
@@ -137,6 +161,7 @@ impl Fetcher {
         Ok(Self {
             client,
             config: config.clone(),
+            policy,
         })
     }
 
@@ -164,15 +189,16 @@ impl Fetcher {
         if parsed.host().is_none() {
             return Err(FetchError::InvalidUrl("no host".into()));
         }
-        if !self.config.allow_private_networks {
-            guard::check_literal(&parsed).map_err(|b| FetchError::Blocked(b.0))?;
-        }
+        self.policy
+            .check_literal(&parsed)
+            .map_err(|b| FetchError::Blocked(b.0))?;
+        let started = Instant::now();
         let mut response = self
             .client
             .get(parsed)
             .send()
             .await
-            .map_err(|e| self.classify(e))?;
+            .map_err(|e| self.classify(e, started))?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = response
@@ -196,7 +222,11 @@ impl Fetcher {
         let mut head = BytesMut::new();
         let mut keeping = true;
         let mut total: u64 = 0;
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(e))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.classify(e, started))?
+        {
             total += chunk.len() as u64;
             if total > max {
                 return Err(FetchError::TooLarge(max));
@@ -212,7 +242,7 @@ impl Fetcher {
         })
     }
 
-    fn classify(&self, error: reqwest::Error) -> FetchError {
+    fn classify(&self, error: reqwest::Error, started: Instant) -> FetchError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         let mut innermost = error.to_string();
         while let Some(e) = source {
@@ -234,14 +264,19 @@ impl Fetcher {
             source = e.source();
         }
         if error.is_timeout() {
-            // A connect timeout and a whole-download timeout read the same to a client;
-            // report the limit that applies to the phase that ran out.
-            let limit = if error.is_connect() {
-                self.config.connect_timeout
+            return if error.is_connect() {
+                FetchError::Timeout {
+                    phase: "connecting",
+                    after: self.config.connect_timeout,
+                }
+            } else if started.elapsed() + Duration::from_millis(50) >= self.config.timeout {
+                FetchError::Timeout {
+                    phase: "for the whole download",
+                    after: self.config.timeout,
+                }
             } else {
-                self.config.timeout
+                FetchError::Stalled(self.config.stall_timeout)
             };
-            return FetchError::Timeout(limit);
         }
         FetchError::Network(innermost)
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -83,10 +84,12 @@ impl IntoResponse for ApiError {
                 json!({ "error": "the database is unavailable; retry shortly" }),
             ),
             ApiError::Internal(cause) => {
+                // Logged here, inside the request's span (which carries the request id); the
+                // client gets only the id, added by `internal_errors_name_the_request`.
                 tracing::error!(error = %cause, "internal error");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({ "error": "internal error; the request id in the x-request-id header identifies it in the logs" }),
+                    json!({ "error": "internal error" }),
                 )
             }
         };
@@ -111,6 +114,33 @@ impl MakeRequestId for NextRequestId {
             .ok()
             .map(RequestId::new)
     }
+}
+
+/// Every 500 — a handler's error or a caught panic — leaves with one generic body naming the
+/// request id, so a client can report it and an operator find the logged cause; nothing of
+/// the cause itself reaches the client.
+async fn internal_errors_name_the_request(req: Request<axum::body::Body>, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let response = next.run(req).await;
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let body = axum::Json(json!({ "error": format!("internal error; request id {id}") }));
+    let mut fresh = body.into_response();
+    *fresh.status_mut() = parts.status;
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE {
+            fresh.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fresh
 }
 
 pub fn router(state: AppState) -> Router {
@@ -139,9 +169,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
         .layer(DefaultBodyLimit::disable())
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("handler panicked".into()).into_response()
-        }))
+        .layer(CatchPanicLayer::custom(
+            |panic: Box<dyn std::any::Any + Send>| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                ApiError::Internal(format!("handler panicked: {what}")).into_response()
+            },
+        ))
+        .layer(axum::middleware::from_fn(internal_errors_name_the_request))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, ids))

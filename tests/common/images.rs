@@ -7,6 +7,11 @@
 //! - `/html` — an HTML error page served with 200
 //! - `/flaky/{key}/{fails}/{w}x{h}.png` — 503 for the first `fails` requests of `key`, then the image
 //! - `/slow/{ms}/{w}x{h}.png` — waits `ms` before answering
+//! - `/redirect/{n}` — `n` redirects, then a 10×10 PNG; `/loop` — redirects to itself
+//! - `/redirect-to?url=…` — one redirect to any URL
+//! - `/drip` — a PNG header, then one byte every 200 ms, forever
+//! - `/endless` — a PNG header, then zeros as fast as they go, forever
+//! - `/empty` — 200 with no body; `/truncated` — promises 1000 bytes, sends 10 and closes
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -16,9 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use image::{ImageFormat, RgbImage};
 
@@ -72,6 +79,13 @@ impl ImageServer {
             )
             .route("/flaky/{key}/{fails}/{file}", get(flaky_route))
             .route("/slow/{ms}/{file}", get(slow_route))
+            .route("/redirect/{n}", get(redirect_route))
+            .route("/loop", get(|| async { Redirect::to("/loop") }))
+            .route("/redirect-to", get(redirect_to_route))
+            .route("/drip", get(drip_route))
+            .route("/endless", get(endless_route))
+            .route("/empty", get(|| async { StatusCode::OK }))
+            .route("/truncated", get(truncated_route))
             .layer(axum::middleware::from_fn_with_state(inner.clone(), count))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -184,4 +198,85 @@ async fn slow_route(
 ) -> Response {
     tokio::time::sleep(Duration::from_millis(ms)).await;
     serve_image(&inner, &file)
+}
+
+async fn redirect_route(Path(n): Path<u32>) -> Response {
+    if n == 0 {
+        Redirect::to("/img/10x10.png").into_response()
+    } else {
+        Redirect::to(&format!("/redirect/{}", n - 1)).into_response()
+    }
+}
+
+async fn redirect_to_route(Query(q): Query<HashMap<String, String>>) -> Response {
+    Redirect::to(q.get("url").map(String::as_str).unwrap_or("/")).into_response()
+}
+
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+async fn drip_route() -> Response {
+    let stream = futures_util::stream::unfold(0u32, |n| async move {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let chunk = if n == 0 {
+            bytes::Bytes::from_static(PNG_MAGIC)
+        } else {
+            bytes::Bytes::from_static(b"\0")
+        };
+        Some((Ok::<_, std::io::Error>(chunk), n + 1))
+    });
+    Body::from_stream(stream).into_response()
+}
+
+async fn endless_route() -> Response {
+    let stream = futures_util::stream::unfold(0u32, |n| async move {
+        let chunk = if n == 0 {
+            bytes::Bytes::from_static(PNG_MAGIC)
+        } else {
+            bytes::Bytes::from(vec![0u8; 64 * 1024])
+        };
+        Some((Ok::<_, std::io::Error>(chunk), n + 1))
+    });
+    Body::from_stream(stream).into_response()
+}
+
+async fn truncated_route() -> Response {
+    let stream = futures_util::stream::iter(vec![
+        Ok(bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n\0\0")),
+        Err(std::io::Error::other("cut short")),
+    ]);
+    (
+        [(header::CONTENT_LENGTH, "1000")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A TCP server that misbehaves below HTTP: `hang` accepts and never answers; `reset` reads
+/// the request, sends half a status line and resets the connection.
+pub async fn raw_server(behaviour: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw server");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            match behaviour {
+                "hang" => held.push(socket),
+                _ => {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 1024];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket.write_all(b"HTTP/1.1 200").await;
+                    // Zero linger: the close sends RST, the point of this behaviour.
+                    #[allow(deprecated)]
+                    let _ = socket.set_linger(Some(Duration::ZERO));
+                    drop(socket);
+                }
+            }
+        }
+    });
+    addr
 }

@@ -1,0 +1,335 @@
+//! Hostile input: malformed bodies, URLs that point inward, hosts that misbehave, and
+//! arbitrary bytes where JSON or an image is expected. Nothing may answer 500, panic or hang.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::images::raw_server;
+use common::{Backend, ImageServer, STORE_A, TestApp, TestDb, payload, test_config};
+use proptest::prelude::*;
+use retail_pulse::domain::{Limits, Submission};
+use retail_pulse::fetch::guard::AllowList;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn visit(urls: Value) -> Value {
+    json!({"store_id": STORE_A, "image_url": urls, "visit_time": "t"})
+}
+
+async fn malformed_bodies_get_a_clear_4xx(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db);
+    config.api.limits.max_visits = 3;
+    config.api.limits.max_images_per_visit = 4;
+    config.api.limits.max_images_per_job = 6;
+    config.api.limits.max_url_len = 100;
+    config.api.limits.max_store_id_len = 10;
+    let app = TestApp::start(config).await;
+    let long_url = format!("http://x/{}", "a".repeat(200));
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (br#"{"count": 1, "count": 1, "visits": []}"#.to_vec(), 400, "body"),
+        (br#"{"count": 1, "visits": [{"store_id": "A", "store_id": "B", "image_url": ["u"], "visit_time": "t"}]}"#.to_vec(), 400, "body"),
+        (deep.into_bytes(), 400, "body"),
+        (b"{\"count\": 1, \"visits\": [{\"store_id\": \"\xff\xfe\", \"image_url\": [\"u\"], \"visit_time\": \"t\"}]}".to_vec(), 400, "body"),
+        (b"".to_vec(), 400, "body"),
+        (b"null".to_vec(), 400, "body"),
+        (br#"{"count": -1, "visits": [1]}"#.to_vec(), 400, "count"),
+        (br#"{"count": 1.5, "visits": [1]}"#.to_vec(), 400, "count"),
+        (br#"{"count": 1e400, "visits": [1]}"#.to_vec(), 400, "body"),
+        (br#"{"count": 99999999999999999999999, "visits": [1]}"#.to_vec(), 400, "count"),
+        (br#"{"count": 18446744073709551615, "visits": [1]}"#.to_vec(), 400, "count"),
+        (br#"{"count": true, "visits": [1]}"#.to_vec(), 400, "count"),
+        (json!({"count": 1, "visits": [visit(json!([long_url]))]}).to_string().into_bytes(), 400, "visits[0].image_url[0]"),
+        (json!({"count": 1, "visits": [{"store_id": "S".repeat(11), "image_url": ["u"], "visit_time": "t"}]}).to_string().into_bytes(), 400, "visits[0].store_id"),
+        (json!({"count": 4, "visits": [visit(json!(["u"])), visit(json!(["u"])), visit(json!(["u"])), visit(json!(["u"]))]}).to_string().into_bytes(), 413, "visits"),
+        (json!({"count": 1, "visits": [visit(json!(["u", "u", "u", "u", "u"]))]}).to_string().into_bytes(), 413, "visits[0].image_url"),
+        (json!({"count": 2, "visits": [visit(json!(["u", "u", "u", "u"])), visit(json!(["u", "u", "u"]))]}).to_string().into_bytes(), 413, "visits"),
+        (json!({"count": 1, "visits": [visit(json!([["nested"]]))]}).to_string().into_bytes(), 400, "visits[0].image_url[0]"),
+        (json!({"count": 1, "visits": [visit(json!([null]))]}).to_string().into_bytes(), 400, "visits[0].image_url[0]"),
+    ];
+    for (body, code, field) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
+        let (got, answer) = app.post_raw("/api/submit/", body).await;
+        assert_eq!(got, code, "{shown} → {answer}");
+        let message = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{shown}: no error in {answer}"));
+        assert!(
+            message.starts_with(field),
+            "{shown}: `{message}` should name {field}"
+        );
+    }
+    // Unknown fields are accepted and ignored.
+    let extra = json!({"count": 1, "visits": [{"store_id": STORE_A, "image_url": ["http://x/a.png"], "visit_time": "t", "gps": [1, 2]}], "client": "v2"});
+    let (got, answer) = app.submit(&extra).await;
+    assert_eq!(got, 201, "{answer}");
+    app.stop().await;
+}
+
+/// Every inward-pointing spelling of the local image server is refused, and the server sees
+/// no request at all. (Private ranges other than loopback are covered by the guard's unit
+/// tests: no traffic may be sent towards them from here.)
+async fn urls_pointing_inward_are_refused_without_a_request(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let port = images.addr.port();
+    let mut config = test_config(&db);
+    config.fetch.allow_private_networks = false;
+    config.worker.max_attempts = 1;
+    let app = TestApp::start(config).await;
+    let urls: Vec<String> = [
+        "127.0.0.1",
+        "localhost",
+        "2130706433",
+        "0x7f000001",
+        "127.1",
+        "0177.0.0.1",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "0.0.0.0",
+    ]
+    .iter()
+    .map(|host| format!("http://{host}:{port}/img/10x10.png"))
+    .chain([
+        "file:///etc/passwd".to_string(),
+        "ftp://127.0.0.1/x.png".to_string(),
+        "gopher://localhost:70/".to_string(),
+    ])
+    .collect();
+    let job = app.submit_ok(&payload(&[(STORE_A, urls.clone())])).await;
+    let status = app.wait_finished(job, WAIT).await;
+    assert_eq!(status["status"], "failed");
+    let results = app.all_images(job, 100).await;
+    for (url, r) in urls.iter().zip(&results) {
+        assert_eq!(r["status"], "failed", "{url}: {r}");
+        let error = r["error"].as_str().unwrap();
+        let expected = if url.starts_with("http://") {
+            "refused: "
+        } else {
+            "invalid URL: "
+        };
+        assert!(error.starts_with(expected), "{url}: {error}");
+    }
+    assert_eq!(
+        images.requests(),
+        0,
+        "the guarded server must see no request"
+    );
+    app.stop().await;
+}
+
+async fn allow_list_opens_one_host_and_redirects_are_checked_again(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let port = images.addr.port();
+    let mut config = test_config(&db);
+    config.fetch.allow_private_networks = false;
+    config.fetch.allow_hosts = AllowList::parse("127.0.0.1").unwrap();
+    config.worker.max_attempts = 1;
+    let app = TestApp::start(config).await;
+    let elsewhere = format!("http://127.0.0.2:{port}/img/10x10.png");
+    let urls = vec![
+        images.image(30, 20, "png"),
+        images.url(&format!("/redirect-to?url={elsewhere}")),
+        format!("http://[::1]:{port}/img/10x10.png"),
+    ];
+    let job = app.submit_ok(&payload(&[(STORE_A, urls)])).await;
+    app.wait_finished(job, WAIT).await;
+    let results = app.all_images(job, 10).await;
+    assert_eq!(
+        results[0]["perimeter"], 100,
+        "the allow-listed address is reachable: {}",
+        results[0]
+    );
+    let redirected = results[1]["error"].as_str().unwrap();
+    assert!(
+        redirected.starts_with("refused: address 127.0.0.2"),
+        "{redirected}"
+    );
+    assert!(
+        results[2]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused: "),
+        "{}",
+        results[2]
+    );
+    assert_eq!(
+        images.requests(),
+        2,
+        "the image and the redirect, nothing more"
+    );
+    app.stop().await;
+}
+
+/// One slot, no retries: each bad host must fail with its own message within the limits, and
+/// free the slot for the good image queued behind them.
+async fn misbehaving_hosts_fail_in_time_and_free_the_slot(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let hang = raw_server("hang").await;
+    let reset = raw_server("reset").await;
+    let mut config = test_config(&db);
+    config.worker.concurrency = 1;
+    config.worker.max_attempts = 1;
+    config.fetch.timeout = Duration::from_millis(1500);
+    config.fetch.stall_timeout = Duration::from_millis(500);
+    config.fetch.max_bytes = 1024 * 1024;
+    let app = TestApp::start(config).await;
+    let cases: Vec<(String, &str)> = vec![
+        (format!("http://{hang}/x.png"), "stalled: no data for 0.5 s"),
+        (
+            images.url("/drip"),
+            "timed out after 1.5 s for the whole download",
+        ),
+        (images.url("/endless"), "larger than 1048576 bytes"),
+        (images.url("/loop"), "redirect loop at "),
+        (images.url("/redirect/9"), "more than 5 redirects"),
+        (format!("http://{reset}/x.png"), "connection failed: "),
+        (images.url("/empty"), "not an image: empty body"),
+        (images.url("/truncated"), "connection failed: "),
+        (images.url("/status/403"), "HTTP 403 Forbidden"),
+        (images.url("/html"), "not an image: looks like HTML"),
+        (images.url("/redirect/2"), ""),
+    ];
+    let urls: Vec<String> = cases.iter().map(|c| c.0.clone()).collect();
+    let started = Instant::now();
+    let job = app.submit_ok(&payload(&[(STORE_A, urls)])).await;
+    app.wait_finished(job, WAIT).await;
+    let took = started.elapsed();
+    let results = app.all_images(job, 100).await;
+    for ((url, expected), r) in cases.iter().zip(&results) {
+        if expected.is_empty() {
+            assert_eq!(r["perimeter"], 40, "{url}: {r}");
+        } else {
+            let error = r["error"].as_str().unwrap_or_else(|| panic!("{url}: {r}"));
+            assert!(
+                error.starts_with(expected),
+                "{url}: `{error}` should start with `{expected}`"
+            );
+        }
+    }
+    // hang 0.5 + drip 1.5 + the rest quick, one at a time.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    app.stop().await;
+}
+
+async fn internal_errors_show_only_a_request_id(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::start(test_config(&db)).await;
+    // Break the schema under the running app.
+    let handle = retail_pulse::db::Db::connect(&db.url, 2).await.unwrap();
+    sqlx::query("DROP TABLE images")
+        .execute(handle.pool())
+        .await
+        .unwrap();
+    let res = app
+        .client
+        .get(format!("{}/api/jobs/1/images", app.base))
+        .send()
+        .await
+        .unwrap();
+    let res = if res.status().as_u16() == 404 {
+        // No job 1: make one first (its images insert fails → 500 from submit).
+        app.client
+            .post(format!("{}/api/submit/", app.base))
+            .body(payload(&[(STORE_A, vec!["http://x/a.png".into()])]).to_string())
+            .send()
+            .await
+            .unwrap()
+    } else {
+        res
+    };
+    assert_eq!(res.status().as_u16(), 500);
+    let id = res
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"error": format!("internal error; request id {id}")})
+    );
+    handle.close().await;
+    app.stop().await;
+}
+
+on_both_backends!(
+    malformed_bodies_get_a_clear_4xx,
+    urls_pointing_inward_are_refused_without_a_request,
+    allow_list_opens_one_host_and_redirects_are_checked_again,
+    misbehaving_hosts_fail_in_time_and_free_the_slot,
+    internal_errors_show_only_a_request_id,
+);
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        ".{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("count".to_string()),
+                    Just("visits".to_string()),
+                    Just("store_id".to_string()),
+                    Just("image_url".to_string()),
+                    Just("visit_time".to_string()),
+                    ".{0,6}"
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_parser(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Submission::parse(&bytes, &Limits::default());
+    }
+
+    #[test]
+    fn arbitrary_json_is_accepted_or_refused_with_a_named_field(value in json_value()) {
+        if let Err(e) = Submission::from_value(&value, &Limits::default()) {
+            let message = e.to_string();
+            prop_assert!(
+                message.starts_with("body") || message.starts_with("count") || message.starts_with("visits"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_measurer(
+        magic in prop_oneof![
+            Just(b"\x89PNG\r\n\x1a\n".to_vec()), Just(b"\xff\xd8\xff".to_vec()), Just(b"GIF89a".to_vec()),
+            Just(b"RIFF\0\0\0\0WEBP".to_vec()), Just(b"II*\0".to_vec()), Just(b"MM\0*".to_vec()),
+            Just(b"BM".to_vec()), Just(b"\0\0\0\x1cftypavif".to_vec()), Just(b"\0\0\0\x18ftypheic".to_vec()), Just(Vec::new())
+        ],
+        tail in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let mut bytes = magic;
+        bytes.extend(tail);
+        let started = Instant::now();
+        let _ = retail_pulse::measure::measure(&bytes);
+        let _ = retail_pulse::measure::is_readable(&bytes);
+        prop_assert!(started.elapsed() < Duration::from_millis(100), "measure took {:?}", started.elapsed());
+    }
+}
