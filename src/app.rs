@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::db::{self, Db, DbError};
 use crate::fetch::FetchError;
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::stores::{self, StoreMasterError};
 use crate::worker::WorkerPool;
 
@@ -76,14 +77,16 @@ pub async fn build(
     db.migrate().await?;
     load_store_master(&db, &config).await?;
     let wake = Arc::new(Notify::new());
+    let metrics = Arc::new(Metrics::new());
     let state = (roles.api && listener.is_some()).then(|| AppState {
         db: db.clone(),
         wake: wake.clone(),
+        metrics: metrics.clone(),
         limits: config.api.limits,
         max_body_bytes: config.api.max_body_bytes,
     });
     let workers = if roles.workers {
-        Some(WorkerPool::new(db.clone(), &config, wake)?)
+        Some(WorkerPool::new(db.clone(), &config, wake, metrics)?)
     } else {
         None
     };

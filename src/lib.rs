@@ -13,6 +13,7 @@ pub mod domain;
 pub mod fetch;
 pub mod http;
 pub mod measure;
+pub mod metrics;
 pub mod queue;
 pub mod shutdown;
 pub mod stores;

@@ -202,6 +202,83 @@ pub async fn get(db: &Db, id: i64) -> Result<Option<JobRow>, DbError> {
     row.as_ref().map(job_from_row).transpose()
 }
 
+/// Up to `limit` jobs with ids below `before`, newest first, optionally of one status.
+pub async fn list(
+    db: &Db,
+    status: Option<JobStatus>,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<JobRow>, DbError> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id < $1 AND ($2 = '' OR status = $2) \
+         ORDER BY id DESC LIMIT $3"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(before)
+        .bind(status.map(JobStatus::as_str).unwrap_or(""))
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await
+        .map_err(err)?;
+    rows.iter().map(job_from_row).collect()
+}
+
+/// Jobs and images by state, for metrics.
+#[derive(Debug, Default)]
+pub struct StateCounts {
+    pub jobs: Vec<(String, i64)>,
+    pub images: Vec<(String, i64)>,
+}
+
+/// Counts jobs and images by state without scanning the images table: finished images are
+/// summed from the job counters, leased ones come from the small `running` partial index, and
+/// the rest of the ongoing jobs' images are pending.
+pub async fn state_counts(db: &Db) -> Result<StateCounts, DbError> {
+    let mut counts = StateCounts::default();
+    let mut by_status: HashMap<String, i64> = ["ongoing", "completed", "failed", "cancelled"]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+    let rows = sqlx::query(
+        "SELECT status, CAST(COUNT(*) AS BIGINT) AS n, CAST(SUM(succeeded) AS BIGINT) AS ok, \
+         CAST(SUM(failed) AS BIGINT) AS bad, CAST(SUM(total - succeeded - failed) AS BIGINT) AS open \
+         FROM jobs GROUP BY status",
+    )
+    .fetch_all(db.pool())
+    .await
+    .map_err(err)?;
+    let (mut succeeded, mut failed, mut unfinished) = (0i64, 0i64, 0i64);
+    for row in &rows {
+        let status: String = row.try_get("status").map_err(err)?;
+        by_status.insert(status, row.try_get("n").map_err(err)?);
+        succeeded += row
+            .try_get::<Option<i64>, _>("ok")
+            .map_err(err)?
+            .unwrap_or(0);
+        failed += row
+            .try_get::<Option<i64>, _>("bad")
+            .map_err(err)?
+            .unwrap_or(0);
+        unfinished += row
+            .try_get::<Option<i64>, _>("open")
+            .map_err(err)?
+            .unwrap_or(0);
+    }
+    let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE status = 'running'")
+        .fetch_one(db.pool())
+        .await
+        .map_err(err)?;
+    counts.jobs = by_status.into_iter().collect();
+    counts.jobs.sort();
+    counts.images = vec![
+        ("pending".into(), (unfinished - running).max(0)),
+        ("running".into(), running),
+        ("succeeded".into(), succeeded),
+        ("failed".into(), failed),
+    ];
+    Ok(counts)
+}
+
 /// Ids of jobs that still have unfinished images, oldest first.
 pub async fn ongoing_ids(db: &Db, limit: i64) -> Result<Vec<i64>, DbError> {
     sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'ongoing' ORDER BY id LIMIT $1")

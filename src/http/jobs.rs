@@ -10,10 +10,11 @@ use serde::Serialize;
 
 use super::{ApiError, AppState};
 use crate::db::{self, format_ms};
-use crate::domain::StoreError;
+use crate::domain::{JobStatus, StoreError};
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/api/jobs", get(list))
         .route("/api/jobs/{job_id}", get(job))
         .route("/api/jobs/{job_id}/images", get(images))
         .route("/api/jobs/{job_id}/cancel", post(cancel))
@@ -51,6 +52,60 @@ async fn job(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     Ok(Json(JobBody::from(job)))
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobList {
+    pub jobs: Vec<JobBody>,
+    /// Pass as `after` for the next (older) page; null on the last page.
+    pub next: Option<String>,
+}
+
+/// `GET /api/jobs?status=&limit=&after=`: jobs newest first, with their progress counts.
+async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<JobList>, ApiError> {
+    let status = match query.get("status").map(String::as_str) {
+        None | Some("") => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(
+                "status: must be one of ongoing, completed, failed, cancelled".into(),
+            )
+        })?),
+    };
+    let limit = page_limit(&query, 100, 1000)?;
+    let before = match query.get("after") {
+        None => i64::MAX,
+        Some(v) => v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ApiError::BadRequest("after: not a cursor returned by this endpoint".into())
+        })?,
+    };
+    let mut jobs = db::jobs::list(&state.db, status, before, limit + 1).await?;
+    let next = if jobs.len() as i64 > limit {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(JobList {
+        jobs: jobs.into_iter().map(JobBody::from).collect(),
+        next,
+    }))
+}
+
+/// The `limit` query parameter: a page size from 1 to `max`.
+fn page_limit(query: &HashMap<String, String>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match query.get("limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit: must be an integer from 1 to {max}"))
+            }),
+    }
 }
 
 /// `POST /api/jobs/{id}/cancel`: 200 with the cancelled job; 409 if it had already finished.
@@ -115,16 +170,7 @@ async fn images(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<ImagesBody>, ApiError> {
     let id = parse_job_id(&raw)?;
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit: must be an integer from 1 to {MAX_PAGE}"))
-            })?,
-    };
+    let limit = page_limit(&query, DEFAULT_PAGE, MAX_PAGE)?;
     // The cursor is the position of the last image returned; opaque to clients.
     let after = match query.get("after") {
         None => -1,

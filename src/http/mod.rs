@@ -26,6 +26,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::db::{Db, DbError};
 use crate::domain::Limits;
+use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -35,6 +36,7 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     pub limits: Limits,
     pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Errors a handler can return. Each variant's doc says its status and body.
@@ -143,6 +145,39 @@ async fn internal_errors_name_the_request(req: Request<axum::body::Body>, next: 
     fresh
 }
 
+/// Counts and times every request that matched a route, labelled by the route's pattern
+/// (`/api/jobs/{job_id}`), never by the concrete path.
+async fn record_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+            method: method.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
 pub fn router(state: AppState) -> Router {
     let ids = NextRequestId {
         prefix: fastrand::u32(..),
@@ -166,6 +201,10 @@ pub fn router(state: AppState) -> Router {
         .merge(status::router())
         .merge(jobs::router())
         .merge(health::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            record_request,
+        ))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
         .layer(DefaultBodyLimit::disable())

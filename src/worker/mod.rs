@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::db::{Backend, Db, jobs::WORK_CHANNEL};
 use crate::domain::ErrorKind;
 use crate::fetch::{FetchError, Fetcher};
+use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 use crate::queue::{ClaimedImage, Outcome, Queue};
 use process::Processor;
 
@@ -40,6 +41,7 @@ pub struct WorkerPool {
     poll_interval: Duration,
     shutdown_grace: Duration,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 /// A worker id unique per process start (not the host name: several workers may share one).
@@ -48,13 +50,19 @@ pub fn new_worker_id() -> String {
 }
 
 impl WorkerPool {
-    pub fn new(db: Db, config: &Config, wake: Arc<Notify>) -> Result<Self, FetchError> {
+    pub fn new(
+        db: Db,
+        config: &Config,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, FetchError> {
         let w = &config.worker;
         let fetcher = Fetcher::new(&config.fetch)?;
         let queue = Queue::new(db.clone(), new_worker_id(), w.lease, w.max_attempts);
         Ok(Self {
             queue: Arc::new(queue),
-            processor: Arc::new(Processor::new(fetcher, w)),
+            processor: Arc::new(Processor::new(fetcher, w, metrics.clone())),
+            metrics,
             db,
             concurrency: w.concurrency,
             lease: w.lease,
@@ -125,6 +133,7 @@ impl WorkerPool {
         results: mpsc::Sender<(i64, Outcome)>,
     ) -> JoinSet<()> {
         let slots = Arc::new(Semaphore::new(self.concurrency));
+        self.metrics.worker_slots.set(self.concurrency as i64);
         let target = self.concurrency.min(MAX_CLAIM);
         let mut ready: VecDeque<ClaimedImage> = VecDeque::with_capacity(target);
         let mut tasks = JoinSet::new();
@@ -204,10 +213,18 @@ impl WorkerPool {
         results: mpsc::Sender<(i64, Outcome)>,
     ) {
         let processor = self.processor.clone();
+        let metrics = self.metrics.clone();
         let span = tracing::info_span!("image", image.id = image.id, job.id = image.job_id, store.id = %image.store_id);
         tasks.spawn(
             async move {
+                metrics.worker_slots_busy.inc();
+                let started = std::time::Instant::now();
                 let outcome = run_one(&processor, &image).await;
+                metrics
+                    .processing_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.worker_slots_busy.dec();
+                record_outcome(&metrics, &outcome);
                 drop(permit);
                 // The writer only stops after every sender is dropped, so this succeeds.
                 let _ = results.send((image.id, outcome)).await;
@@ -268,6 +285,31 @@ async fn run_one(processor: &Processor, image: &ClaimedImage) -> Outcome {
         }
     }
     outcome
+}
+
+fn record_outcome(metrics: &Metrics, outcome: &Outcome) {
+    match outcome {
+        Outcome::Succeeded { .. } => metrics
+            .images_finished
+            .get_or_create(&OutcomeLabels {
+                outcome: "succeeded".into(),
+                error_kind: "none".into(),
+            })
+            .inc(),
+        Outcome::Failed { kind, .. } => metrics
+            .images_finished
+            .get_or_create(&OutcomeLabels {
+                outcome: "failed".into(),
+                error_kind: kind.as_str().into(),
+            })
+            .inc(),
+        Outcome::Retry { kind, .. } => metrics
+            .retries
+            .get_or_create(&KindLabels {
+                error_kind: kind.as_str().into(),
+            })
+            .inc(),
+    };
 }
 
 /// Records outcomes in batches: whatever has arrived while the previous batch was written.

@@ -1,11 +1,13 @@
 //! What happens to one image: download, measure, the simulated GPU time, and the decision
 //! whether a failure is final or worth another try.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DelayRange, WorkerConfig};
 use crate::fetch::{FetchError, Fetcher};
 use crate::measure;
+use crate::metrics::Metrics;
 use crate::queue::{ClaimedImage, Outcome};
 
 /// Longest wait a host's `Retry-After` may impose on one retry.
@@ -18,26 +20,37 @@ pub struct Processor {
     max_attempts: i64,
     retry_base: Duration,
     retry_max: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Processor {
-    pub fn new(fetcher: Fetcher, config: &WorkerConfig) -> Self {
+    pub fn new(fetcher: Fetcher, config: &WorkerConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             fetcher,
             delay: config.processing_delay,
             max_attempts: i64::from(config.max_attempts),
             retry_base: config.retry_base,
             retry_max: config.retry_max,
+            metrics,
         }
     }
 
     pub async fn process(&self, image: &ClaimedImage) -> Outcome {
+        let started = std::time::Instant::now();
         let download = match self
             .fetcher
             .fetch_head(&image.url, measure::is_readable)
             .await
         {
-            Ok(download) => download,
+            Ok(download) => {
+                self.metrics
+                    .download_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .download_bytes
+                    .observe(download.total_bytes as f64);
+                download
+            }
             Err(error) => return self.fetch_failed(image, error),
         };
         let dims = match measure::measure(&download.head) {

@@ -12,6 +12,8 @@ use serde_json::Value;
 
 pub struct Service {
     pub child: Child,
+    /// Every line the service has written to stdout (its log), so far.
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// `http://addr` for `serve`; empty for `worker`.
     pub base: String,
 }
@@ -42,12 +44,15 @@ impl Service {
         };
         // RP_TEST_ECHO_LOGS=1 shows the service's log lines (on stderr) when debugging a test.
         let echo = std::env::var("RP_TEST_ECHO_LOGS").is_ok();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = lines.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if echo {
                     eprintln!("{line}");
                 }
+                kept.lock().unwrap().push(line.clone());
                 if !sent
                     && let Ok(v) = serde_json::from_str::<Value>(&line)
                     && v["message"] == waits_for
@@ -65,7 +70,7 @@ impl Service {
         } else {
             format!("http://{addr}")
         };
-        Service { child, base }
+        Service { child, lines, base }
     }
 
     /// SIGKILL: no shutdown code runs.

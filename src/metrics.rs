@@ -1,0 +1,184 @@
+//! Prometheus metrics: one registry per process, owned by the app and passed down (no global
+//! recorder). Counters and histograms are updated where things happen; the state gauges (jobs
+//! and images by state) are read from the database when `/metrics` is scraped, so they are
+//! right across every process sharing the database. Label values come from small fixed sets
+//! (matched routes, outcome and error kinds), never from URLs or ids.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::db::{Db, DbError, jobs};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// succeeded | failed
+    pub outcome: String,
+    /// An `ErrorKind` name, or `none`.
+    pub error_kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub error_kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram>,
+    pub images_finished: Family<OutcomeLabels, Counter>,
+    pub retries: Family<KindLabels, Counter>,
+    pub download_bytes: Histogram,
+    pub download_seconds: Histogram,
+    pub processing_seconds: Histogram,
+    pub worker_slots: Gauge,
+    pub worker_slots_busy: Gauge,
+    jobs_by_state: Family<StateLabels, Gauge>,
+    images_by_state: Family<StateLabels, Gauge>,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms … ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("retail_pulse");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by matched route, method and status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(
+            seconds_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            http_duration.clone(),
+        );
+        let images_finished = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "images_finished",
+            "Images finished by this process, by outcome and error kind",
+            images_finished.clone(),
+        );
+        let retries = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "image_retries",
+            "Transient image failures put back in the queue",
+            retries.clone(),
+        );
+        let download_bytes = Histogram::new(exponential_buckets(1024.0, 4.0, 10)); // 1 KiB … 256 MiB
+        registry.register(
+            "download_bytes",
+            "Size of downloaded image bodies",
+            download_bytes.clone(),
+        );
+        let download_seconds = seconds_histogram();
+        registry.register(
+            "download_duration_seconds",
+            "Time to download an image",
+            download_seconds.clone(),
+        );
+        let processing_seconds = seconds_histogram();
+        registry.register(
+            "image_processing_seconds",
+            "Time from starting an image to its outcome (download, measure, processing delay)",
+            processing_seconds.clone(),
+        );
+        let worker_slots = Gauge::default();
+        registry.register(
+            "worker_slots",
+            "Images this process may have in flight",
+            worker_slots.clone(),
+        );
+        let worker_slots_busy = Gauge::default();
+        registry.register(
+            "worker_slots_busy",
+            "Images this process has in flight",
+            worker_slots_busy.clone(),
+        );
+        let jobs_by_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs by state (read from the database when scraped)",
+            jobs_by_state.clone(),
+        );
+        let images_by_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "images",
+            "Images by state (read from the database when scraped)",
+            images_by_state.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            images_finished,
+            retries,
+            download_bytes,
+            download_seconds,
+            processing_seconds,
+            worker_slots,
+            worker_slots_busy,
+            jobs_by_state,
+            images_by_state,
+        }
+    }
+
+    /// The text exposition, with the state gauges freshly read from the database.
+    pub async fn render(&self, db: &Db) -> Result<String, DbError> {
+        let counts = jobs::state_counts(db).await?;
+        for (state, n) in counts.jobs {
+            self.jobs_by_state
+                .get_or_create(&StateLabels { state })
+                .set(n);
+        }
+        for (state, n) in counts.images {
+            self.images_by_state
+                .get_or_create(&StateLabels { state })
+                .set(n);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .map_err(|e| DbError::Corrupt(format!("metrics encoding: {e}")))?;
+        Ok(out)
+    }
+}
