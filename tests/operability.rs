@@ -266,3 +266,208 @@ async fn a_failed_image_is_logged_once_with_its_ids() {
         .count();
     assert_eq!(count, 1, "logged once");
 }
+
+/// Checks `value` against an OpenAPI 3.1 schema of `doc`: documented keys only, required keys
+/// present, JSON types as declared. Enough to catch a document that drifts from the code.
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return conforms(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema.get(key).and_then(Value::as_array) {
+            return if options.iter().any(|o| conforms(doc, o, value, at).is_ok()) {
+                Ok(())
+            } else {
+                Err(format!("{at}: {value} matches none of {key}"))
+            };
+        }
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        return all.iter().try_for_each(|s| conforms(doc, s, value, at));
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => return Ok(()), // an unconstrained schema
+    };
+    let actual = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let integer_as_number = actual == "integer" && types.contains(&"number");
+    if !(types.contains(&actual) || integer_as_number) {
+        return Err(format!("{at}: {actual} where the document says {types:?}"));
+    }
+    if let Value::Object(map) = value {
+        let props = schema["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        for (k, v) in map {
+            let Some(s) = props.get(k) else {
+                return Err(format!("{at}.{k}: not in the document"));
+            };
+            conforms(doc, s, v, &format!("{at}.{k}"))?;
+        }
+        for req in schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if !map.contains_key(req) {
+                return Err(format!("{at}.{req}: required by the document, missing"));
+            }
+        }
+    }
+    if let Value::Array(items) = value {
+        for (i, v) in items.iter().enumerate() {
+            conforms(doc, &schema["items"], v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_real_responses() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let images = ImageServer::start().await;
+    let app = TestApp::start(test_config(&db)).await;
+    let (code, doc) = app.get("/api/openapi.json").await;
+    assert_eq!(code, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+
+    let ok = app
+        .submit_ok(&payload(&[(STORE_A, vec![images.image(10, 10, "png")])]))
+        .await;
+    app.wait_finished(ok, WAIT).await;
+    let bad = app
+        .submit_ok(&payload(&[(STORE_B, vec![images.url("/status/404")])]))
+        .await;
+    app.wait_finished(bad, WAIT).await;
+    let slow = app
+        .submit_ok(&payload(&[(
+            STORE_A,
+            vec![images.url("/slow/2000/10x10.png")],
+        )]))
+        .await;
+
+    let cases: Vec<(&str, &str, String, Option<String>, u16)> = vec![
+        (
+            "/api/submit/",
+            "post",
+            "/api/submit/".into(),
+            Some(payload(&[(STORE_A, vec![images.image(3, 3, "png")])]).to_string()),
+            201,
+        ),
+        (
+            "/api/submit/",
+            "post",
+            "/api/submit/".into(),
+            Some("{}".into()),
+            400,
+        ),
+        (
+            "/api/status",
+            "get",
+            format!("/api/status?jobid={ok}"),
+            None,
+            200,
+        ),
+        (
+            "/api/status",
+            "get",
+            format!("/api/status?jobid={bad}"),
+            None,
+            200,
+        ),
+        (
+            "/api/status",
+            "get",
+            format!("/api/status?jobid={slow}"),
+            None,
+            200,
+        ),
+        (
+            "/api/status",
+            "get",
+            "/api/status?jobid=nope".into(),
+            None,
+            400,
+        ),
+        ("/api/jobs", "get", "/api/jobs?limit=2".into(), None, 200),
+        ("/api/jobs", "get", "/api/jobs?status=x".into(), None, 400),
+        (
+            "/api/jobs/{job_id}",
+            "get",
+            format!("/api/jobs/{bad}"),
+            None,
+            200,
+        ),
+        (
+            "/api/jobs/{job_id}",
+            "get",
+            "/api/jobs/99999".into(),
+            None,
+            404,
+        ),
+        (
+            "/api/jobs/{job_id}/images",
+            "get",
+            format!("/api/jobs/{bad}/images"),
+            None,
+            200,
+        ),
+        (
+            "/api/jobs/{job_id}/images",
+            "get",
+            format!("/api/jobs/{ok}/images?limit=0"),
+            None,
+            400,
+        ),
+        (
+            "/api/jobs/{job_id}/cancel",
+            "post",
+            format!("/api/jobs/{ok}/cancel"),
+            None,
+            409,
+        ),
+        (
+            "/api/jobs/{job_id}/cancel",
+            "post",
+            format!("/api/jobs/{slow}/cancel"),
+            None,
+            200,
+        ),
+        ("/healthz", "get", "/healthz".into(), None, 200),
+        ("/readyz", "get", "/readyz".into(), None, 200),
+    ];
+    for (path, method, url, body, expected) in cases {
+        let (code, value) = match body {
+            Some(b) => app.post_raw(&url, b).await,
+            None if method == "post" => app.post_raw(&url, "").await,
+            None => app.get(&url).await,
+        };
+        assert_eq!(code, expected, "{method} {url}: {value}");
+        let response = &doc["paths"][path][method]["responses"][code.to_string()];
+        assert!(
+            response.is_object(),
+            "{method} {path} {code} is not documented"
+        );
+        let schema = &response["content"]["application/json"]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {path} {code} has no JSON schema"
+        );
+        if let Err(e) = conforms(&doc, schema, &value, "body") {
+            panic!("{method} {url} {code}: {e}\n{value}");
+        }
+    }
+    app.stop().await;
+}

@@ -103,7 +103,7 @@ impl ErrorKind {
 }
 
 /// One entry of a failed job's `error` list: a store and what went wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoreError {
     pub store_id: String,
     pub error: String,

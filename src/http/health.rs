@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (the database answers and is migrated).
+//! `GET /healthz` (the process answers), `GET /readyz` (the database answers and is migrated)
+//! and `GET /metrics` (Prometheus).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,15 +13,20 @@ use super::{ApiError, AppState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(alive))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process answers", body = super::openapi::HealthBody)))]
+async fn alive() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
 /// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let text = state.metrics.render(&state.db).await?;
     Ok((
@@ -32,6 +38,11 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     ))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The database answers and is migrated", body = super::openapi::HealthBody),
+        (status = 503, description = "Not ready, with the reason", body = super::openapi::HealthBody),
+    ))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.db.is_ready().await {
         Ok(true) => (StatusCode::OK, Json(json!({ "status": "ready" }))),

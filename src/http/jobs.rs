@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::db::{self, format_ms};
@@ -20,17 +21,20 @@ pub fn router() -> Router<AppState> {
         .route("/api/jobs/{job_id}/cancel", post(cancel))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobBody {
     pub job_id: i64,
+    /// ongoing | completed | failed | cancelled
+    #[schema(value_type = String, example = "completed")]
     pub status: &'static str,
+    /// RFC 3339, UTC.
     pub created_at: String,
     pub finished_at: Option<String>,
     pub images: Progress,
     pub error: Vec<StoreError>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Progress {
     pub total: i64,
     pub succeeded: i64,
@@ -43,6 +47,12 @@ fn parse_job_id(raw: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no job {raw}")))
 }
 
+#[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job and its progress", body = JobBody),
+        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+    ))]
 async fn job(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -54,7 +64,7 @@ async fn job(
     Ok(Json(JobBody::from(job)))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobBody>,
     /// Pass as `after` for the next (older) page; null on the last page.
@@ -62,6 +72,16 @@ pub struct JobList {
 }
 
 /// `GET /api/jobs?status=&limit=&after=`: jobs newest first, with their progress counts.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    params(
+        ("status" = Option<String>, Query, description = "ongoing | completed | failed | cancelled"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Jobs, newest first", body = JobList),
+        (status = 400, description = "A bad parameter, named", body = super::openapi::ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
@@ -109,6 +129,13 @@ fn page_limit(query: &HashMap<String, String>, default: i64, max: i64) -> Result
 }
 
 /// `POST /api/jobs/{id}/cancel`: 200 with the cancelled job; 409 if it had already finished.
+#[utoipa::path(post, path = "/api/jobs/{job_id}/cancel", tag = "jobs",
+    params(("job_id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, now cancelled", body = JobBody),
+        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+        (status = 409, description = "The job had already finished", body = super::openapi::ErrorBody),
+    ))]
 async fn cancel(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -142,18 +169,20 @@ impl From<db::jobs::JobRow> for JobBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ImagesBody {
     pub job_id: i64,
     pub images: Vec<ImageBody>,
     pub next: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ImageBody {
     pub store_id: String,
     pub url: String,
     pub visit_time: String,
+    /// pending | succeeded | failed
+    #[schema(value_type = String, example = "succeeded")]
     pub status: &'static str,
     pub width: Option<i64>,
     pub height: Option<i64>,
@@ -164,6 +193,17 @@ pub struct ImageBody {
 pub const DEFAULT_PAGE: i64 = 1000;
 pub const MAX_PAGE: i64 = 10_000;
 
+#[utoipa::path(get, path = "/api/jobs/{job_id}/images", tag = "jobs",
+    params(
+        ("job_id" = i64, Path, description = "The job's id"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 1000)"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Per-image results in submission order", body = ImagesBody),
+        (status = 400, description = "A bad parameter, named", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+    ))]
 async fn images(
     State(state): State<AppState>,
     Path(raw): Path<String>,

@@ -4,6 +4,7 @@
 
 mod health;
 mod jobs;
+pub mod openapi;
 mod status;
 mod submit;
 
@@ -201,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .merge(status::router())
         .merge(jobs::router())
         .merge(health::router())
+        .merge(openapi::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             record_request,

@@ -14,15 +14,24 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/status", get(status))
 }
 
-/// Field order is the contract's: status, job_id, error.
-#[derive(Debug, Serialize)]
+/// The assignment's status answer; fields in this order: status, job_id, error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusBody {
+    /// ongoing | completed | failed
+    #[schema(value_type = String, example = "ongoing")]
     pub status: &'static str,
+    /// The job id, as a string (as in the assignment).
     pub job_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Vec<StoreError>>,
 }
 
+#[utoipa::path(get, path = "/api/status", tag = "assignment",
+    params(("jobid" = i64, Query, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job's status; `error` lists failed stores in store order", body = StatusBody),
+        (status = 400, description = "jobid missing, not a number, or unknown: an empty object", body = super::openapi::EmptyBody),
+    ))]
 async fn status(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

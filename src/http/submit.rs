@@ -21,7 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/submit", post(submit))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Submitted {
     pub job_id: i64,
 }
@@ -31,6 +31,15 @@ pub struct Submitted {
 ///
 /// With an `Idempotency-Key` header, a repeat of the same body returns the job the first
 /// request created (no second job); the same key with another body is a 422.
+#[utoipa::path(post, path = "/api/submit/", tag = "assignment",
+    request_body(content = super::openapi::SubmitRequest, description = "Any Content-Type is accepted"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat-safe submits: same key and body, same job")),
+    responses(
+        (status = 201, description = "Accepted; also answered at /api/submit", body = Submitted),
+        (status = 400, description = "Malformed; the message names the field", body = super::openapi::ErrorBody),
+        (status = 413, description = "Over a size limit", body = super::openapi::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with another body", body = super::openapi::ErrorBody),
+    ))]
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -1,0 +1,91 @@
+//! `GET /api/openapi.json`: the API described from the code (utoipa). The handlers carry
+//! their own `#[utoipa::path]`; this file lists them and holds the shapes that exist only on
+//! the wire (the submit body is parsed by hand for its error messages, and the error bodies).
+
+use axum::Json;
+use axum::Router;
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use super::AppState;
+
+/// `{"error": "<field>: <problem>"}` — every error except the assignment's `400 {}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = "visits[1].image_url: must not be empty")]
+    pub error: String,
+}
+
+/// `{}`: the assignment's answer to a bad `jobid`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmptyBody {}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthBody {
+    /// ok | ready | unready
+    pub status: String,
+    /// Why the service is not ready (503 only).
+    pub error: Option<String>,
+}
+
+/// A job: store visits with their photos. Unknown extra fields are ignored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmitRequest {
+    /// Must equal the number of visits.
+    pub count: u64,
+    pub visits: Vec<VisitRequest>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VisitRequest {
+    #[schema(example = "S00339218")]
+    pub store_id: String,
+    /// http(s) URLs of the visit's photos.
+    pub image_url: Vec<String>,
+    /// Kept as sent; RFC 3339 values are also stored as a timestamp.
+    #[schema(example = "2026-11-28T10:00:00Z")]
+    pub visit_time: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Retail Pulse",
+        description = "Store-visit photos in, perimeters out."
+    ),
+    paths(
+        super::submit::submit,
+        super::status::status,
+        super::jobs::list,
+        super::jobs::job,
+        super::jobs::images,
+        super::jobs::cancel,
+        super::health::alive,
+        super::health::ready,
+        super::health::metrics,
+    ),
+    components(schemas(
+        SubmitRequest,
+        VisitRequest,
+        ErrorBody,
+        EmptyBody,
+        HealthBody,
+        super::submit::Submitted,
+        super::status::StatusBody,
+        super::jobs::JobBody,
+        super::jobs::Progress,
+        super::jobs::JobList,
+        super::jobs::ImagesBody,
+        super::jobs::ImageBody,
+        crate::domain::StoreError,
+    ))
+)]
+pub struct ApiDoc;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/api/openapi.json",
+        get(|| async { Json(ApiDoc::openapi()) }),
+    )
+}
