@@ -297,3 +297,262 @@ async fn server_comes_from_rp_server_when_not_given() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     app.stop().await;
 }
+
+// --- Containers: Docker cannot run here, so the files are checked against the binary. ---
+
+mod containers {
+    use std::collections::BTreeSet;
+
+    use clap::{CommandFactory, Parser};
+    use retail_pulse::cli::{Cli, Command as Sub};
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Variables the binary reads that are not flags (logging).
+    const NON_FLAG_ENV: [&str; 2] = ["RUST_LOG", "RP_LOG_FORMAT"];
+    /// The services built from this repository's Dockerfile (the rest are stock images).
+    const OURS: [&str; 3] = ["migrate", "api", "worker"];
+
+    fn repo_file(name: &str) -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + name;
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// docker-compose.yml with its `<<:` merge keys applied, as Compose reads it.
+    fn compose() -> Value {
+        let mut yaml: serde_norway::Value =
+            serde_norway::from_str(&repo_file("docker-compose.yml")).expect("compose parses");
+        yaml.apply_merge().expect("merge keys apply");
+        serde_json::to_value(yaml).expect("compose as JSON")
+    }
+
+    /// A Compose string-or-list field as a list of words.
+    fn words(value: &Value) -> Vec<String> {
+        match value {
+            Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().expect("string item").to_string())
+                .collect(),
+            other => panic!("expected a string or a list, not {other}"),
+        }
+    }
+
+    /// A Compose `environment` (map, or list of `KEY=value`) as pairs.
+    fn environment(service: &Value) -> Vec<(String, String)> {
+        match &service["environment"] {
+            Value::Null => Vec::new(),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| {
+                    let (k, v) = i.as_str().unwrap().split_once('=').expect("KEY=value");
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+            other => panic!("environment: {other}"),
+        }
+    }
+
+    /// The long flag that subcommand `sub` reads from environment variable `name`.
+    fn flag_for_env(sub: &str, name: &str) -> Option<String> {
+        let cli = Cli::command();
+        let sub = cli.find_subcommand(sub)?;
+        sub.get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name))
+            .map(|a| a.get_long().expect("env args have a long flag").to_string())
+    }
+
+    /// Every environment variable any command of the binary reads.
+    fn all_env() -> BTreeSet<String> {
+        fn walk(cmd: &clap::Command, out: &mut BTreeSet<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    out.insert(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, out);
+            }
+        }
+        let mut out: BTreeSet<String> = NON_FLAG_ENV.iter().map(|s| s.to_string()).collect();
+        walk(&Cli::command(), &mut out);
+        out
+    }
+
+    /// Parses `retail-pulse ARGS` as the binary would, and insists on a service command.
+    fn parse_service_command(args: &[String], what: &str) -> Cli {
+        let argv = std::iter::once("retail-pulse".to_string()).chain(args.iter().cloned());
+        let cli = Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{what}: `{}` does not parse: {e}", args.join(" ")));
+        assert!(
+            matches!(
+                cli.command,
+                Some(Sub::Serve(_) | Sub::Worker(_) | Sub::Migrate(_))
+            ),
+            "{what}: `{}` is not serve, worker or migrate",
+            args.join(" ")
+        );
+        cli
+    }
+
+    #[test]
+    fn compose_services_run_real_subcommands_with_variables_the_binary_reads() {
+        let compose = compose();
+        let services = compose["services"].as_object().expect("services");
+        let known = all_env();
+        for name in OURS {
+            let service = &services[name];
+            assert_eq!(service["image"], "retail-pulse", "{name}: our image");
+            assert_eq!(service["build"], ".", "{name}: built from the Dockerfile");
+            let command = words(&service["command"]);
+            let sub = command.first().expect("a command").clone();
+            assert!(
+                Cli::command().find_subcommand(&sub).is_some(),
+                "{name}: `{sub}` is not a subcommand of retail-pulse"
+            );
+            // Each variable is read by the binary, and by this very subcommand: the value
+            // must also parse, as the flag it stands for.
+            let mut argv = command.clone();
+            for (key, value) in environment(service) {
+                assert!(known.contains(&key), "{name}: {key} is read by no command");
+                if NON_FLAG_ENV.contains(&key.as_str()) {
+                    continue;
+                }
+                let flag = flag_for_env(&sub, &key)
+                    .unwrap_or_else(|| panic!("{name}: `{sub}` does not read {key}"));
+                argv.push(format!("--{flag}={value}"));
+            }
+            parse_service_command(&argv, name);
+            for dependency in service["depends_on"].as_object().into_iter().flatten() {
+                assert!(
+                    services.contains_key(dependency.0),
+                    "{name} depends on a missing service {}",
+                    dependency.0
+                );
+            }
+        }
+        assert!(
+            services["postgres"]["image"]
+                .as_str()
+                .unwrap()
+                .starts_with("postgres:"),
+            "postgres service"
+        );
+        assert!(
+            words(&services["postgres"]["healthcheck"]["test"])
+                .join(" ")
+                .contains("pg_isready")
+        );
+        assert_eq!(
+            words(&services["api"]["command"]),
+            ["serve", "--no-workers"]
+        );
+        assert_eq!(words(&services["worker"]["command"]), ["worker"]);
+        // A scalable service cannot publish a fixed host port or take a fixed name.
+        assert!(services["worker"]["ports"].is_null());
+        assert!(services["worker"]["container_name"].is_null());
+    }
+
+    #[test]
+    fn compose_publishes_the_port_the_api_binds() {
+        let compose = compose();
+        let api = &compose["services"]["api"];
+        let bind = environment(api)
+            .into_iter()
+            .find(|(k, _)| k == "RP_BIND")
+            .map(|(_, v)| v)
+            .expect("api sets RP_BIND");
+        let port = bind.rsplit(':').next().unwrap();
+        let published = words(&api["ports"]);
+        assert!(
+            published.iter().any(|p| p.ends_with(&format!(":{port}"))),
+            "api binds {bind} but publishes {published:?}"
+        );
+        let check = words(&api["healthcheck"]["test"]).join(" ");
+        assert!(check.contains(&format!("/{port} ")), "{check}");
+        assert!(check.contains("/readyz"), "{check}");
+    }
+
+    /// The healthcheck is a bash one-liner (the image has no curl): run it, with the test
+    /// app's port, to prove it passes on a ready server and fails where nothing listens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compose_api_healthcheck_passes_only_on_a_ready_server() {
+        let test = words(&compose()["services"]["api"]["healthcheck"]["test"]);
+        assert_eq!(test[..3], ["CMD", "bash", "-c"], "{test:?}");
+        let script = test[3].clone();
+        let (_db, app, _images) = setup().await;
+        let port = app.base.rsplit(':').next().unwrap().to_string();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let outcome = |port: String| {
+            let script = script.replace("/8080", &format!("/{port}"));
+            tokio::task::spawn_blocking(move || {
+                Command::new("bash")
+                    .args(["-c", &script])
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("bash")
+                    .success()
+            })
+        };
+        assert!(
+            outcome(port).await.unwrap(),
+            "healthcheck fails on a ready server"
+        );
+        assert!(
+            !outcome(closed).await.unwrap(),
+            "healthcheck passes with no server"
+        );
+        app.stop().await;
+    }
+
+    /// `ENTRYPOINT`/`CMD` in exec form: a JSON array after the instruction.
+    fn instruction(dockerfile: &str, name: &str) -> Vec<String> {
+        let line = dockerfile
+            .lines()
+            .rfind(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("Dockerfile has no {name}"));
+        let json = line.trim_start()[name.len()..].trim();
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{name} in exec form: {e}"))
+    }
+
+    #[test]
+    fn dockerfile_runs_the_binary_with_a_real_subcommand() {
+        let dockerfile = repo_file("Dockerfile");
+        let entrypoint = instruction(&dockerfile, "ENTRYPOINT");
+        assert_eq!(entrypoint, [Cli::command().get_name()], "the binary");
+        let cmd = instruction(&dockerfile, "CMD");
+        let cli = parse_service_command(&cmd, "Dockerfile CMD");
+        // The port the image documents is the one `serve` binds by default.
+        if let Some(Sub::Serve(args)) = cli.command {
+            let expose = format!("EXPOSE {}", args.bind.port());
+            assert!(
+                dockerfile.lines().any(|l| l.trim() == expose),
+                "Dockerfile lacks `{expose}`"
+            );
+        }
+        assert!(
+            dockerfile.contains("--release --locked"),
+            "reproducible build"
+        );
+        assert!(
+            dockerfile.lines().any(|l| l.starts_with("USER ")),
+            "runs as a non-root user"
+        );
+    }
+}
