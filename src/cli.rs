@@ -1,7 +1,9 @@
-//! The command line: `serve | worker | migrate | stores import`. Every flag can also be set
-//! through the environment variable named beside it (see the README's configuration table).
+//! The command line: the service (`serve | worker | migrate | stores import`) and its client
+//! (`submit | status`, see [`crate::client`]). Every flag can also be set through the
+//! environment variable named beside it (see the README's configuration table).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,10 +11,12 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::app::{self, Roles};
+use crate::client::DEFAULT_SERVER;
+use crate::client::command::{self as client_command, Output, SubmitOptions};
 use crate::config::{Config, DEFAULT_DATABASE_URL, DelayRange};
 use crate::db::Db;
 use crate::fetch::guard::AllowList;
-use crate::{shutdown, stores};
+use crate::{shutdown, stores, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +43,72 @@ pub enum Command {
         #[command(subcommand)]
         command: StoresCommand,
     },
+    /// Submit a job file to a running server; with --wait, follow it to the end.
+    #[command(after_help = SUBMIT_EXIT_CODES)]
+    Submit(SubmitArgs),
+    /// Show one job of a running server: status, image counts, times, per-store errors.
+    #[command(after_help = STATUS_EXIT_CODES)]
+    Status(StatusArgs),
+}
+
+const SUBMIT_EXIT_CODES: &str = "\
+Exit codes:
+  0    submitted (without --wait); the job completed (with --wait)
+  1    the job failed or was cancelled (with --wait)
+  2    not submitted: the file cannot be read or is not JSON, the server cannot be
+       reached, or it refused the job (its message is printed on stderr); also when
+       the job cannot be followed (server gone for 30 s while waiting)
+  130  interrupted while waiting; the job goes on on the server
+
+Output: on a terminal, sentences and (with --wait) a live progress line; piped, no
+progress line, and without --wait only the job id; with --json, one JSON document:
+{\"job_id\": N}, or with --wait the job as GET /api/jobs/{id} returns it.";
+
+const STATUS_EXIT_CODES: &str = "\
+Exit codes:
+  0    the job was found (whatever its status)
+  2    no such job, or the server cannot be reached";
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// Base URL of the Retail Pulse server.
+    #[arg(long, env = "RP_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Print one JSON document (the server's own) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SubmitArgs {
+    /// The job: a JSON file of the submit API's shape ({"count", "visits": [...]}); `-` reads
+    /// standard input.
+    pub file: PathBuf,
+    /// Follow the job until it finishes: progress on a terminal, then the result and the
+    /// per-store errors; the exit code says how it ended.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// The job id `submit` printed.
+    pub job_id: i64,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl Cli {
+    /// Starts logging as this command needs it: the service logs to stdout, the client to
+    /// stderr and quietly, since its stdout is its result (see [`telemetry`]).
+    pub fn init_telemetry(&self) {
+        match self.command {
+            Some(Command::Submit(_) | Command::Status(_)) => telemetry::init_client(),
+            _ => telemetry::init(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,8 +285,9 @@ impl WorkerArgs {
     }
 }
 
-/// Runs one parsed command to completion.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs one parsed command to completion. The service commands fail with an error (exit 1);
+/// the client commands report their own errors and choose their exit code (see `--help`).
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = match cli.command {
         Some(command) => command,
         None => Cli::parse_from(["retail-pulse", "serve"])
@@ -256,6 +327,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let count = crate::db::stores::upsert(&db, &list).await?;
             println!("imported {count} stores from {}", file.display());
         }
+        Command::Submit(args) => {
+            let output = Output::detect(args.server.json);
+            let options = SubmitOptions {
+                file: args.file,
+                server: args.server.server,
+                wait: args.wait,
+            };
+            return Ok(client_command::submit(options, output).await.into());
+        }
+        Command::Status(args) => {
+            let output = Output::detect(args.server.json);
+            let exit = client_command::status(&args.server.server, args.job_id, output).await;
+            return Ok(exit.into());
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

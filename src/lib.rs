@@ -3,10 +3,12 @@
 //! A request enters through [`http`], is validated into a [`domain::Submission`], and is
 //! written with all its images by [`db::jobs::create`] in one transaction. The images table is
 //! the queue ([`queue`]); [`worker`] claims images, downloads them ([`fetch`]), measures them
-//! ([`measure`]) and records the outcome. [`app`] wires the pieces; [`cli`] is the front door.
+//! ([`measure`]) and records the outcome. [`app`] wires the pieces; [`cli`] is the front door;
+//! [`client`] drives a running server over its HTTP API (`submit`, `status`).
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod domain;

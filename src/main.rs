@@ -1,8 +1,10 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = retail_pulse::cli::Cli::parse();
-    retail_pulse::telemetry::init();
+    cli.init_telemetry();
     retail_pulse::cli::run(cli).await
 }
