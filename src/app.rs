@@ -63,6 +63,8 @@ pub struct App {
     db: Db,
     listener: Option<TcpListener>,
     state: Option<AppState>,
+    /// Whether the listener serves the whole API or only the operations endpoints.
+    api: bool,
     workers: Option<WorkerPool>,
 }
 
@@ -78,7 +80,8 @@ pub async fn build(
     load_store_master(&db, &config).await?;
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
-    let state = (roles.api && listener.is_some()).then(|| AppState {
+    // A listener without the API role serves the operations endpoints only (a worker's metrics).
+    let state = listener.is_some().then(|| AppState {
         db: db.clone(),
         wake: wake.clone(),
         metrics: metrics.clone(),
@@ -94,6 +97,7 @@ pub async fn build(
         db,
         listener: if state.is_some() { listener } else { None },
         state,
+        api: roles.api,
         workers,
     })
 }
@@ -151,7 +155,12 @@ impl App {
         let api = async {
             match (self.listener, self.state) {
                 (Some(listener), Some(state)) => {
-                    axum::serve(listener, http::router(state))
+                    let router = if self.api {
+                        http::router(state)
+                    } else {
+                        http::ops_router(state)
+                    };
+                    axum::serve(listener, router)
                         .with_graceful_shutdown(token.clone().cancelled_owned())
                         .await
                 }

@@ -35,7 +35,7 @@ pub enum Command {
     /// Run the HTTP API and, unless --no-workers, image workers in one process.
     Serve(ServeArgs),
     /// Run image workers only (no HTTP API); any number may share one PostgreSQL.
-    Worker(WorkerArgs),
+    Worker(WorkerCommandArgs),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
     /// Manage the store master.
@@ -159,6 +159,15 @@ pub struct ServeArgs {
     pub max_store_id_bytes: usize,
     #[command(flatten)]
     pub worker: WorkerArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WorkerCommandArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Serve /metrics, /healthz and /readyz on this address (a worker has no API otherwise).
+    #[arg(long, env = "RP_METRICS_BIND")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -309,8 +318,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app.run(shutdown::signal()).await?;
         }
         Command::Worker(args) => {
-            let config = args.to_config()?;
-            let app = app::build(config, None, Roles::workers_only()).await?;
+            let config = args.worker.to_config()?;
+            let listener = match args.metrics_bind {
+                Some(addr) => Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr}"))?,
+                ),
+                None => None,
+            };
+            let app = app::build(config, listener, Roles::workers_only()).await?;
             app.run(shutdown::signal()).await?;
         }
         Command::Migrate(db) => {

@@ -471,3 +471,34 @@ async fn openapi_document_matches_real_responses() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_serves_its_metrics_when_asked() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let worker = Service::start(
+        env!("CARGO_BIN_EXE_retail-pulse"),
+        "worker",
+        &db.url,
+        &[("RP_METRICS_BIND", "127.0.0.1:0"), ("RP_WORKERS", "5")],
+    );
+    let client = common::client();
+    let text = client
+        .get(format!("{}/metrics", worker.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&samples(&text), "retail_pulse_worker_slots"),
+        5.0,
+        "{text}"
+    );
+    let res = client
+        .get(format!("{}/api/jobs", worker.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404, "a worker serves no API");
+}

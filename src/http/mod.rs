@@ -179,6 +179,15 @@ async fn record_request(
     response
 }
 
+/// The operations endpoints alone (`/healthz`, `/readyz`, `/metrics`): what a `worker`
+/// process serves with `--metrics-bind`.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
 pub fn router(state: AppState) -> Router {
     let ids = NextRequestId {
         prefix: fastrand::u32(..),

@@ -59,6 +59,7 @@ impl WorkerPool {
         let w = &config.worker;
         let fetcher = Fetcher::new(&config.fetch)?;
         let queue = Queue::new(db.clone(), new_worker_id(), w.lease, w.max_attempts);
+        metrics.worker_slots.set(w.concurrency as i64);
         Ok(Self {
             queue: Arc::new(queue),
             processor: Arc::new(Processor::new(fetcher, w, metrics.clone())),
@@ -133,7 +134,6 @@ impl WorkerPool {
         results: mpsc::Sender<(i64, Outcome)>,
     ) -> JoinSet<()> {
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        self.metrics.worker_slots.set(self.concurrency as i64);
         let target = self.concurrency.min(MAX_CLAIM);
         let mut ready: VecDeque<ClaimedImage> = VecDeque::with_capacity(target);
         let mut tasks = JoinSet::new();

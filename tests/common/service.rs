@@ -37,7 +37,8 @@ impl Service {
         let mut child = cmd.spawn().expect("start retail-pulse");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
-        let waits_for = if subcommand == "serve" {
+        let listens = subcommand == "serve" || extra.iter().any(|(k, _)| *k == "RP_METRICS_BIND");
+        let waits_for = if listens {
             "listening"
         } else {
             "worker pool started"
