@@ -470,3 +470,34 @@ on_both_backends!(
     results_paginate_in_submission_order,
     large_job_is_accepted_quickly_and_status_stays_cheap,
 );
+
+/// The real store master (4,944 stores, names with quoted commas), read from the shared folder
+/// beside the repository. Not copied into the repository; skipped, loudly, where it is absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_store_master_imports_every_store() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/StoreMasterAssignment.csv");
+    if !path.exists() {
+        eprintln!(
+            "SKIPPED the_real_store_master_imports_every_store: {} not found",
+            path.display()
+        );
+        return;
+    }
+    let stores = retail_pulse::stores::load_file(&path).unwrap();
+    assert_eq!(stores.len(), 4944);
+    assert!(
+        stores.iter().any(|s| s.store_name.contains(',')),
+        "quoted names keep their commas"
+    );
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = test_config(&db);
+    config.store_master = Some(path);
+    let images = ImageServer::start().await;
+    let app = TestApp::start(config).await;
+    let job = app
+        .submit_ok(&payload(&[("RP00001", vec![images.image(4, 4, "png")])]))
+        .await;
+    assert_eq!(app.wait_finished(job, WAIT).await["status"], "completed");
+    app.stop().await;
+}
