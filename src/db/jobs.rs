@@ -82,6 +82,7 @@ pub async fn create(
             .map_err(err)?;
     }
     tx.commit().await.map_err(err)?;
+    db.refresh_statistics_after(total as usize);
     Ok(id)
 }
 

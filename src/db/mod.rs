@@ -90,6 +90,8 @@ pub struct Db {
     /// lock fall into SQLite's sleeping busy handler. Taking this lock first turns that into
     /// an orderly queue. Unused on PostgreSQL, where row locks do the work.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// When this process last refreshed the images table's planner statistics (epoch ms).
+    analyzed_at: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// (version, SQL) per backend, applied in order; never edit one that has shipped.
@@ -140,6 +142,7 @@ impl Db {
             backend,
             url: url.to_string(),
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            analyzed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
     }
 
@@ -253,7 +256,39 @@ pub fn format_ms(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A bulk insert at least this large refreshes the planner statistics (PostgreSQL).
+const ANALYZE_AFTER_ROWS: usize = 10_000;
+/// At most one refresh per process in this interval.
+const ANALYZE_INTERVAL_MS: i64 = 5 * 60 * 1000;
+
 impl Db {
+    /// After a large bulk insert, refreshes PostgreSQL's statistics of the images table in
+    /// the background. Until autovacuum gets to it (a minute or more), a table that grew by
+    /// 100,000 rows is planned as if it were tiny: the results page, for one, would sort the
+    /// whole job instead of walking the (job_id, seq) index. Rate-limited per process.
+    pub fn refresh_statistics_after(&self, rows: usize) {
+        use std::sync::atomic::Ordering;
+        if self.backend != Backend::Postgres || rows < ANALYZE_AFTER_ROWS {
+            return;
+        }
+        let now = now_ms();
+        let last = self.analyzed_at.load(Ordering::Relaxed);
+        if now - last < ANALYZE_INTERVAL_MS
+            || self
+                .analyzed_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(error) = pool.execute("ANALYZE images").await {
+                tracing::warn!(%error, "could not refresh planner statistics");
+            }
+        });
+    }
+
     /// A `FROM` item that expands one JSON-array parameter into rows, one per element, each
     /// element itself an array read with `t.value ->> i`. Bulk statements pass their rows this
     /// way: one parameter and one statement text whatever the batch size, so the statement is
