@@ -217,16 +217,12 @@ async fn a_failed_image_is_logged_once_with_its_ids() {
         &[("RP_PROCESSING_DELAY_MS", "0")],
     );
     let client = common::client();
-    let body = payload(&[(STORE_B, vec![images.url("/status/404")])]).to_string();
-    let res = client
-        .post(format!("{}/api/submit/", svc.base))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let job = serde_json::from_slice::<Value>(&res.bytes().await.unwrap()).unwrap()["job_id"]
-        .as_i64()
-        .unwrap();
+    let job = svc
+        .submit(
+            &client,
+            &payload(&[(STORE_B, vec![images.url("/status/404")])]),
+        )
+        .await;
     let deadline = Instant::now() + WAIT;
     let line = loop {
         let found = svc

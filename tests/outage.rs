@@ -66,16 +66,7 @@ async fn postgres_restart_mid_job_is_ridden_out() {
     let client = common::client();
     let n = 400;
     let urls: Vec<String> = (0..n).map(|i| images.image(2 + i, 3, "png")).collect();
-    let res = client
-        .post(format!("{}/api/submit/", svc.base))
-        .body(payload(&[(STORE_A, urls)]).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 201);
-    let job = serde_json::from_slice::<Value>(&res.bytes().await.unwrap()).unwrap()["job_id"]
-        .as_i64()
-        .unwrap();
+    let job = svc.submit(&client, &payload(&[(STORE_A, urls)])).await;
     let status_url = format!("{}/api/status?jobid={job}", svc.base);
     tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -12,7 +12,7 @@ use retail_pulse::config::DelayRange;
 use retail_pulse::db::{self, Db};
 use retail_pulse::domain::{ErrorKind, Limits, Submission};
 use retail_pulse::queue::{Outcome, Queue};
-use serde_json::{Value, json};
+use serde_json::json;
 
 async fn migrated(db: &TestDb) -> Db {
     let handle = Db::connect(&db.url, 8).await.unwrap();
@@ -325,11 +325,6 @@ async fn graceful_stop_hands_unfinished_images_back(backend: Backend) {
     app.stop().await;
 }
 
-async fn get_json(client: &reqwest::Client, url: String) -> Value {
-    let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
 async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
     let db = TestDb::new(backend).await;
     let images = ImageServer::start().await;
@@ -345,20 +340,11 @@ async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
         .map(|i| images.image(1 + i % 50, 1 + i / 50, "png"))
         .collect();
     let mut service = Service::start(BIN, "serve", &db.url, &settings);
-    let res = client
-        .post(format!("{}/api/submit/", service.base))
-        .body(payload(&[(STORE_A, urls)]).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 201);
-    let job = serde_json::from_slice::<Value>(&res.bytes().await.unwrap()).unwrap()["job_id"]
-        .as_i64()
-        .unwrap();
+    let job = service.submit(&client, &payload(&[(STORE_A, urls)])).await;
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let detail = get_json(&client, format!("{}/api/jobs/{job}", service.base)).await;
+        let detail = service.get_json(&client, &format!("/api/jobs/{job}")).await;
         let done = detail["images"]["succeeded"].as_i64().unwrap();
         if detail["status"] != "ongoing" {
             break;
@@ -373,17 +359,15 @@ async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(kills, 3, "the job finished before all the kills");
-    let detail = get_json(&client, format!("{}/api/jobs/{job}", service.base)).await;
+    let detail = service.get_json(&client, &format!("/api/jobs/{job}")).await;
     assert_eq!(detail["status"], "completed", "{detail}");
     assert_eq!(
         detail["images"],
         json!({"total": n, "succeeded": n, "failed": 0, "pending": 0})
     );
-    let page = get_json(
-        &client,
-        format!("{}/api/jobs/{job}/images?limit=1000", service.base),
-    )
-    .await;
+    let page = service
+        .get_json(&client, &format!("/api/jobs/{job}/images?limit=1000"))
+        .await;
     let results = page["images"].as_array().unwrap();
     assert_eq!(results.len(), n as usize);
     for (i, r) in results.iter().enumerate() {

@@ -6,14 +6,9 @@ use std::time::{Duration, Instant};
 
 use common::service::Service;
 use common::{ImageServer, STORE_A, TestDb, payload};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
-
-async fn get_json(client: &reqwest::Client, url: String) -> Value {
-    let bytes = client.get(url).send().await.unwrap().bytes().await.unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_processes_share_a_job_and_survive_losing_one() {
@@ -36,16 +31,7 @@ async fn worker_processes_share_a_job_and_survive_losing_one() {
     let urls: Vec<String> = (0..n)
         .map(|i| images.image(1 + i as u32, 7, "png"))
         .collect();
-    let res = client
-        .post(format!("{}/api/submit/", api.base))
-        .body(payload(&[(STORE_A, urls)]).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 201);
-    let job = serde_json::from_slice::<Value>(&res.bytes().await.unwrap()).unwrap()["job_id"]
-        .as_i64()
-        .unwrap();
+    let job = api.submit(&client, &payload(&[(STORE_A, urls)])).await;
 
     // Both workers take part.
     let pool = sqlx::postgres::PgPool::connect(&db.url).await.unwrap();
@@ -69,7 +55,7 @@ async fn worker_processes_share_a_job_and_survive_losing_one() {
     first.kill_hard();
     let killed_at = Instant::now();
     loop {
-        let detail = get_json(&client, format!("{}/api/jobs/{job}", api.base)).await;
+        let detail = api.get_json(&client, &format!("/api/jobs/{job}")).await;
         if detail["status"] != "ongoing" {
             assert_eq!(detail["status"], "completed", "{detail}");
             assert_eq!(

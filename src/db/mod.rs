@@ -110,6 +110,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// A bulk insert at least this large refreshes the planner statistics (PostgreSQL).
+const ANALYZE_AFTER_ROWS: usize = 10_000;
+/// At most one refresh per process in this interval.
+const ANALYZE_INTERVAL_MS: i64 = 5 * 60 * 1000;
+
 impl Db {
     /// Opens a pool. A `sqlite:` URL with `mode=rwc` creates the file if it is missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
@@ -160,6 +165,46 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// After a large bulk insert, refreshes PostgreSQL's statistics of the images table in
+    /// the background. Until autovacuum gets to it (a minute or more), a table that grew by
+    /// 100,000 rows is planned as if it were tiny: the results page, for one, would sort the
+    /// whole job instead of walking the (job_id, seq) index. Rate-limited per process.
+    pub fn refresh_statistics_after(&self, rows: usize) {
+        use std::sync::atomic::Ordering;
+        if self.backend != Backend::Postgres || rows < ANALYZE_AFTER_ROWS {
+            return;
+        }
+        let now = now_ms();
+        let last = self.analyzed_at.load(Ordering::Relaxed);
+        if now - last < ANALYZE_INTERVAL_MS
+            || self
+                .analyzed_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(error) = pool.execute("ANALYZE images").await {
+                tracing::warn!(%error, "could not refresh planner statistics");
+            }
+        });
+    }
+
+    /// A `FROM` item that expands one JSON-array parameter into rows, one per element, each
+    /// element itself an array read with `t.value ->> i`. Bulk statements pass their rows this
+    /// way: one parameter and one statement text whatever the batch size, so the statement is
+    /// prepared once and no backend's parameter limit is ever near.
+    pub(crate) fn json_rows(&self, param: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("json_each({param}) AS t"),
+            Backend::Postgres => {
+                format!("jsonb_array_elements(CAST({param} AS jsonb)) AS t(value)")
+            }
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -254,51 +299,4 @@ pub fn format_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// A bulk insert at least this large refreshes the planner statistics (PostgreSQL).
-const ANALYZE_AFTER_ROWS: usize = 10_000;
-/// At most one refresh per process in this interval.
-const ANALYZE_INTERVAL_MS: i64 = 5 * 60 * 1000;
-
-impl Db {
-    /// After a large bulk insert, refreshes PostgreSQL's statistics of the images table in
-    /// the background. Until autovacuum gets to it (a minute or more), a table that grew by
-    /// 100,000 rows is planned as if it were tiny: the results page, for one, would sort the
-    /// whole job instead of walking the (job_id, seq) index. Rate-limited per process.
-    pub fn refresh_statistics_after(&self, rows: usize) {
-        use std::sync::atomic::Ordering;
-        if self.backend != Backend::Postgres || rows < ANALYZE_AFTER_ROWS {
-            return;
-        }
-        let now = now_ms();
-        let last = self.analyzed_at.load(Ordering::Relaxed);
-        if now - last < ANALYZE_INTERVAL_MS
-            || self
-                .analyzed_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            if let Err(error) = pool.execute("ANALYZE images").await {
-                tracing::warn!(%error, "could not refresh planner statistics");
-            }
-        });
-    }
-
-    /// A `FROM` item that expands one JSON-array parameter into rows, one per element, each
-    /// element itself an array read with `t.value ->> i`. Bulk statements pass their rows this
-    /// way: one parameter and one statement text whatever the batch size, so the statement is
-    /// prepared once and no backend's parameter limit is ever near.
-    pub(crate) fn json_rows(&self, param: &str) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("json_each({param}) AS t"),
-            Backend::Postgres => {
-                format!("jsonb_array_elements(CAST({param} AS jsonb)) AS t(value)")
-            }
-        }
-    }
 }

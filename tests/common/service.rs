@@ -74,6 +74,29 @@ impl Service {
         Service { child, lines, base }
     }
 
+    /// Submits a job payload and returns its id, asserting 201.
+    pub async fn submit(&self, client: &reqwest::Client, payload: &Value) -> i64 {
+        let res = client
+            .post(format!("{}/api/submit/", self.base))
+            .body(payload.to_string())
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(res.status().as_u16(), 201, "submit refused");
+        let body: Value = serde_json::from_slice(&res.bytes().await.expect("body")).expect("JSON");
+        body["job_id"].as_i64().expect("job_id")
+    }
+
+    /// GETs a path of the service's API as JSON.
+    pub async fn get_json(&self, client: &reqwest::Client, path: &str) -> Value {
+        let res = client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        serde_json::from_slice(&res.bytes().await.expect("body")).expect("JSON")
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill_hard(mut self) {
         let _ = self.child.kill();
