@@ -75,7 +75,12 @@ pub async fn build(
     listener: Option<TcpListener>,
     roles: Roles,
 ) -> Result<App, StartError> {
-    let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+    let db = Db::connect_with(
+        &config.database.url,
+        config.database.max_connections,
+        config.database.acquire_timeout,
+    )
+    .await?;
     db.migrate().await?;
     load_store_master(&db, &config).await?;
     let wake = Arc::new(Notify::new());

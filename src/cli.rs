@@ -129,6 +129,10 @@ pub struct DbArgs {
     /// Connections in the pool.
     #[arg(long, env = "RP_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Seconds a query waits for a free connection; while the database is away, how long the
+    /// API takes to answer 503.
+    #[arg(long, env = "RP_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 2.0)]
+    pub db_acquire_timeout_secs: f64,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -243,6 +247,8 @@ impl WorkerArgs {
     fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
         config.database.url = self.db.database_url.clone();
         config.database.max_connections = self.db.db_max_connections;
+        config.database.acquire_timeout =
+            secs(self.db.db_acquire_timeout_secs, "db-acquire-timeout-secs")?;
         config.store_master = self.store_master.clone();
         let w = &mut config.worker;
         w.concurrency = self.workers;

@@ -42,6 +42,8 @@ pub struct Config {
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
+    /// How long a query waits for a connection (and so how fast an outage answers 503).
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +138,7 @@ impl Default for Config {
             database: DatabaseConfig {
                 url: DEFAULT_DATABASE_URL.to_string(),
                 max_connections: 16,
+                acquire_timeout: crate::db::DEFAULT_ACQUIRE_TIMEOUT,
             },
             store_master: None,
             api: ApiConfig {

@@ -78,7 +78,7 @@ pub(crate) fn err(error: sqlx::Error) -> DbError {
 
 /// How long a query waits for a connection. While the database is away, this is how long an
 /// API request takes to answer 503: short, so clients get a quick answer and retry.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A handle to the pool; cheap to clone.
 #[derive(Debug, Clone)]
@@ -118,6 +118,15 @@ const ANALYZE_INTERVAL_MS: i64 = 5 * 60 * 1000;
 impl Db {
     /// Opens a pool. A `sqlite:` URL with `mode=rwc` creates the file if it is missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        Self::connect_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`Db::connect`] with a chosen wait for a free connection.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, DbError> {
         install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -126,7 +135,7 @@ impl Db {
         };
         let mut options = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(ACQUIRE_TIMEOUT);
+            .acquire_timeout(acquire_timeout);
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {

@@ -137,16 +137,27 @@ fn parse_file(file: &str) -> Option<(u32, u32, String)> {
     Some((w.parse().ok()?, h.parse().ok()?, ext.to_string()))
 }
 
-fn serve_image(inner: &Inner, file: &str) -> Response {
+/// Serves a generated image. Encoding (slow for big images in a debug build) runs on the
+/// blocking pool, so it never stalls the runtime that the app under test shares.
+async fn serve_image(inner: &Arc<Inner>, file: &str) -> Response {
     let Some((w, h, ext)) = parse_file(file) else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let bytes = {
-        let mut cache = inner.cache.lock().unwrap();
-        cache
-            .entry(file.to_string())
-            .or_insert_with(|| Arc::new(encode(w, h, &ext)))
-            .clone()
+    let cached = inner.cache.lock().unwrap().get(file).cloned();
+    let bytes = match cached {
+        Some(bytes) => bytes,
+        None => {
+            let encoded = tokio::task::spawn_blocking(move || Arc::new(encode(w, h, &ext)))
+                .await
+                .expect("encode task");
+            inner
+                .cache
+                .lock()
+                .unwrap()
+                .entry(file.to_string())
+                .or_insert(encoded)
+                .clone()
+        }
     };
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -156,7 +167,7 @@ fn serve_image(inner: &Inner, file: &str) -> Response {
 }
 
 async fn image_route(State(inner): State<Arc<Inner>>, Path(file): Path<String>) -> Response {
-    serve_image(&inner, &file)
+    serve_image(&inner, &file).await
 }
 
 async fn status_route(Path(code): Path<u16>) -> Response {
@@ -189,7 +200,7 @@ async fn flaky_route(
     if seen <= fails {
         return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
     }
-    serve_image(&inner, &file)
+    serve_image(&inner, &file).await
 }
 
 async fn slow_route(
@@ -197,7 +208,7 @@ async fn slow_route(
     Path((ms, file)): Path<(u64, String)>,
 ) -> Response {
     tokio::time::sleep(Duration::from_millis(ms)).await;
-    serve_image(&inner, &file)
+    serve_image(&inner, &file).await
 }
 
 async fn redirect_route(Path(n): Path<u32>) -> Response {

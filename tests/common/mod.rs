@@ -139,6 +139,8 @@ pub fn test_config(db: &TestDb) -> Config {
     let mut config = Config::default();
     config.database.url = db.url.clone();
     config.database.max_connections = 8;
+    // A loaded CI machine can be slow to hand out a connection; 503s are tested elsewhere.
+    config.database.acquire_timeout = Duration::from_secs(10);
     config.fetch.allow_private_networks = true;
     config.fetch.timeout = Duration::from_secs(5);
     config.worker.processing_delay = DelayRange {
