@@ -12,7 +12,7 @@
 //! This module knows rows, leases and outcomes; it knows nothing of HTTP or of how an image
 //! is processed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -64,9 +64,12 @@ pub struct Queue {
     max_attempts: i64,
     /// The job served last: the next claim starts after it (round robin across jobs).
     cursor: Mutex<i64>,
-    /// The ongoing jobs, as last read; re-read when older than [`JOB_LIST_TTL`], when
+    /// The jobs with claimable images (a window after `cursor`), as last read; re-read when
+    /// older than [`JOB_LIST_TTL`], when
     /// [`Queue::forget_jobs`] is called (new work announced), or when it yielded nothing.
     jobs: Mutex<Option<(Instant, Vec<i64>)>>,
+    /// Recently read "is this job still ongoing?" answers, for [`Queue::may_be_ongoing`].
+    job_states: Mutex<HashMap<i64, (Instant, bool)>>,
     /// Images this process claimed and has not yet recorded or let go: the only leases the
     /// heartbeat renews. (Renewing every lease of the owner would keep alive forever an image
     /// whose outcome could not be written during a database outage.)
@@ -88,6 +91,7 @@ impl Queue {
             max_attempts: i64::from(max_attempts),
             cursor: Mutex::new(0),
             jobs: Mutex::new(None),
+            job_states: Mutex::new(HashMap::new()),
             held: Mutex::new(HashSet::new()),
         }
     }
@@ -97,27 +101,34 @@ impl Queue {
         *self.jobs.lock().expect("jobs lock") = None;
     }
 
-    /// False when the list of ongoing jobs (at most [`JOB_LIST_TTL`] old) is complete and
-    /// lacks `job_id` — the job was cancelled or otherwise finished; true when it is there or
-    /// the list cannot tell. Lets a worker skip claimed images of a cancelled job without a
-    /// query per image.
+    /// Whether `job_id` was still ongoing a moment ago (at most [`JOB_LIST_TTL`]): lets a
+    /// worker skip claimed images of a job cancelled while they waited in its buffer, with one
+    /// small query per job and interval rather than one per image. True when unsure.
     pub async fn may_be_ongoing(&self, job_id: i64) -> bool {
-        match self.ongoing_jobs().await {
-            Ok((ids, _)) if (ids.len() as i64) < JOBS_PER_CLAIM => {
-                ids.binary_search(&job_id).is_ok()
-            }
-            _ => true,
+        if let Some((at, ongoing)) = self.job_states.lock().expect("states lock").get(&job_id)
+            && at.elapsed() < JOB_LIST_TTL
+        {
+            return *ongoing;
         }
+        let ongoing = jobs::is_ongoing(&self.db, job_id).await.unwrap_or(true);
+        let mut states = self.job_states.lock().expect("states lock");
+        if states.len() > 1024 {
+            states.retain(|_, (at, _)| at.elapsed() < JOB_LIST_TTL);
+        }
+        states.insert(job_id, (Instant::now(), ongoing));
+        ongoing
     }
 
-    /// The ongoing jobs, and whether the list came from the cache.
+    /// The jobs with claimable images (the window after the cursor), and whether the list
+    /// came from the cache.
     async fn ongoing_jobs(&self) -> Result<(Vec<i64>, bool), DbError> {
         if let Some((at, ids)) = &*self.jobs.lock().expect("jobs lock")
             && at.elapsed() < JOB_LIST_TTL
         {
             return Ok((ids.clone(), true));
         }
-        let ids = jobs::ongoing_ids(&self.db, JOBS_PER_CLAIM).await?;
+        let cursor = *self.cursor.lock().expect("cursor lock");
+        let ids = jobs::claimable_ids(&self.db, cursor, now_ms(), JOBS_PER_CLAIM).await?;
         *self.jobs.lock().expect("jobs lock") = Some((Instant::now(), ids.clone()));
         Ok((ids, false))
     }
@@ -390,7 +401,8 @@ impl Queue {
         // Write first: on SQLite this takes the write lock at once instead of upgrading a read.
         let failed = sqlx::query(AssertSqlSafe(format!(
             "UPDATE images SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
-               error = 'abandoned after ' || CAST(attempts AS TEXT) || ' attempts: its worker stopped or stalled each time', \
+               error = 'abandoned after ' || CAST(attempts AS TEXT) || ' attempts: its worker stopped or stalled while processing it' \
+                 || COALESCE('; earlier: ' || error, ''), \
                error_kind = $2, updated_at = $1 \
              WHERE id IN ({expired_ids}) AND attempts >= $3 RETURNING job_id"
         )))

@@ -177,7 +177,7 @@ async fn misbehaving_hosts_fail_in_time_and_free_the_slot(backend: Backend) {
     config.worker.max_attempts = 1;
     config.fetch.timeout = Duration::from_millis(1500);
     config.fetch.stall_timeout = Duration::from_millis(500);
-    config.fetch.max_bytes = 1024 * 1024;
+    config.fetch.max_bytes = 2 * 1024 * 1024;
     let app = TestApp::start(config).await;
     let cases: Vec<(String, &str)> = vec![
         (format!("http://{hang}/x.png"), "stalled: no data for 0.5 s"),
@@ -185,7 +185,11 @@ async fn misbehaving_hosts_fail_in_time_and_free_the_slot(backend: Backend) {
             images.url("/drip"),
             "timed out after 1.5 s for the whole download",
         ),
-        (images.url("/endless"), "larger than 1048576 bytes"),
+        (images.url("/endless"), "larger than 2097152 bytes"),
+        (
+            images.url("/corrupt-jpeg"),
+            "not an image: no readable JPEG size in the first 1048576 bytes",
+        ),
         (images.url("/loop"), "redirect loop at "),
         (images.url("/redirect/9"), "more than 5 redirects"),
         (format!("http://{reset}/x.png"), "connection failed: "),

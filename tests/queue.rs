@@ -203,6 +203,42 @@ async fn a_lease_let_go_is_not_renewed(backend: Backend) {
     );
 }
 
+async fn jobs_waiting_on_retries_do_not_hide_newer_jobs(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    let q = Queue::new(db.clone(), "q".into(), Duration::from_secs(30), 3);
+    // More jobs than one claim looks at, each with its only image waiting on a far retry.
+    for _ in 0..260 {
+        create_job(&db, STORE_A, 1).await;
+    }
+    let mut waiting = Vec::new();
+    loop {
+        let batch = q.claim(64).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        waiting.extend(batch.iter().map(|c| {
+            let retry = Outcome::Retry {
+                after: Duration::from_secs(3600),
+                kind: ErrorKind::Network,
+                message: "later".into(),
+            };
+            (c.id, retry)
+        }));
+    }
+    assert_eq!(waiting.len(), 260);
+    assert_eq!(q.complete(&waiting).await.unwrap(), 260);
+    let fresh = create_job(&db, STORE_B, 1).await;
+    q.forget_jobs();
+    let claimed = q.claim(1).await.unwrap();
+    assert_eq!(
+        claimed.len(),
+        1,
+        "the newest job must not starve behind waiting ones"
+    );
+    assert_eq!(claimed[0].job_id, fresh);
+}
+
 async fn poison_image_fails_after_its_attempts(backend: Backend) {
     let tdb = TestDb::new(backend).await;
     let db = migrated(&tdb).await;
@@ -261,9 +297,11 @@ async fn flaky_host_succeeds_and_broken_host_fails_after_retries(backend: Backen
     let app = TestApp::start(config).await;
     let key = format!("k{}", fastrand::u32(..));
     let flaky = images.url(&format!("/flaky/{key}/2/40x30.png"));
+    let polite_key = format!("{key}-retry-after");
+    let polite = images.url(&format!("/retry-after/{polite_key}/1/10x10.png"));
     let job = app
         .submit_ok(&payload(&[
-            (STORE_A, vec![flaky]),
+            (STORE_A, vec![flaky, polite]),
             (STORE_B, vec![images.url("/status/500")]),
         ]))
         .await;
@@ -282,6 +320,15 @@ async fn flaky_host_succeeds_and_broken_host_fails_after_retries(backend: Backen
     let results = app.all_images(job, 10).await;
     assert_eq!(results[0]["status"], "succeeded");
     assert_eq!(results[0]["perimeter"], 140);
+    // A 503 with Retry-After: 1 is retried after a second, not after the 100–200 ms backoff.
+    assert_eq!(results[1]["perimeter"], 40);
+    let polite_times = images.flaky_times(&polite_key);
+    assert_eq!(polite_times.len(), 2);
+    let waited = polite_times[1] - polite_times[0];
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "Retry-After ignored: {waited:?}"
+    );
     // Backoff: base 200 ms with jitter in [d/2, d], doubling: ≥100 ms, then ≥200 ms.
     let times = images.flaky_times(&key);
     assert_eq!(times.len(), 3);
@@ -335,12 +382,29 @@ async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
         ("RP_POLL_INTERVAL_MS", "100"),
     ];
     let client = common::client();
-    let n = 400u32;
+    let n = 2000u32;
     let urls: Vec<String> = (0..n)
         .map(|i| images.image(1 + i % 50, 1 + i / 50, "png"))
         .collect();
+    // Two visits of 1,000 images (the per-visit limit).
+    let body = payload(&[
+        (STORE_A, urls[..1000].to_vec()),
+        (STORE_B, urls[1000..].to_vec()),
+    ]);
     let mut service = Service::start(BIN, "serve", &db.url, &settings);
-    let job = service.submit(&client, &payload(&[(STORE_A, urls)])).await;
+    // The same job once undisturbed, for the time it takes without kills.
+    let started = Instant::now();
+    let baseline = service.submit(&client, &body).await;
+    while service
+        .get_json(&client, &format!("/api/jobs/{baseline}"))
+        .await["status"]
+        == "ongoing"
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let undisturbed = started.elapsed();
+    let started = Instant::now();
+    let job = service.submit(&client, &body).await;
     let mut kills = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -359,6 +423,10 @@ async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(kills, 3, "the job finished before all the kills");
+    eprintln!(
+        "{n} images: {undisturbed:?} undisturbed, {:?} with three kill -9 and restarts",
+        started.elapsed()
+    );
     let detail = service.get_json(&client, &format!("/api/jobs/{job}")).await;
     assert_eq!(detail["status"], "completed", "{detail}");
     assert_eq!(
@@ -366,7 +434,7 @@ async fn killed_process_loses_nothing_and_doubles_nothing(backend: Backend) {
         json!({"total": n, "succeeded": n, "failed": 0, "pending": 0})
     );
     let page = service
-        .get_json(&client, &format!("/api/jobs/{job}/images?limit=1000"))
+        .get_json(&client, &format!("/api/jobs/{job}/images?limit=5000"))
         .await;
     let results = page["images"].as_array().unwrap();
     assert_eq!(results.len(), n as usize);
@@ -382,6 +450,7 @@ on_both_backends!(
     results_are_recorded_only_under_the_lease,
     heartbeat_keeps_a_lease_alive,
     a_lease_let_go_is_not_renewed,
+    jobs_waiting_on_retries_do_not_hide_newer_jobs,
     poison_image_fails_after_its_attempts,
     retry_waits_for_its_time,
     flaky_host_succeeds_and_broken_host_fails_after_retries,

@@ -52,9 +52,31 @@ async fn worker_processes_share_a_job_and_survive_losing_one() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Lose one worker for good, mid-job: the other finishes, taking over its leases.
+    let first_id = first
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "worker pool started")
+        .and_then(|v| v["worker.id"].as_str().map(str::to_string))
+        .expect("the worker logs its id");
     first.kill_hard();
     let killed_at = Instant::now();
+    let mut taken_over = None;
     loop {
+        if taken_over.is_none() {
+            let still_held: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM images WHERE lease_owner = $1 AND status = 'running'",
+            )
+            .bind(&first_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if still_held == 0 {
+                taken_over = Some(killed_at.elapsed());
+            }
+        }
         let detail = api.get_json(&client, &format!("/api/jobs/{job}")).await;
         if detail["status"] != "ongoing" {
             assert_eq!(detail["status"], "completed", "{detail}");
@@ -76,6 +98,19 @@ async fn worker_processes_share_a_job_and_survive_losing_one() {
         .await
         .unwrap();
     assert_eq!(processed, n);
+    // Each image was fetched once, but for those the killed worker had taken and not yet
+    // recorded — in flight (4), claimed in its buffer (at most 4), or measured with the
+    // outcome still on its way to the database — which the survivor fetched again.
+    let fetched = images.requests() as i64;
+    assert!(
+        fetched >= n && fetched <= n + 16,
+        "{fetched} fetches for {n} images"
+    );
+    eprintln!(
+        "dead worker's images taken over {:?} after kill -9 (lease 1.5 s); job done {:?} after the kill",
+        taken_over.expect("taken over"),
+        killed_at.elapsed()
+    );
     pool.close().await;
     drop(second);
     drop(api);

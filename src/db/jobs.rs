@@ -280,13 +280,45 @@ pub async fn state_counts(db: &Db) -> Result<StateCounts, DbError> {
     Ok(counts)
 }
 
-/// Ids of jobs that still have unfinished images, oldest first.
-pub async fn ongoing_ids(db: &Db, limit: i64) -> Result<Vec<i64>, DbError> {
-    sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'ongoing' ORDER BY id LIMIT $1")
+/// Up to `limit` ongoing jobs that have an image claimable now, in id order starting after
+/// job `after` and wrapping around: a window that moves with the claimer's round-robin
+/// cursor, so every job is reached however many there are, and jobs whose images all wait
+/// (retries not yet due, or all leased) take no place in it.
+pub async fn claimable_ids(db: &Db, after: i64, now: i64, limit: i64) -> Result<Vec<i64>, DbError> {
+    const SQL_AFTER: &str = "SELECT id FROM jobs j WHERE status = 'ongoing' AND id > $1 \
+         AND EXISTS (SELECT 1 FROM images i WHERE i.job_id = j.id AND i.status = 'pending' \
+         AND i.available_at <= $2) ORDER BY id LIMIT $3";
+    const SQL_WRAP: &str = "SELECT id FROM jobs j WHERE status = 'ongoing' AND id <= $1 \
+         AND EXISTS (SELECT 1 FROM images i WHERE i.job_id = j.id AND i.status = 'pending' \
+         AND i.available_at <= $2) ORDER BY id LIMIT $3";
+    let mut ids: Vec<i64> = sqlx::query_scalar(SQL_AFTER)
+        .bind(after)
+        .bind(now)
         .bind(limit)
         .fetch_all(db.pool())
         .await
-        .map_err(err)
+        .map_err(err)?;
+    if (ids.len() as i64) < limit && after > 0 {
+        let wrapped: Vec<i64> = sqlx::query_scalar(SQL_WRAP)
+            .bind(after)
+            .bind(now)
+            .bind(limit - ids.len() as i64)
+            .fetch_all(db.pool())
+            .await
+            .map_err(err)?;
+        ids.extend(wrapped);
+    }
+    Ok(ids)
+}
+
+/// Whether a job is still ongoing (false also when it does not exist).
+pub async fn is_ongoing(db: &Db, id: i64) -> Result<bool, DbError> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(err)?;
+    Ok(status.as_deref() == Some(JobStatus::Ongoing.as_str()))
 }
 
 /// Adds finished images to a job's counters and, if that finished the job, sets its final

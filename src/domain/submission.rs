@@ -134,10 +134,15 @@ fn parse_count(value: &Value) -> Result<u64, ValidationError> {
                 Ok(u)
             } else if n.as_i64().is_some() {
                 Err(invalid("count: must not be negative"))
-            } else if n.as_f64().is_some_and(|f| f.fract() != 0.0) {
-                Err(invalid("count: must be a whole number"))
             } else {
-                Err(invalid("count: is too large"))
+                match n.as_f64() {
+                    Some(f) if f.fract() != 0.0 => Err(invalid("count: must be a whole number")),
+                    Some(f) if f < 0.0 => Err(invalid("count: must not be negative")),
+                    Some(f) if f <= u64::MAX as f64 => Err(invalid(format!(
+                        "count: must be an integer, written without a fraction or exponent (not {n})"
+                    ))),
+                    _ => Err(invalid("count: is too large")),
+                }
             }
         }
         other => Err(invalid(format!(
@@ -291,6 +296,8 @@ mod tests {
         assert_eq!(message(v.clone()), "count: must not be negative");
         v["count"] = json!(2.5);
         assert_eq!(message(v.clone()), "count: must be a whole number");
+        v["count"] = json!(2.0);
+        assert!(message(v.clone()).starts_with("count: must be an integer, written without"));
         v["count"] = json!("2");
         assert_eq!(
             message(v.clone()),

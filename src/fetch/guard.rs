@@ -20,6 +20,11 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 #[error("{0}")]
 pub struct Blocked(pub String);
 
+/// A host name that does not resolve. Travels inside reqwest's error chain.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unresolved(pub String);
+
 /// True when `ip` is an address on the public internet.
 pub fn is_global(ip: IpAddr) -> bool {
     match ip {
@@ -53,7 +58,8 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
     }
     // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d): refused outright, a
     // well-behaved image host never needs them and they are a classic way around v4 checks.
-    if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) {
+    // Also the rest of ::/8 (IPv4-translated ::ffff:0:a.b.c.d and other reserved forms).
+    if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) || (s[0] & 0xff00) == 0 {
         return false;
     }
     let first = s[0];
@@ -158,8 +164,10 @@ impl Resolve for GuardedResolver {
         let policy = self.0.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| Box::new(Unresolved(format!("{host}: {e}"))))?
+                .collect();
             let allowed: Vec<SocketAddr> = found
                 .iter()
                 .copied()
@@ -229,6 +237,7 @@ mod tests {
             "2001:db8::1",
             "64:ff9b::7f00:1",
             "2002:7f00:1::1",
+            "::ffff:0:7f00:1",
         ] {
             assert!(!global(ip), "{ip}");
         }

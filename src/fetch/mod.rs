@@ -42,6 +42,12 @@ pub enum FetchError {
     RedirectLoop(String),
     #[error("connection failed: {0}")]
     Network(String),
+    /// The host name does not resolve: retrying will not help.
+    #[error("host not found: {0}")]
+    HostNotFound(String),
+    /// The TLS handshake failed (bad or expired certificate, …): retrying will not help.
+    #[error("TLS failed: {0}")]
+    Tls(String),
 }
 
 /// `30`, `0.5`: seconds as a person writes them.
@@ -65,7 +71,9 @@ impl FetchError {
             FetchError::TooManyRedirects(_) | FetchError::RedirectLoop(_) => {
                 ErrorKind::TooManyRedirects
             }
-            FetchError::Network(_) => ErrorKind::Network,
+            FetchError::Network(_) | FetchError::HostNotFound(_) | FetchError::Tls(_) => {
+                ErrorKind::Network
+            }
         }
     }
 
@@ -92,6 +100,26 @@ impl FetchError {
 pub struct Download {
     pub head: Bytes,
     pub total_bytes: u64,
+    /// The body went on past [`HEAD_CAP`] without `enough` being satisfied.
+    pub head_capped: bool,
+}
+
+/// Most bytes of a body kept while looking for an image header. Camera JPEGs carry their size
+/// well inside the first 100 KB, even behind large EXIF blocks.
+pub const HEAD_CAP: usize = 1024 * 1024;
+
+/// `Retry-After` as seconds (`120`) or as an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`).
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at
+        .signed_duration_since(chrono::Utc::now())
+        .num_milliseconds()
+        .max(0);
+    Some(Duration::from_millis(wait as u64))
 }
 
 /// reqwest is built without a bundled crypto provider; this installs ring (already in the
@@ -151,6 +179,9 @@ impl Fetcher {
             .connect_timeout(config.connect_timeout)
             .timeout(config.timeout)
             .read_timeout(config.stall_timeout)
+            // Proxy variables in the environment would send requests through a proxy that
+            // resolves and connects on our behalf, out of the guard's sight.
+            .no_proxy()
             .redirect(redirects);
         if !config.allow_private_networks {
             builder = builder.dns_resolver(guard::GuardedResolver(policy.clone()));
@@ -163,11 +194,6 @@ impl Fetcher {
             config: config.clone(),
             policy,
         })
-    }
-
-    /// Downloads the whole body of `url`, or says precisely why it could not.
-    pub async fn fetch(&self, url: &str) -> Result<Bytes, FetchError> {
-        Ok(self.fetch_head(url, |_| false).await?.head)
     }
 
     /// Downloads the whole body of `url` but keeps only its beginning: bytes are kept until
@@ -205,8 +231,7 @@ impl Fetcher {
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(parse_retry_after);
             return Err(FetchError::Status {
                 code: status.as_u16(),
                 reason: status.canonical_reason().unwrap_or("").to_string(),
@@ -217,10 +242,14 @@ impl Fetcher {
         if response.content_length().is_some_and(|len| len > max) {
             return Err(FetchError::TooLarge(max));
         }
-        // Keep bytes only until `enough` says the prefix held is sufficient; the rest of the
-        // body is still read (the download completes and the cap applies) but not stored.
+        // Keep bytes only until `enough` says the prefix held is sufficient, and never more
+        // than HEAD_CAP; the rest of the body is still read (the download completes and the cap
+        // applies) but not stored. `enough` is asked again only when the prefix has doubled,
+        // so a body that never yields a header costs O(n log n), not O(n²).
         let mut head = BytesMut::new();
         let mut keeping = true;
+        let mut next_check = 0usize;
+        let mut head_capped = false;
         let mut total: u64 = 0;
         while let Some(chunk) = response
             .chunk()
@@ -232,13 +261,22 @@ impl Fetcher {
                 return Err(FetchError::TooLarge(max));
             }
             if keeping {
-                head.extend_from_slice(&chunk);
-                keeping = !enough(&head);
+                let room = HEAD_CAP - head.len();
+                head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if head.len() >= next_check || head.len() == HEAD_CAP {
+                    keeping = !enough(&head);
+                    next_check = head.len() * 2;
+                }
+                if keeping && head.len() == HEAD_CAP {
+                    keeping = false;
+                    head_capped = true;
+                }
             }
         }
         Ok(Download {
             head: head.freeze(),
             total_bytes: total,
+            head_capped,
         })
     }
 
@@ -260,8 +298,18 @@ impl Fetcher {
                     }
                 };
             }
+            if let Some(u) = e.downcast_ref::<guard::Unresolved>() {
+                return FetchError::HostNotFound(u.0.clone());
+            }
+            if let Some(t) = e.downcast_ref::<rustls::Error>() {
+                return FetchError::Tls(t.to_string());
+            }
             innermost = e.to_string();
             source = e.source();
+        }
+        // The system resolver (used when private networks are allowed) says it in words.
+        if error.is_connect() && innermost.contains("failed to lookup address") {
+            return FetchError::HostNotFound(innermost);
         }
         if error.is_timeout() {
             return if error.is_connect() {

@@ -50,9 +50,13 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "unready", "error": "database schema is not migrated" })),
         ),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unready", "error": format!("database unreachable: {error}") })),
-        ),
+        Err(error) => {
+            // The driver's words stay in the log; the answer says only what is wrong.
+            tracing::warn!(%error, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unready", "error": "database unreachable" })),
+            )
+        }
     }
 }

@@ -56,9 +56,16 @@ impl Processor {
         let dims = match measure::measure(&download.head) {
             Ok(d) => d,
             Err(error) => {
+                let message = match error {
+                    measure::MeasureError::Corrupt(format) if download.head_capped => format!(
+                        "not an image: no readable {format} size in the first {} bytes",
+                        crate::fetch::HEAD_CAP
+                    ),
+                    other => other.to_string(),
+                };
                 return Outcome::Failed {
                     kind: crate::domain::ErrorKind::NotAnImage,
-                    message: error.to_string(),
+                    message,
                 };
             }
         };

@@ -11,6 +11,8 @@
 //! - `/redirect-to?url=…` — one redirect to any URL
 //! - `/drip` — a PNG header, then one byte every 200 ms, forever
 //! - `/endless` — a PNG header, then zeros as fast as they go, forever
+//! - `/retry-after/{key}/{secs}/{w}x{h}.png` — first 503 with `Retry-After: secs`, then the image
+//! - `/corrupt-jpeg` — a JPEG start, then 1.5 MB of empty segments and never a size
 //! - `/empty` — 200 with no body; `/truncated` — promises 1000 bytes, sends 10 and closes
 
 use std::collections::HashMap;
@@ -85,6 +87,8 @@ impl ImageServer {
             .route("/drip", get(drip_route))
             .route("/endless", get(endless_route))
             .route("/empty", get(|| async { StatusCode::OK }))
+            .route("/retry-after/{key}/{secs}/{file}", get(retry_after_route))
+            .route("/corrupt-jpeg", get(corrupt_jpeg_route))
             .route("/truncated", get(truncated_route))
             .layer(axum::middleware::from_fn_with_state(inner.clone(), count))
             .with_state(inner.clone());
@@ -290,4 +294,40 @@ pub async fn raw_server(behaviour: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+async fn retry_after_route(
+    State(inner): State<Arc<Inner>>,
+    Path((key, secs, file)): Path<(String, u64, String)>,
+) -> Response {
+    inner
+        .flaky_times
+        .lock()
+        .unwrap()
+        .entry(key.clone())
+        .or_default()
+        .push(std::time::Instant::now());
+    let first = {
+        let mut map = inner.flaky.lock().unwrap();
+        let n = map.entry(key).or_insert(0);
+        *n += 1;
+        *n == 1
+    };
+    if first {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, secs.to_string())],
+            "busy",
+        )
+            .into_response();
+    }
+    serve_image(&inner, &file).await
+}
+
+async fn corrupt_jpeg_route() -> Response {
+    let mut body = vec![0xFF, 0xD8];
+    while body.len() < 1_500_000 {
+        body.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x02]);
+    }
+    body.into_response()
 }
