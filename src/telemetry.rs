@@ -10,6 +10,15 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Logging for the service commands.
+/// The message of a caught panic, for the log line that reports it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 pub fn init() {
     install("info,sqlx=warn,hyper=warn,reqwest=warn", std::io::stdout);
 }

@@ -182,13 +182,33 @@ async fn record_request(
 /// The operations endpoints alone (`/healthz`, `/readyz`, `/metrics`): what a `worker`
 /// process serves with `--metrics-bind`.
 pub fn ops_router(state: AppState) -> Router {
-    Router::new()
-        .merge(health::router())
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .with_state(state)
+    with_layers(
+        Router::new()
+            .merge(health::router())
+            .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+            .with_state(state),
+    )
 }
 
 pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .merge(submit::router())
+        .merge(status::router())
+        .merge(jobs::router())
+        .merge(health::router())
+        .merge(openapi::router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            record_request,
+        ))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .with_state(state);
+    with_layers(routes)
+}
+
+/// The layers around every route: request ids (set, traced, echoed), panics caught and turned
+/// into a 500, and every 500 reduced to a request id.
+fn with_layers(routes: Router) -> Router {
     let ids = NextRequestId {
         prefix: fastrand::u32(..),
         counter: Arc::new(AtomicU64::new(1)),
@@ -206,26 +226,11 @@ pub fn router(state: AppState) -> Router {
         .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
             tracing::debug!(status = res.status().as_u16(), ?latency, "response");
         });
-    Router::new()
-        .merge(submit::router())
-        .merge(status::router())
-        .merge(jobs::router())
-        .merge(health::router())
-        .merge(openapi::router())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            record_request,
-        ))
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .with_state(state)
+    routes
         .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::custom(
             |panic: Box<dyn std::any::Any + Send>| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = crate::telemetry::panic_message(panic.as_ref());
                 ApiError::Internal(format!("handler panicked: {what}")).into_response()
             },
         ))
@@ -233,4 +238,37 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(trace)
         .layer(SetRequestIdLayer::new(REQUEST_ID, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_only_a_request_id() {
+        let app = with_layers(Router::new().route(
+            "/boom",
+            get(|| async {
+                panic!("secret detail");
+                #[allow(unreachable_code)]
+                ""
+            }),
+        ));
+        let res = app
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({ "error": format!("internal error; request id {id}") })
+        );
+    }
 }

@@ -257,24 +257,7 @@ impl WorkerPool {
 
 /// Processes one image; a panic becomes a failed image instead of a dead worker.
 async fn run_one(processor: &Processor, image: &ClaimedImage) -> Outcome {
-    let outcome = match AssertUnwindSafe(processor.process(image))
-        .catch_unwind()
-        .await
-    {
-        Ok(outcome) => outcome,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(panic = %what, "image processing panicked");
-            Outcome::Failed {
-                kind: ErrorKind::Internal,
-                message: "internal error while processing the image".into(),
-            }
-        }
-    };
+    let outcome = contain_panics(processor.process(image)).await;
     match &outcome {
         Outcome::Succeeded { perimeter, .. } => tracing::debug!(perimeter, "image measured"),
         Outcome::Failed { kind, message } => {
@@ -310,6 +293,22 @@ fn record_outcome(metrics: &Metrics, outcome: &Outcome) {
             })
             .inc(),
     };
+}
+
+/// Runs an image's processing; a panic in it becomes a failed image (logged with its message)
+/// instead of a dead worker task whose lease would only expire.
+async fn contain_panics(processing: impl std::future::Future<Output = Outcome>) -> Outcome {
+    match AssertUnwindSafe(processing).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let what = crate::telemetry::panic_message(panic.as_ref());
+            tracing::error!(panic = %what, "image processing panicked");
+            Outcome::Failed {
+                kind: ErrorKind::Internal,
+                message: "internal error while processing the image".into(),
+            }
+        }
+    }
 }
 
 /// Records outcomes in batches: whatever has arrived while the previous batch was written.
@@ -415,5 +414,31 @@ async fn listen(url: String, wake: Arc<Notify>, stop: CancellationToken) {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_processing_fails_the_image_and_nothing_else() {
+        let outcome = contain_panics(async {
+            panic!("decoder exploded");
+            #[allow(unreachable_code)]
+            Outcome::Succeeded {
+                width: 1,
+                height: 1,
+                perimeter: 4,
+            }
+        })
+        .await;
+        assert_eq!(
+            outcome,
+            Outcome::Failed {
+                kind: ErrorKind::Internal,
+                message: "internal error while processing the image".into()
+            }
+        );
     }
 }
