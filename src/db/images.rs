@@ -56,29 +56,25 @@ pub async fn insert_for_job(
             .enumerate()
             .map(|(i, img)| {
                 let seq = chunk_no * INSERT_CHUNK + i;
-                if img.known {
-                    json!([
-                        seq,
-                        img.store_id,
-                        img.url,
-                        img.visit_time,
-                        img.visit_at,
-                        ImageStatus::Pending.as_str(),
-                        null,
-                        null
-                    ])
+                let (status, error, kind) = if img.known {
+                    (ImageStatus::Pending, None, None)
                 } else {
-                    json!([
-                        seq,
-                        img.store_id,
-                        img.url,
-                        img.visit_time,
-                        img.visit_at,
-                        ImageStatus::Failed.as_str(),
-                        unknown_error,
-                        ErrorKind::UnknownStore.as_str()
-                    ])
-                }
+                    (
+                        ImageStatus::Failed,
+                        Some(unknown_error),
+                        Some(ErrorKind::UnknownStore.as_str()),
+                    )
+                };
+                json!([
+                    seq,
+                    img.store_id,
+                    img.url,
+                    img.visit_time,
+                    img.visit_at,
+                    status.as_str(),
+                    error,
+                    kind
+                ])
             })
             .collect();
         sqlx::query(AssertSqlSafe(sql.clone()))

@@ -34,7 +34,6 @@ use image::{ImageFormat, RgbImage};
 #[derive(Default)]
 struct Inner {
     cache: Mutex<HashMap<String, Arc<Vec<u8>>>>,
-    flaky: Mutex<HashMap<String, usize>>,
     requests: AtomicUsize,
     flaky_times: Mutex<HashMap<String, Vec<std::time::Instant>>>,
 }
@@ -184,23 +183,19 @@ async fn status_route(Path(code): Path<u16>) -> Response {
         .into_response()
 }
 
+/// Records when a request for `key` came, and returns how many have come for it so far.
+fn note_request(inner: &Inner, key: String) -> usize {
+    let mut times = inner.flaky_times.lock().unwrap();
+    let seen = times.entry(key).or_default();
+    seen.push(std::time::Instant::now());
+    seen.len()
+}
+
 async fn flaky_route(
     State(inner): State<Arc<Inner>>,
     Path((key, fails, file)): Path<(String, usize, String)>,
 ) -> Response {
-    inner
-        .flaky_times
-        .lock()
-        .unwrap()
-        .entry(key.clone())
-        .or_default()
-        .push(std::time::Instant::now());
-    let seen = {
-        let mut map = inner.flaky.lock().unwrap();
-        let n = map.entry(key).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let seen = note_request(&inner, key);
     if seen <= fails {
         return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
     }
@@ -300,19 +295,7 @@ async fn retry_after_route(
     State(inner): State<Arc<Inner>>,
     Path((key, secs, file)): Path<(String, u64, String)>,
 ) -> Response {
-    inner
-        .flaky_times
-        .lock()
-        .unwrap()
-        .entry(key.clone())
-        .or_default()
-        .push(std::time::Instant::now());
-    let first = {
-        let mut map = inner.flaky.lock().unwrap();
-        let n = map.entry(key).or_insert(0);
-        *n += 1;
-        *n == 1
-    };
+    let first = note_request(&inner, key) == 1;
     if first {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
