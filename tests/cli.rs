@@ -531,6 +531,35 @@ mod containers {
         serde_json::from_str(json).unwrap_or_else(|e| panic!("{name} in exec form: {e}"))
     }
 
+    /// The README's configuration table names every variable the binary reads, and nothing
+    /// it does not: the front door stays true when a flag is added or renamed.
+    #[test]
+    fn readme_configuration_table_lists_exactly_the_variables_the_binary_reads() {
+        let readme = repo_file("README.md");
+        let start = readme
+            .find("## Configuration")
+            .expect("a Configuration section");
+        let end = readme[start..]
+            .find("\n## ")
+            .map_or(readme.len(), |e| start + e);
+        let table: BTreeSet<String> = readme[start..end]
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .filter_map(|l| l.split('|').nth(2))
+            .flat_map(|cell| {
+                cell.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
+        let mut expected = all_env();
+        expected.remove("RP_SERVER"); // the client's, documented with the client
+        assert_eq!(table, expected, "README table vs the binary's variables");
+    }
+
     #[test]
     fn dockerfile_runs_the_binary_with_a_real_subcommand() {
         let dockerfile = repo_file("Dockerfile");
