@@ -17,6 +17,18 @@ impl Dimensions {
     }
 }
 
+/// The largest side any supported format can hold (PNG's limit, 2^31 - 1).
+const MAX_SIDE: u64 = i32::MAX as u64;
+
+/// A 32-bit two's-complement value read as unsigned, back to its magnitude.
+fn signed_magnitude(value: u64) -> u64 {
+    if value > MAX_SIDE && value <= u64::from(u32::MAX) {
+        u64::from((value as u32 as i32).unsigned_abs())
+    } else {
+        value
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum MeasureError {
     #[error("not an image: empty body")]
@@ -27,6 +39,8 @@ pub enum MeasureError {
     Corrupt(String),
     #[error("image reports a zero dimension ({width}x{height})")]
     ZeroSize { width: u64, height: u64 },
+    #[error("not an image: its header claims an impossible size ({width}x{height})")]
+    Implausible { width: u64, height: u64 },
 }
 
 pub fn measure(bytes: &[u8]) -> Result<Dimensions, MeasureError> {
@@ -37,9 +51,20 @@ pub fn measure(bytes: &[u8]) -> Result<Dimensions, MeasureError> {
         imagesize::image_type(bytes).map_err(|_| MeasureError::NotAnImage(describe(bytes)))?;
     let size = imagesize::blob_size(bytes)
         .map_err(|_| MeasureError::Corrupt(format!("{format:?}").to_ascii_uppercase()))?;
-    let (width, height) = (size.width as u64, size.height as u64);
+    let (mut width, mut height) = (size.width as u64, size.height as u64);
+    if matches!(format, imagesize::ImageType::Bmp) {
+        // A BMP stores signed dimensions; a negative height means rows stored top-down, and
+        // the reader hands it back as a huge unsigned number. The size is its magnitude.
+        width = signed_magnitude(width);
+        height = signed_magnitude(height);
+    }
     if width == 0 || height == 0 {
         return Err(MeasureError::ZeroSize { width, height });
+    }
+    // No format this service reads can describe more than 2^31 - 1 pixels on a side; a header
+    // that claims it is corrupt.
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(MeasureError::Implausible { width, height });
     }
     Ok(Dimensions { width, height })
 }
@@ -49,7 +74,8 @@ pub fn measure(bytes: &[u8]) -> Result<Dimensions, MeasureError> {
 /// bytes at that point. (A TIFF whose directory sits at the end needs the whole file.)
 pub fn is_readable(prefix: &[u8]) -> bool {
     match measure(prefix) {
-        Ok(_) => true,
+        // A size was read, even an unusable one: more bytes cannot change it.
+        Ok(_) | Err(MeasureError::ZeroSize { .. } | MeasureError::Implausible { .. }) => true,
         Err(MeasureError::NotAnImage(_)) => prefix.len() >= 512,
         Err(_) => false,
     }
@@ -159,6 +185,43 @@ mod tests {
             "a short non-image may still be described better"
         );
         assert!(is_readable(&[b'x'; 600]));
+    }
+
+    /// A BITMAPINFOHEADER BMP header (no pixels) with signed dimensions.
+    fn bmp_header(width: i32, height: i32) -> Vec<u8> {
+        let mut v = b"BM".to_vec();
+        v.extend_from_slice(&[0; 12]); // file size, reserved, pixel offset
+        v.extend_from_slice(&40u32.to_le_bytes());
+        v.extend_from_slice(&width.to_le_bytes());
+        v.extend_from_slice(&height.to_le_bytes());
+        v.extend_from_slice(&[1, 0, 24, 0]);
+        v.extend_from_slice(&[0; 24]);
+        v
+    }
+
+    #[test]
+    fn a_top_down_bmp_has_a_positive_height() {
+        assert_eq!(
+            measure(&bmp_header(10, 20)).unwrap(),
+            Dimensions {
+                width: 10,
+                height: 20
+            }
+        );
+        assert_eq!(
+            measure(&bmp_header(10, -20)).unwrap(),
+            Dimensions {
+                width: 10,
+                height: 20
+            }
+        );
+    }
+
+    #[test]
+    fn impossible_sizes_are_refused() {
+        let err = measure(&png_header(u32::MAX, u32::MAX)).unwrap_err();
+        assert!(matches!(err, MeasureError::Implausible { .. }), "{err:?}");
+        assert!(measure(&png_header(i32::MAX as u32, 1)).is_ok());
     }
 
     #[test]

@@ -275,6 +275,8 @@ async fn job_is_ongoing_until_its_last_image_finishes(backend: Backend) {
 async fn extended_api_answers_404_and_400_with_json(backend: Backend) {
     let (_db, app, images) = setup(backend).await;
     for path in [
+        "/api/jobs/%FF%FE",
+        "/api/jobs/%FF/images",
         "/api/jobs/424242",
         "/api/jobs/abc",
         "/api/jobs/424242/images",
@@ -284,6 +286,23 @@ async fn extended_api_answers_404_and_400_with_json(backend: Backend) {
         assert_eq!(code, 404, "{path}");
         assert!(body["error"].is_string(), "{path}: {body}");
     }
+    // A known path with the wrong method: 405 with a JSON error and the Allow header.
+    let res = app
+        .client
+        .get(format!("{}/api/submit/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 405);
+    assert_eq!(
+        res.headers().get("allow").map(|v| v.to_str().unwrap()),
+        Some("POST")
+    );
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("GET"), "{body}");
+    // A repeated query parameter: the first value counts, as for /api/status's jobid.
+    let (code, body) = app.get("/api/jobs?status=sideways&status=failed").await;
+    assert_eq!(code, 400, "{body}");
     let job = app
         .submit_ok(&payload(&[(STORE_A, vec![images.image(10, 10, "png")])]))
         .await;
@@ -361,9 +380,12 @@ async fn cancel_stops_unfinished_images_and_fails_the_job(backend: Backend) {
     let slow: Vec<String> = (0..10)
         .map(|i| images.url(&format!("/slow/1500/{}x10.png", i + 1)))
         .collect();
+    // Store A's first image fails for real before the cancel; the rest are cancelled.
+    let mut store_a = vec![images.url("/status/404")];
+    store_a.extend_from_slice(&slow[..4]);
     let job = app
         .submit_ok(&payload(&[
-            (STORE_A, slow[..5].to_vec()),
+            (STORE_A, store_a),
             (STORE_B, slow[5..].to_vec()),
         ]))
         .await;
@@ -377,14 +399,20 @@ async fn cancel_stops_unfinished_images_and_fails_the_job(backend: Backend) {
     let errors = status["error"].as_array().unwrap();
     assert_eq!(errors.len(), 2, "{status}");
     assert_eq!(errors[0]["store_id"], STORE_A);
+    let a = errors[0]["error"].as_str().unwrap();
+    assert!(a.starts_with("1 of 5 images failed; first: "), "{a}");
     assert!(
-        errors[0]["error"].as_str().unwrap().contains("cancelled"),
-        "{status}"
+        a.contains("HTTP 404 Not Found; 4 more not processed: job cancelled"),
+        "{a}"
+    );
+    assert_eq!(
+        errors[1]["error"],
+        "job cancelled: 5 of 5 images not processed"
     );
     // The two in flight finish on the host, but nothing else is fetched and nothing recorded.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(
-        images.requests() <= 2,
+        images.requests() <= 3,
         "{} images fetched after a cancel",
         images.requests()
     );

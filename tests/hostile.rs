@@ -264,7 +264,32 @@ async fn internal_errors_show_only_a_request_id(backend: Backend) {
     app.stop().await;
 }
 
+/// A declared body over the limit is refused from its headers: the client is not invited to
+/// send 100 GB first (`Expect: 100-continue` gets the 413, not a 100).
+async fn an_oversized_declared_body_is_refused_before_it_is_sent(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new(backend).await;
+    let app = TestApp::start(test_config(&db)).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "POST /api/submit/ HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 99999999999\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
+        .await
+        .expect("an answer without sending the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"error\":\"body: larger than"), "{answer}");
+    app.stop().await;
+}
+
 on_both_backends!(
+    an_oversized_declared_body_is_refused_before_it_is_sent,
     malformed_bodies_get_a_clear_4xx,
     urls_pointing_inward_are_refused_without_a_request,
     allow_list_opens_one_host_and_redirects_are_checked_again,

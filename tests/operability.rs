@@ -119,6 +119,17 @@ async fn metrics_move_as_a_job_runs(backend: Backend) {
     assert_eq!(get(&after, r#"retail_pulse_images{state="pending"}"#), 0.0);
     assert_eq!(get(&after, "retail_pulse_worker_slots"), 8.0);
     assert_eq!(get(&after, "retail_pulse_worker_slots_busy"), 0.0);
+    // An invented method (a 405) does not become a label of its own.
+    let odd = reqwest::Method::from_bytes(b"FROBNICATE").unwrap();
+    let res = app
+        .client
+        .request(odd, format!("{}/api/submit/", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 405);
+    let after = scrape(&app).await;
+    assert!(after.keys().all(|k| !k.contains("FROBNICATE")), "{after:?}");
     // No label carries a URL or an id.
     assert!(
         after

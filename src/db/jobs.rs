@@ -386,10 +386,13 @@ async fn store_errors(
     conn: &mut AnyConnection,
     job_id: i64,
 ) -> Result<Vec<StoreError>, DbError> {
+    // Per store: its size, its failures, how many of those a cancel caused, and the position
+    // of its first failure that a cancel did not cause.
     let groups = sqlx::query(
         "SELECT store_id, MIN(seq) AS first_seq, CAST(COUNT(*) AS BIGINT) AS total, \
          CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
-         MIN(CASE WHEN status = 'failed' THEN seq END) AS first_failed \
+         CAST(SUM(CASE WHEN status = 'failed' AND error_kind = 'cancelled' THEN 1 ELSE 0 END) AS BIGINT) AS cancelled, \
+         MIN(CASE WHEN status = 'failed' AND (error_kind IS NULL OR error_kind <> 'cancelled') THEN seq END) AS first_failed \
          FROM images WHERE job_id = $1 GROUP BY store_id \
          HAVING SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) > 0 ORDER BY first_seq",
     )
@@ -404,7 +407,8 @@ async fn store_errors(
         store_id: String,
         total: i64,
         failed: i64,
-        first_failed: i64,
+        cancelled: i64,
+        first_failed: Option<i64>,
     }
     let groups = groups
         .iter()
@@ -413,36 +417,42 @@ async fn store_errors(
                 store_id: r.try_get("store_id").map_err(err)?,
                 total: r.try_get("total").map_err(err)?,
                 failed: r.try_get("failed").map_err(err)?,
+                cancelled: r.try_get("cancelled").map_err(err)?,
                 first_failed: r.try_get("first_failed").map_err(err)?,
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;
-    let seqs: Vec<i64> = groups.iter().map(|g| g.first_failed).collect();
+    let seqs: Vec<i64> = groups.iter().filter_map(|g| g.first_failed).collect();
     let firsts = images::failures_at(db, conn, job_id, &seqs).await?;
     let mut by_seq: HashMap<i64, images::Failure> =
         firsts.into_iter().map(|f| (f.seq, f)).collect();
     Ok(groups
         .into_iter()
         .map(|g| {
-            let first = by_seq.remove(&g.first_failed);
-            let error = match first {
-                Some(f) if f.kind.as_deref() == Some(ErrorKind::UnknownStore.as_str()) => format!(
-                    "unknown store_id: not in the store master ({} of {} images not processed)",
-                    g.failed, g.total
-                ),
-                Some(f) if f.kind.as_deref() == Some(ErrorKind::Cancelled.as_str()) => format!(
+            let first = g.first_failed.and_then(|seq| by_seq.remove(&seq));
+            let real = g.failed - g.cancelled;
+            let mut error = match first {
+                None => format!(
                     "job cancelled: {} of {} images not processed",
-                    g.failed, g.total
+                    g.cancelled, g.total
+                ),
+                Some(f) if f.kind.as_deref() == Some(ErrorKind::UnknownStore.as_str()) => format!(
+                    "unknown store_id: not in the store master ({real} of {} images not processed)",
+                    g.total
                 ),
                 Some(f) => format!(
-                    "{} of {} images failed; first: {}: {}",
-                    g.failed,
+                    "{real} of {} images failed; first: {}: {}",
                     g.total,
                     f.url,
                     f.error.unwrap_or_else(|| "unknown error".into())
                 ),
-                None => format!("{} of {} images failed", g.failed, g.total),
             };
+            if real > 0 && g.cancelled > 0 {
+                error.push_str(&format!(
+                    "; {} more not processed: job cancelled",
+                    g.cancelled
+                ));
+            }
             StoreError {
                 store_id: g.store_id,
                 error,

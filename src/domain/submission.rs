@@ -138,9 +138,9 @@ fn parse_count(value: &Value) -> Result<u64, ValidationError> {
                 match n.as_f64() {
                     Some(f) if f.fract() != 0.0 => Err(invalid("count: must be a whole number")),
                     Some(f) if f < 0.0 => Err(invalid("count: must not be negative")),
-                    Some(f) if f <= u64::MAX as f64 => Err(invalid(format!(
-                        "count: must be an integer, written without a fraction or exponent (not {n})"
-                    ))),
+                    Some(f) if f <= u64::MAX as f64 => Err(invalid(
+                        "count: must be an integer, written without a fraction or exponent",
+                    )),
                     _ => Err(invalid("count: is too large")),
                 }
             }

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -42,9 +43,41 @@ pub struct Progress {
     pub pending: i64,
 }
 
-fn parse_job_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .map_err(|_| ApiError::NotFound(format!("no job {raw}")))
+/// The `{job_id}` path segment. Anything that is not a job id (not a number, not even
+/// UTF-8) is simply no job: a JSON 404, never the framework's plain-text rejection.
+pub struct JobId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(raw)) => raw
+                .parse::<i64>()
+                .map(JobId)
+                .map_err(|_| ApiError::NotFound(format!("no job {raw}"))),
+            Err(_) => Err(ApiError::NotFound("no such job".into())),
+        }
+    }
+}
+
+/// Query parameters, the first value of each name winning (as `/api/status` reads `jobid`).
+pub struct FirstParams(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for FirstParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut params = HashMap::new();
+        if let Some(query) = parts.uri.query() {
+            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                params
+                    .entry(k.into_owned())
+                    .or_insert_with(|| v.into_owned());
+            }
+        }
+        Ok(FirstParams(params))
+    }
 }
 
 #[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
@@ -53,11 +86,7 @@ fn parse_job_id(raw: &str) -> Result<i64, ApiError> {
         (status = 200, description = "The job and its progress", body = JobBody),
         (status = 404, description = "No such job", body = super::openapi::ErrorBody),
     ))]
-async fn job(
-    State(state): State<AppState>,
-    Path(raw): Path<String>,
-) -> Result<Json<JobBody>, ApiError> {
-    let id = parse_job_id(&raw)?;
+async fn job(State(state): State<AppState>, JobId(id): JobId) -> Result<Json<JobBody>, ApiError> {
     let job = db::jobs::get(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
@@ -84,7 +113,7 @@ pub struct JobList {
     ))]
 async fn list(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    FirstParams(query): FirstParams,
 ) -> Result<Json<JobList>, ApiError> {
     let status = match query.get("status").map(String::as_str) {
         None | Some("") => None,
@@ -138,9 +167,8 @@ fn page_limit(query: &HashMap<String, String>, default: i64, max: i64) -> Result
     ))]
 async fn cancel(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    JobId(id): JobId,
 ) -> Result<Json<JobBody>, ApiError> {
-    let id = parse_job_id(&raw)?;
     match db::jobs::cancel(&state.db, id).await? {
         db::jobs::Cancel::Cancelled(job) => Ok(Json(JobBody::from(job))),
         db::jobs::Cancel::Finished(job) => Err(ApiError::Conflict(format!(
@@ -206,10 +234,9 @@ pub const MAX_PAGE: i64 = 10_000;
     ))]
 async fn images(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    JobId(id): JobId,
+    FirstParams(query): FirstParams,
 ) -> Result<Json<ImagesBody>, ApiError> {
-    let id = parse_job_id(&raw)?;
     let limit = page_limit(&query, DEFAULT_PAGE, MAX_PAGE)?;
     // The cursor is the position of the last image returned; opaque to clients.
     let after = match query.get("after") {

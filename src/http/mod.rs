@@ -49,6 +49,8 @@ pub enum ApiError {
     StatusBadRequest,
     /// 404 `{"error": message}`.
     NotFound(String),
+    /// 405 `{"error": message}`: the path exists, the method does not (with an `Allow` header).
+    MethodNotAllowed(String),
     /// 409 `{"error": message}`: the request conflicts with the resource's state.
     Conflict(String),
     /// 413 `{"error": message}`: the body or the job is over a configured limit.
@@ -80,6 +82,9 @@ impl IntoResponse for ApiError {
             ApiError::StatusBadRequest => (StatusCode::BAD_REQUEST, json!({})),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({ "error": m })),
+            ApiError::MethodNotAllowed(m) => {
+                (StatusCode::METHOD_NOT_ALLOWED, json!({ "error": m }))
+            }
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": m })),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": m })),
             ApiError::Unavailable => (
@@ -158,7 +163,12 @@ async fn record_request(
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_string();
+    // Methods are a fixed set: an invented one must not become a new time series.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH") => m,
+        _ => "other",
+    }
+    .to_string();
     let started = std::time::Instant::now();
     let response = next.run(req).await;
     metrics
@@ -202,6 +212,9 @@ pub fn router(state: AppState) -> Router {
             record_request,
         ))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::MethodNotAllowed(format!("method {method} is not allowed here"))
+        })
         .with_state(state);
     with_layers(routes)
 }

@@ -46,6 +46,18 @@ async fn submit(
     body: Body,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let key = idempotency_key(&headers)?;
+    // A declared length over the limit is refused before a byte is read (and before an
+    // `Expect: 100-continue` client is invited to send it).
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
+        return Err(ApiError::TooLarge(format!(
+            "body: larger than the limit of {} bytes",
+            state.max_body_bytes
+        )));
+    }
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|e| body_error(e, state.max_body_bytes))?;
