@@ -179,17 +179,19 @@ async fn a_lease_let_go_is_not_renewed(backend: Backend) {
     let tdb = TestDb::new(backend).await;
     let db = migrated(&tdb).await;
     create_job(&db, STORE_A, 2).await;
-    let q = Queue::new(db.clone(), "q".into(), Duration::from_millis(300), 5);
+    // Lease 1 s: the let-go image expires at 1 s; the renewed one (at 0.6 s) at 1.6 s; the
+    // reaper looks at 1.2 s, with 0.4 s of margin either side.
+    let q = Queue::new(db.clone(), "q".into(), Duration::from_millis(1000), 5);
     let claimed = q.claim(2).await.unwrap();
     // The outcome of the first could not be written (say, the database was away): let it go.
     q.let_go([claimed[0].id]);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
         q.heartbeat().await.unwrap(),
         1,
         "only the image still held is renewed"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let other = Queue::new(db.clone(), "other".into(), Duration::from_secs(30), 5);
     assert_eq!(
         other.reap_expired().await.unwrap(),
