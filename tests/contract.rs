@@ -167,6 +167,18 @@ async fn completed_job_reports_every_perimeter(backend: Backend) {
         status,
         json!({"status": "completed", "job_id": job.to_string()})
     );
+    // A repeated jobid: the first one counts, on every endpoint alike.
+    let (code, first) = app
+        .get(&format!("/api/status?jobid={job}&jobid=999999"))
+        .await;
+    assert_eq!(
+        (code, first["job_id"].as_str()),
+        (200, Some(job.to_string().as_str()))
+    );
+    let (code, _) = app
+        .get(&format!("/api/status?jobid=999999&jobid={job}"))
+        .await;
+    assert_eq!(code, 400);
     let results = app.all_images(job, 3).await;
     assert_eq!(results.len(), sizes.len());
     for (result, (w, h, f)) in results.iter().zip(&sizes) {

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, FirstParams};
 use crate::db::{self, format_ms};
 use crate::domain::{JobStatus, StoreError};
 
@@ -58,25 +58,6 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
                 .map_err(|_| ApiError::NotFound(format!("no job {raw}"))),
             Err(_) => Err(ApiError::NotFound("no such job".into())),
         }
-    }
-}
-
-/// Query parameters, the first value of each name winning (as `/api/status` reads `jobid`).
-pub struct FirstParams(pub HashMap<String, String>);
-
-impl<S: Send + Sync> FromRequestParts<S> for FirstParams {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let mut params = HashMap::new();
-        if let Some(query) = parts.uri.query() {
-            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-                params
-                    .entry(k.into_owned())
-                    .or_insert_with(|| v.into_owned());
-            }
-        }
-        Ok(FirstParams(params))
     }
 }
 

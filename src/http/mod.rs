@@ -29,6 +29,29 @@ use crate::db::{Db, DbError};
 use crate::domain::Limits;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 
+/// Query parameters, the first value of each name winning — one rule for every endpoint
+/// (`/api/status?jobid=1&jobid=2` is job 1).
+pub struct FirstParams(pub std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for FirstParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let mut params = std::collections::HashMap::new();
+        if let Some(query) = parts.uri.query() {
+            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                params
+                    .entry(k.into_owned())
+                    .or_insert_with(|| v.into_owned());
+            }
+        }
+        Ok(FirstParams(params))
+    }
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {

@@ -1,12 +1,12 @@
 //! `GET /api/status?jobid=N`: the assignment's status shape. Reads the job row only, so it
 //! answers in constant time however many images the job holds.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, FirstParams};
 use crate::db;
 use crate::domain::{JobStatus, StoreError};
 
@@ -34,15 +34,10 @@ pub struct StatusBody {
     ))]
 async fn status(
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    FirstParams(query): FirstParams,
 ) -> Result<Json<StatusBody>, ApiError> {
     let job_id = query
-        .as_deref()
-        .and_then(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "jobid")
-                .map(|(_, v)| v.into_owned())
-        })
+        .get("jobid")
         .and_then(|v| v.trim().parse::<i64>().ok())
         .ok_or(ApiError::StatusBadRequest)?;
     let job = db::jobs::get(&state.db, job_id)
