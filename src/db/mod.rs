@@ -101,6 +101,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_idempotency_and_worker.sql"),
     ),
+    (3, include_str!("../../migrations/sqlite/0003_tenants.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -108,6 +109,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_idempotency_and_worker.sql"),
     ),
+    (3, include_str!("../../migrations/postgres/0003_tenants.sql")),
 ];
 
 /// A bulk insert at least this large refreshes the planner statistics (PostgreSQL).
