@@ -28,6 +28,8 @@ pub enum StartError {
     Fetch(#[from] FetchError),
     #[error("the HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
 }
 
 /// Which parts of the service this process runs.
@@ -75,12 +77,7 @@ pub async fn build(
     listener: Option<TcpListener>,
     roles: Roles,
 ) -> Result<App, StartError> {
-    let db = Db::connect_with(
-        &config.database.url,
-        config.database.max_connections,
-        config.database.acquire_timeout,
-    )
-    .await?;
+    let db = Db::connect_with(&config.database).await?;
     db.migrate().await?;
     load_store_master(&db, &config).await?;
     let wake = Arc::new(Notify::new());
@@ -173,13 +170,21 @@ impl App {
             }
         };
         let workers = async {
-            if let Some(pool) = self.workers {
-                pool.run(token.clone()).await;
+            match self.workers {
+                Some(pool) => {
+                    let result = pool.run(token.clone()).await;
+                    // A worker pool that cannot go on takes the whole process down with it,
+                    // so a supervisor restarts it (its API would otherwise look healthy).
+                    token.cancel();
+                    result
+                }
+                None => Ok(()),
             }
         };
-        let (served, ()) = tokio::join!(api, workers);
+        let (served, worked) = tokio::join!(api, workers);
         self.db.close().await;
         served?;
+        worked?;
         Ok(())
     }
 }

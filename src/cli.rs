@@ -133,6 +133,50 @@ pub struct DbArgs {
     /// API takes to answer 503.
     #[arg(long, env = "RP_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 2.0)]
     pub db_acquire_timeout_secs: f64,
+    /// PostgreSQL: seconds a session may sit idle inside a transaction before the server ends
+    /// it and frees its locks (0: the server's default).
+    #[arg(
+        long,
+        env = "RP_DB_IDLE_IN_TRANSACTION_TIMEOUT_SECS",
+        default_value_t = 10.0
+    )]
+    pub db_idle_in_transaction_timeout_secs: f64,
+    /// PostgreSQL: seconds a statement waits for a row lock before giving up (the queue backs
+    /// off and retries; 0: wait forever).
+    #[arg(long, env = "RP_DB_LOCK_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub db_lock_timeout_secs: f64,
+    /// PostgreSQL: seconds any statement may run (0: no limit).
+    #[arg(long, env = "RP_DB_STATEMENT_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub db_statement_timeout_secs: f64,
+    /// PostgreSQL: TCP keepalive idle seconds on both ends; a peer that stopped answering is
+    /// declared dead after about twice this (0: the systems' defaults, about 2 h).
+    #[arg(long, env = "RP_DB_KEEPALIVE_SECS", default_value_t = 10.0)]
+    pub db_keepalive_secs: f64,
+    /// Seconds one queue operation (claim, heartbeat, a batch of results) may take before its
+    /// connection is dropped and the operation retried (0: no deadline).
+    #[arg(long, env = "RP_DB_OPERATION_TIMEOUT_SECS", default_value_t = 20.0)]
+    pub db_operation_timeout_secs: f64,
+}
+
+impl DbArgs {
+    /// The database part of the configuration.
+    pub fn to_config(&self) -> anyhow::Result<crate::config::DatabaseConfig> {
+        Ok(crate::config::DatabaseConfig {
+            url: self.database_url.clone(),
+            max_connections: self.db_max_connections,
+            acquire_timeout: secs(self.db_acquire_timeout_secs, "db-acquire-timeout-secs")?,
+            session: crate::db::SessionLimits {
+                idle_in_transaction: secs(
+                    self.db_idle_in_transaction_timeout_secs,
+                    "db-idle-in-transaction-timeout-secs",
+                )?,
+                lock_wait: secs(self.db_lock_timeout_secs, "db-lock-timeout-secs")?,
+                statement: secs(self.db_statement_timeout_secs, "db-statement-timeout-secs")?,
+                keepalive: secs(self.db_keepalive_secs, "db-keepalive-secs")?,
+                operation: secs(self.db_operation_timeout_secs, "db-operation-timeout-secs")?,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -245,10 +289,7 @@ fn secs(value: f64, flag: &str) -> anyhow::Result<Duration> {
 
 impl WorkerArgs {
     fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
-        config.database.url = self.db.database_url.clone();
-        config.database.max_connections = self.db.db_max_connections;
-        config.database.acquire_timeout =
-            secs(self.db.db_acquire_timeout_secs, "db-acquire-timeout-secs")?;
+        config.database = self.db.to_config()?;
         config.store_master = self.store_master.clone();
         let w = &mut config.worker;
         w.concurrency = self.workers;
@@ -337,14 +378,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app.run(shutdown::signal()).await?;
         }
         Command::Migrate(db) => {
-            let db = Db::connect(&db.database_url, db.db_max_connections).await?;
+            let db = Db::connect_with(&db.to_config()?).await?;
             db.migrate().await?;
             tracing::info!("migrations applied");
         }
         Command::Stores {
             command: StoresCommand::Import { file, db },
         } => {
-            let db = Db::connect(&db.database_url, db.db_max_connections).await?;
+            let db = Db::connect_with(&db.to_config()?).await?;
             db.migrate().await?;
             let list = stores::load_file(&file)?;
             let count = crate::db::stores::upsert(&db, &list).await?;

@@ -44,6 +44,19 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How long a query waits for a connection (and so how fast an outage answers 503).
     pub acquire_timeout: Duration,
+    /// Timeouts and keepalives every session runs under (see [`crate::db::session`]).
+    pub session: crate::db::SessionLimits,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_DATABASE_URL.to_string(),
+            max_connections: 16,
+            acquire_timeout: crate::db::DEFAULT_ACQUIRE_TIMEOUT,
+            session: crate::db::SessionLimits::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -135,11 +148,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            database: DatabaseConfig {
-                url: DEFAULT_DATABASE_URL.to_string(),
-                max_connections: 16,
-                acquire_timeout: crate::db::DEFAULT_ACQUIRE_TIMEOUT,
-            },
+            database: DatabaseConfig::default(),
             store_master: None,
             api: ApiConfig {
                 max_body_bytes: 32 * 1024 * 1024,

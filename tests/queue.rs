@@ -231,7 +231,7 @@ async fn jobs_waiting_on_retries_do_not_hide_newer_jobs(backend: Backend) {
     assert_eq!(waiting.len(), 260);
     assert_eq!(q.complete(&waiting).await.unwrap(), 260);
     let fresh = create_job(&db, STORE_B, 1).await;
-    q.forget_jobs();
+    q.scheduler().forget();
     let claimed = q.claim(1).await.unwrap();
     assert_eq!(
         claimed.len(),

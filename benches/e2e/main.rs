@@ -245,7 +245,7 @@ async fn fetch_limit(host: &ImageHost, n: usize, concurrency: usize) -> f64 {
         tasks.spawn(async move {
             // Exactly what a worker does with an image, minus the database.
             let download = fetcher
-                .fetch_head(&url, retail_pulse::measure::is_readable)
+                .download(&url, retail_pulse::measure::is_readable)
                 .await
                 .expect("fetch");
             retail_pulse::measure::measure(&download.head).expect("measure");

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::{Db, DbError, err};
 use crate::domain::{ErrorKind, ImageStatus, Submission};
@@ -19,7 +19,6 @@ pub async fn insert_for_job(
     job_id: i64,
     submission: &Submission,
     known_stores: &HashSet<String>,
-    now: i64,
 ) -> Result<(), DbError> {
     struct NewImage<'a> {
         store_id: &'a str,
@@ -42,14 +41,15 @@ pub async fn insert_for_job(
             })
         })
         .collect();
-    let unknown_error = "store_id is not in the store master; image not downloaded";
-    let sql = format!(
+    let unknown = ErrorKind::UnknownStore;
+    let sql = db.with_clock(&format!(
         "INSERT INTO images (job_id, seq, store_id, url, visit_time, visit_at, status, error, error_kind, \
          created_at, updated_at, available_at) \
-         SELECT $1, CAST(t.value ->> 0 AS BIGINT), t.value ->> 1, t.value ->> 2, t.value ->> 3, \
-         CAST(t.value ->> 4 AS BIGINT), t.value ->> 5, t.value ->> 6, t.value ->> 7, $2, $2, $2 FROM {}",
-        db.json_rows("$3")
-    );
+         SELECT $1, CAST(t.value ->> 'seq' AS BIGINT), t.value ->> 'store_id', t.value ->> 'url', \
+         t.value ->> 'visit_time', CAST(t.value ->> 'visit_at' AS BIGINT), t.value ->> 'status', \
+         t.value ->> 'error', t.value ->> 'kind', {{now}}, {{now}}, {{now}} FROM {}",
+        db.json_rows("$2")
+    ));
     for (chunk_no, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
         let rows: Vec<Value> = chunk
             .iter()
@@ -61,25 +61,24 @@ pub async fn insert_for_job(
                 } else {
                     (
                         ImageStatus::Failed,
-                        Some(unknown_error),
-                        Some(ErrorKind::UnknownStore.as_str()),
+                        Some(unknown.unprocessed_message()),
+                        Some(unknown.as_str()),
                     )
                 };
-                json!([
-                    seq,
-                    img.store_id,
-                    img.url,
-                    img.visit_time,
-                    img.visit_at,
-                    status.as_str(),
-                    error,
-                    kind
-                ])
+                json!({
+                    "seq": seq,
+                    "store_id": img.store_id,
+                    "url": img.url,
+                    "visit_time": img.visit_time,
+                    "visit_at": img.visit_at,
+                    "status": status.as_str(),
+                    "error": error,
+                    "kind": kind,
+                })
             })
             .collect();
         sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(job_id)
-            .bind(now)
             .bind(Value::Array(rows).to_string())
             .execute(&mut *conn)
             .await
@@ -94,8 +93,15 @@ pub struct Failure {
     pub seq: i64,
     pub url: String,
     pub error: Option<String>,
-    pub kind: Option<String>,
+    pub error_kind: Option<String>,
 }
+
+super::from_row!(Failure {
+    seq: i64,
+    url: String,
+    error: Option<String>,
+    error_kind: Option<String>,
+});
 
 /// The failures at the given positions of a job.
 pub async fn failures_at(
@@ -106,26 +112,15 @@ pub async fn failures_at(
 ) -> Result<Vec<Failure>, DbError> {
     let sql = format!(
         "SELECT seq, url, error, error_kind FROM images WHERE job_id = $1 \
-         AND seq IN (SELECT CAST(t.value ->> 0 AS BIGINT) FROM {})",
+         AND seq IN (SELECT CAST(t.value AS BIGINT) FROM {})",
         db.json_rows("$2")
     );
-    let list: Vec<Value> = seqs.iter().map(|s| json!([s])).collect();
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    sqlx::query_as(AssertSqlSafe(sql))
         .bind(job_id)
-        .bind(Value::Array(list).to_string())
+        .bind(json!(seqs).to_string())
         .fetch_all(&mut *conn)
         .await
-        .map_err(err)?;
-    rows.iter()
-        .map(|row| {
-            Ok(Failure {
-                seq: row.try_get("seq").map_err(err)?,
-                url: row.try_get("url").map_err(err)?,
-                error: row.try_get("error").map_err(err)?,
-                kind: row.try_get("error_kind").map_err(err)?,
-            })
-        })
-        .collect()
+        .map_err(err)
 }
 
 /// One image as the results endpoint shows it.
@@ -142,10 +137,22 @@ pub struct ImageRow {
     pub error: Option<String>,
 }
 
+super::from_row!(ImageRow {
+    seq: i64,
+    store_id: String,
+    url: String,
+    visit_time: String,
+    status: ImageStatus as String,
+    width: Option<i64>,
+    height: Option<i64>,
+    perimeter: Option<i64>,
+    error: Option<String>,
+});
+
 /// Up to `limit` images of a job after position `after`, in submission order. Keyset
 /// pagination on (job_id, seq): the last page costs what the first does.
 pub async fn page(db: &Db, job_id: i64, after: i64, limit: i64) -> Result<Vec<ImageRow>, DbError> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT seq, store_id, url, visit_time, status, width, height, perimeter, error \
          FROM images WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
     )
@@ -154,22 +161,5 @@ pub async fn page(db: &Db, job_id: i64, after: i64, limit: i64) -> Result<Vec<Im
     .bind(limit)
     .fetch_all(db.pool())
     .await
-    .map_err(err)?;
-    rows.iter()
-        .map(|row| {
-            let status: String = row.try_get("status").map_err(err)?;
-            Ok(ImageRow {
-                seq: row.try_get("seq").map_err(err)?,
-                store_id: row.try_get("store_id").map_err(err)?,
-                url: row.try_get("url").map_err(err)?,
-                visit_time: row.try_get("visit_time").map_err(err)?,
-                status: ImageStatus::parse(&status)
-                    .ok_or_else(|| DbError::Corrupt(format!("image status `{status}`")))?,
-                width: row.try_get("width").map_err(err)?,
-                height: row.try_get("height").map_err(err)?,
-                perimeter: row.try_get("perimeter").map_err(err)?,
-                error: row.try_get("error").map_err(err)?,
-            })
-        })
-        .collect()
+    .map_err(err)
 }

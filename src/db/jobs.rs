@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
-use super::{Backend, Db, DbError, err, images, now_ms};
-use crate::domain::{ErrorKind, JobStatus, StoreError, Submission};
+use super::{Backend, Db, DbError, err, images};
+use crate::domain::{ErrorKind, FirstFailure, JobStatus, StoreError, StoreFailure, Submission};
 
 /// A job as stored, with its progress counters.
 #[derive(Debug, Clone)]
@@ -48,7 +48,6 @@ pub async fn create(
     known_stores: &HashSet<String>,
     idempotency: Option<Idempotency<'_>>,
 ) -> Result<i64, DbError> {
-    let now = now_ms();
     let total = submission.image_count() as i64;
     let unknown: i64 = submission
         .visits
@@ -59,20 +58,21 @@ pub async fn create(
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await.map_err(err)?;
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO jobs (status, total, succeeded, failed, created_at, idempotency_key, request_hash) \
-         VALUES ('ongoing', $1, 0, $2, $3, $4, $5) RETURNING id",
+        AssertSqlSafe(db.with_clock(
+            "INSERT INTO jobs (status, total, succeeded, failed, created_at, idempotency_key, request_hash) \
+             VALUES ('ongoing', $1, 0, $2, {now}, $3, $4) RETURNING id",
+        )),
     )
     .bind(total)
     .bind(unknown)
-    .bind(now)
     .bind(idempotency.map(|i| i.key))
     .bind(idempotency.map(|i| i.body_hash))
     .fetch_one(&mut *tx)
     .await
     .map_err(err)?;
-    images::insert_for_job(db, &mut tx, id, submission, known_stores, now).await?;
+    images::insert_for_job(db, &mut tx, id, submission, known_stores).await?;
     if unknown == total {
-        finalize(db, &mut tx, id, now).await?;
+        finalize(db, &mut tx, id, unknown).await?;
     } else if db.backend() == Backend::Postgres {
         // Delivered at commit: wakes idle workers in every process.
         sqlx::query("SELECT pg_notify($1, '')")
@@ -94,13 +94,13 @@ fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
     Ok(JobRow {
         id: row.try_get("id").map_err(err)?,
         status: JobStatus::parse(&status)
-            .ok_or_else(|| DbError::Corrupt(format!("job status `{status}`")))?,
+            .ok_or_else(|| DbError::Encoding(format!("job status `{status}`")))?,
         total: row.try_get("total").map_err(err)?,
         succeeded: row.try_get("succeeded").map_err(err)?,
         failed: row.try_get("failed").map_err(err)?,
         errors: match errors {
             Some(text) => serde_json::from_str(&text)
-                .map_err(|e| DbError::Corrupt(format!("job errors: {e}")))?,
+                .map_err(|e| DbError::Encoding(format!("job errors: {e}")))?,
             None => Vec::new(),
         },
         created_at: row.try_get("created_at").map_err(err)?,
@@ -141,19 +141,22 @@ pub enum Cancel {
 /// `cancelled` with an error entry per affected store. Images are locked before the job row,
 /// the same order as recording results, so the two never deadlock.
 pub async fn cancel(db: &Db, id: i64) -> Result<Cancel, DbError> {
-    let now = now_ms();
+    let lock = match db.backend() {
+        Backend::Postgres => "ORDER BY id FOR UPDATE",
+        Backend::Sqlite => "",
+    };
     {
         let _turn = db.write_turn().await;
         let mut tx = db.pool().begin().await.map_err(err)?;
-        let stopped = sqlx::query(
-            "UPDATE images SET status = 'failed', error = 'job cancelled before this image was processed', \
-             error_kind = $2, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3 \
-             WHERE job_id = $1 AND status IN ('pending', 'running') \
-             AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND status = 'ongoing')",
-        )
+        let stopped = sqlx::query(AssertSqlSafe(db.with_clock(&format!(
+            "UPDATE images SET status = 'failed', error = $2, error_kind = $3, lease_owner = NULL, \
+               lease_expires_at = NULL, updated_at = {{now}} \
+             WHERE id IN (SELECT id FROM images WHERE job_id = $1 AND status IN ('pending', 'running') \
+               AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND status = 'ongoing') {lock})"
+        ))))
         .bind(id)
+        .bind(ErrorKind::Cancelled.unprocessed_message())
         .bind(ErrorKind::Cancelled.as_str())
-        .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(err)?
@@ -167,13 +170,12 @@ pub async fn cancel(db: &Db, id: i64) -> Result<Cancel, DbError> {
         if updated.is_some() {
             let errors = store_errors(db, &mut tx, id).await?;
             let json =
-                serde_json::to_string(&errors).map_err(|e| DbError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "UPDATE jobs SET status = 'cancelled', errors = $2, finished_at = $3 WHERE id = $1",
-            )
+                serde_json::to_string(&errors).map_err(|e| DbError::Encoding(e.to_string()))?;
+            sqlx::query(AssertSqlSafe(db.with_clock(
+                "UPDATE jobs SET status = 'cancelled', errors = $2, finished_at = {now} WHERE id = $1",
+            )))
             .bind(id)
             .bind(json)
-            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -181,7 +183,7 @@ pub async fn cancel(db: &Db, id: i64) -> Result<Cancel, DbError> {
             tracing::info!(job.id = id, images.cancelled = stopped, "job cancelled");
             let job = get(db, id)
                 .await?
-                .ok_or_else(|| DbError::Corrupt("cancelled job vanished".into()))?;
+                .ok_or_else(|| DbError::Encoding("cancelled job vanished".into()))?;
             return Ok(Cancel::Cancelled(job));
         }
         tx.rollback().await.map_err(err)?;
@@ -280,37 +282,6 @@ pub async fn state_counts(db: &Db) -> Result<StateCounts, DbError> {
     Ok(counts)
 }
 
-/// Up to `limit` ongoing jobs that have an image claimable now, in id order starting after
-/// job `after` and wrapping around: a window that moves with the claimer's round-robin
-/// cursor, so every job is reached however many there are, and jobs whose images all wait
-/// (retries not yet due, or all leased) take no place in it.
-pub async fn claimable_ids(db: &Db, after: i64, now: i64, limit: i64) -> Result<Vec<i64>, DbError> {
-    const SQL_AFTER: &str = "SELECT id FROM jobs j WHERE status = 'ongoing' AND id > $1 \
-         AND EXISTS (SELECT 1 FROM images i WHERE i.job_id = j.id AND i.status = 'pending' \
-         AND i.available_at <= $2) ORDER BY id LIMIT $3";
-    const SQL_WRAP: &str = "SELECT id FROM jobs j WHERE status = 'ongoing' AND id <= $1 \
-         AND EXISTS (SELECT 1 FROM images i WHERE i.job_id = j.id AND i.status = 'pending' \
-         AND i.available_at <= $2) ORDER BY id LIMIT $3";
-    let mut ids: Vec<i64> = sqlx::query_scalar(SQL_AFTER)
-        .bind(after)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(db.pool())
-        .await
-        .map_err(err)?;
-    if (ids.len() as i64) < limit && after > 0 {
-        let wrapped: Vec<i64> = sqlx::query_scalar(SQL_WRAP)
-            .bind(after)
-            .bind(now)
-            .bind(limit - ids.len() as i64)
-            .fetch_all(db.pool())
-            .await
-            .map_err(err)?;
-        ids.extend(wrapped);
-    }
-    Ok(ids)
-}
-
 /// Whether a job is still ongoing (false also when it does not exist).
 pub async fn is_ongoing(db: &Db, id: i64) -> Result<bool, DbError> {
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
@@ -321,55 +292,84 @@ pub async fn is_ongoing(db: &Db, id: i64) -> Result<bool, DbError> {
     Ok(status.as_deref() == Some(JobStatus::Ongoing.as_str()))
 }
 
-/// Adds finished images to a job's counters and, if that finished the job, sets its final
-/// status. Runs inside the caller's transaction: the `UPDATE` locks the job row, so when two
-/// workers finish a job's last images at once, the second sees the first's counts and exactly
-/// one of them finalizes.
+/// Images of one job that a transaction has just finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Finished {
+    pub succeeded: i64,
+    pub failed: i64,
+}
+
+/// Adds finished images to their jobs' counters and, for each job this finishes, sets its
+/// final status. Runs inside the caller's transaction, after its image rows: the job rows
+/// are locked in id order (PostgreSQL), so when two workers finish a job's last images at
+/// once, the second sees the first's counts and exactly one of them finalizes, and two
+/// writers never lock the same jobs in opposite orders. One statement for all the jobs.
 pub async fn record_finished(
     db: &Db,
     conn: &mut AnyConnection,
-    job_id: i64,
-    succeeded: i64,
-    failed: i64,
-    now: i64,
+    per_job: &std::collections::BTreeMap<i64, Finished>,
 ) -> Result<(), DbError> {
-    let row = sqlx::query(
-        "UPDATE jobs SET succeeded = succeeded + $1, failed = failed + $2 WHERE id = $3 \
-         RETURNING status, total, succeeded, failed",
-    )
-    .bind(succeeded)
-    .bind(failed)
-    .bind(job_id)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(err)?;
-    let Some(row) = row else { return Ok(()) };
-    let status: String = row.try_get("status").map_err(err)?;
-    let total: i64 = row.try_get("total").map_err(err)?;
-    let done: i64 = row.try_get::<i64, _>("succeeded").map_err(err)?
-        + row.try_get::<i64, _>("failed").map_err(err)?;
-    if status == JobStatus::Ongoing.as_str() && done >= total {
-        finalize(db, conn, job_id, now).await?;
+    if per_job.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = per_job
+        .iter()
+        .map(|(id, f)| serde_json::json!({"id": id, "succeeded": f.succeeded, "failed": f.failed}))
+        .collect();
+    let (fence, lock) = match db.backend() {
+        Backend::Postgres => ("MATERIALIZED ", "ORDER BY id FOR UPDATE"),
+        Backend::Sqlite => ("", ""),
+    };
+    let sql = format!(
+        "WITH v AS (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, \
+             CAST(t.value ->> 'succeeded' AS BIGINT) AS succeeded, \
+             CAST(t.value ->> 'failed' AS BIGINT) AS failed FROM {rows}), \
+         locked AS {fence}(SELECT id FROM jobs WHERE id IN (SELECT id FROM v) {lock}) \
+         UPDATE jobs SET succeeded = jobs.succeeded + v.succeeded, failed = jobs.failed + v.failed \
+         FROM v WHERE jobs.id = v.id AND jobs.id IN (SELECT id FROM locked) \
+         RETURNING jobs.id, jobs.status, jobs.total, jobs.succeeded, jobs.failed",
+        rows = db.json_rows("$1")
+    );
+    let updated: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+    let mut done: Vec<(i64, i64)> = updated
+        .into_iter()
+        .filter(|(_, status, total, succeeded, failed)| {
+            status == JobStatus::Ongoing.as_str() && succeeded + failed >= *total
+        })
+        .map(|(id, _, _, _, failed)| (id, failed))
+        .collect();
+    done.sort_unstable();
+    for (job_id, failed) in done {
+        finalize(db, conn, job_id, failed).await?;
     }
     Ok(())
 }
 
-/// Sets the final status of a job whose images are all finished, with its per-store errors.
-async fn finalize(db: &Db, conn: &mut AnyConnection, job_id: i64, now: i64) -> Result<(), DbError> {
-    let errors = store_errors(db, conn, job_id).await?;
-    let (status, errors_json) = if errors.is_empty() {
+/// Sets the final status of a job whose images are all finished. With no failure that is one
+/// row update; otherwise the per-store errors are gathered from its failed images.
+async fn finalize(
+    db: &Db,
+    conn: &mut AnyConnection,
+    job_id: i64,
+    failed: i64,
+) -> Result<(), DbError> {
+    let (status, errors_json) = if failed == 0 {
         (JobStatus::Completed, None)
     } else {
-        let json = serde_json::to_string(&errors).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let errors = store_errors(db, conn, job_id).await?;
+        let json = serde_json::to_string(&errors).map_err(|e| DbError::Encoding(e.to_string()))?;
         (JobStatus::Failed, Some(json))
     };
-    sqlx::query(
-        "UPDATE jobs SET status = $1, errors = $2, finished_at = $3 \
-         WHERE id = $4 AND status = 'ongoing'",
-    )
+    sqlx::query(AssertSqlSafe(db.with_clock(
+        "UPDATE jobs SET status = $1, errors = $2, finished_at = {now} \
+         WHERE id = $3 AND status = 'ongoing'",
+    )))
     .bind(status.as_str())
     .bind(errors_json)
-    .bind(now)
     .bind(job_id)
     .execute(&mut *conn)
     .await
@@ -380,7 +380,7 @@ async fn finalize(db: &Db, conn: &mut AnyConnection, job_id: i64, now: i64) -> R
 
 /// One error per store with a failed image, in the order stores first appear in the job.
 /// Two queries whatever the job's size: an aggregate per store, then the first failed image
-/// of each failed store by its position.
+/// of each failed store by its position. The words are [`StoreError::describe`]'s.
 async fn store_errors(
     db: &Db,
     conn: &mut AnyConnection,
@@ -388,7 +388,7 @@ async fn store_errors(
 ) -> Result<Vec<StoreError>, DbError> {
     // Per store: its size, its failures, how many of those a cancel caused, and the position
     // of its first failure that a cancel did not cause.
-    let groups = sqlx::query(
+    let groups: Vec<(String, i64, i64, i64, i64, Option<i64>)> = sqlx::query_as(
         "SELECT store_id, MIN(seq) AS first_seq, CAST(COUNT(*) AS BIGINT) AS total, \
          CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed, \
          CAST(SUM(CASE WHEN status = 'failed' AND error_kind = 'cancelled' THEN 1 ELSE 0 END) AS BIGINT) AS cancelled, \
@@ -403,60 +403,26 @@ async fn store_errors(
     if groups.is_empty() {
         return Ok(Vec::new());
     }
-    struct Group {
-        store_id: String,
-        total: i64,
-        failed: i64,
-        cancelled: i64,
-        first_failed: Option<i64>,
-    }
-    let groups = groups
-        .iter()
-        .map(|r| {
-            Ok(Group {
-                store_id: r.try_get("store_id").map_err(err)?,
-                total: r.try_get("total").map_err(err)?,
-                failed: r.try_get("failed").map_err(err)?,
-                cancelled: r.try_get("cancelled").map_err(err)?,
-                first_failed: r.try_get("first_failed").map_err(err)?,
-            })
-        })
-        .collect::<Result<Vec<_>, DbError>>()?;
-    let seqs: Vec<i64> = groups.iter().filter_map(|g| g.first_failed).collect();
+    let seqs: Vec<i64> = groups.iter().filter_map(|g| g.5).collect();
     let firsts = images::failures_at(db, conn, job_id, &seqs).await?;
     let mut by_seq: HashMap<i64, images::Failure> =
         firsts.into_iter().map(|f| (f.seq, f)).collect();
     Ok(groups
         .into_iter()
-        .map(|g| {
-            let first = g.first_failed.and_then(|seq| by_seq.remove(&seq));
-            let real = g.failed - g.cancelled;
-            let mut error = match first {
-                None => format!(
-                    "job cancelled: {} of {} images not processed",
-                    g.cancelled, g.total
-                ),
-                Some(f) if f.kind.as_deref() == Some(ErrorKind::UnknownStore.as_str()) => format!(
-                    "unknown store_id: not in the store master ({real} of {} images not processed)",
-                    g.total
-                ),
-                Some(f) => format!(
-                    "{real} of {} images failed; first: {}: {}",
-                    g.total,
-                    f.url,
-                    f.error.unwrap_or_else(|| "unknown error".into())
-                ),
-            };
-            if real > 0 && g.cancelled > 0 {
-                error.push_str(&format!(
-                    "; {} more not processed: job cancelled",
-                    g.cancelled
-                ));
-            }
-            StoreError {
-                store_id: g.store_id,
-                error,
-            }
+        .map(|(store_id, _, total, failed, cancelled, first_failed)| {
+            StoreError::describe(StoreFailure {
+                store_id,
+                total,
+                failed,
+                cancelled,
+                first: first_failed
+                    .and_then(|seq| by_seq.remove(&seq))
+                    .map(|f| FirstFailure {
+                        url: f.url,
+                        error: f.error,
+                        kind: f.error_kind,
+                    }),
+            })
         })
         .collect())
 }

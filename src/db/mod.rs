@@ -7,14 +7,17 @@
 
 pub mod images;
 pub mod jobs;
+pub mod session;
 pub mod stores;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Executor};
 use thiserror::Error;
+
+pub use session::SessionLimits;
 
 /// Which database engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,10 @@ pub enum DbError {
     /// The database cannot be reached right now (connection refused, pool timed out, …).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// A lock, deadlock or serialization conflict, a statement cut short by a timeout, or an
+    /// operation past its client-side deadline: transient, try again after a short wait.
+    #[error("database busy: {0}")]
+    Contended(String),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
     #[error("migration {version} failed: {source}")]
@@ -36,8 +43,10 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("stored data is inconsistent: {0}")]
-    Corrupt(String),
+    /// A value could not be converted between its stored form and its Rust form (an unknown
+    /// status word, JSON that does not parse or cannot be written).
+    #[error("cannot convert stored data: {0}")]
+    Encoding(String),
     /// A unique constraint refused the write (e.g. an idempotency key already in use).
     #[error("duplicate: {0}")]
     Duplicate(#[source] sqlx::Error),
@@ -61,13 +70,24 @@ impl DbError {
             {
                 DbError::Unavailable(error)
             }
+            sqlx::Error::Database(ref db)
+                if db.code().is_some_and(|c| {
+                    // lock_not_available (lock_timeout), query_canceled (statement_timeout),
+                    // deadlock_detected, serialization_failure, and a session the server
+                    // ended for idling in a transaction.
+                    ["55P03", "57014", "40P01", "40001", "25P03"].contains(&c.as_ref())
+                }) =>
+            {
+                DbError::Contended(error.to_string())
+            }
             sqlx::Error::Database(ref db) if db.is_unique_violation() => DbError::Duplicate(error),
             other => DbError::Query(other),
         }
     }
 
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, DbError::Unavailable(_))
+    /// Whether waiting and trying again may succeed (the database is away or busy).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Unavailable(_) | DbError::Contended(_))
     }
 }
 
@@ -86,6 +106,7 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     url: String,
+    limits: SessionLimits,
     /// SQLite allows one writer at a time; connections of one process that race for the file
     /// lock fall into SQLite's sleeping busy handler. Taking this lock first turns that into
     /// an orderly queue. Unused on PostgreSQL, where row locks do the work.
@@ -102,6 +123,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0002_idempotency_and_worker.sql"),
     ),
     (3, include_str!("../../migrations/sqlite/0003_tenants.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_fair_claims.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -109,7 +134,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_idempotency_and_worker.sql"),
     ),
-    (3, include_str!("../../migrations/postgres/0003_tenants.sql")),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_tenants.sql"),
+    ),
 ];
 
 /// A bulk insert at least this large refreshes the planner statistics (PostgreSQL).
@@ -118,48 +146,107 @@ const ANALYZE_AFTER_ROWS: usize = 10_000;
 const ANALYZE_INTERVAL_MS: i64 = 5 * 60 * 1000;
 
 impl Db {
-    /// Opens a pool. A `sqlite:` URL with `mode=rwc` creates the file if it is missing.
+    /// Opens a pool with the default session limits. A `sqlite:` URL with `mode=rwc` creates
+    /// the file if it is missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
-        Self::connect_with(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+        Self::connect_with(&crate::config::DatabaseConfig {
+            url: url.to_string(),
+            max_connections,
+            ..crate::config::DatabaseConfig::default()
+        })
+        .await
     }
 
-    /// [`Db::connect`] with a chosen wait for a free connection.
-    pub async fn connect_with(
-        url: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> Result<Self, DbError> {
+    /// Opens a pool as configured: size, wait for a connection, and the limits every session
+    /// runs under (see [`session`]).
+    pub async fn connect_with(config: &crate::config::DatabaseConfig) -> Result<Self, DbError> {
         install_default_drivers();
+        let url = config.url.as_str();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else {
             Backend::Postgres
         };
+        let limits = config.session;
         let mut options = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout);
-        if backend == Backend::Sqlite {
-            options = options.after_connect(|conn, _meta| {
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout);
+        options = match backend {
+            Backend::Sqlite => options.after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     // WAL lets readers (status polls) run beside the one writer; NORMAL
                     // synchronous is durable across process crashes, which is what we promise.
-                    conn.execute(
+                    conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
                         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                    )
+                         PRAGMA foreign_keys = ON; {}",
+                        limits.sqlite_busy_timeout()
+                    ))))
                     .await?;
                     Ok(())
                 })
-            });
-        }
+            }),
+            Backend::Postgres => {
+                let settings = limits.postgres_settings();
+                let server = server_address(url);
+                options.after_connect(move |conn, _meta| {
+                    let settings = settings.clone();
+                    let server = server.clone();
+                    Box::pin(async move {
+                        if let Some((host, port)) = server {
+                            let peers: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+                                .await
+                                .map(|a| a.collect())
+                                .unwrap_or_default();
+                            limits.configure_client_sockets(&peers);
+                        }
+                        if !settings.is_empty() {
+                            conn.execute(sqlx::raw_sql(AssertSqlSafe(settings))).await?;
+                        }
+                        Ok(())
+                    })
+                })
+            }
+        };
         let pool = options.connect(url).await.map_err(err)?;
         Ok(Self {
             pool,
             backend,
             url: url.to_string(),
+            limits,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             analyzed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         })
+    }
+
+    /// Runs `op` on one connection of the pool under the client-side deadline of a queue
+    /// operation ([`SessionLimits::operation`]). Past the deadline the connection is detached
+    /// and closed rather than returned to the pool (returning it would first ping a peer that
+    /// may never answer), and the operation fails as [`DbError::Contended`]: the caller backs
+    /// off and retries on a fresh connection. A transaction opened inside `op` that does not
+    /// finish is rolled back by the server when the connection closes.
+    pub async fn timed<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        if self.limits.operation.is_zero() {
+            return op(&mut conn).await;
+        }
+        match tokio::time::timeout(self.limits.operation, op(&mut conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                drop(conn.detach());
+                Err(DbError::Contended(format!(
+                    "no answer from the database within {:?}; connection dropped",
+                    self.limits.operation
+                )))
+            }
+        }
+    }
+
+    /// The limits every session of this pool runs under.
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -205,8 +292,32 @@ impl Db {
         });
     }
 
+    /// The SQL expression for "now", in epoch milliseconds, on the database's own clock:
+    /// `now()` on PostgreSQL (the transaction's start, the same for every worker host), the
+    /// database file's host clock on SQLite.
+    pub fn clock(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)",
+            Backend::Sqlite => "CAST(unixepoch('subsec') * 1000 AS INTEGER)",
+        }
+    }
+
+    /// `sql` with every `{now}` replaced by [`Db::clock`]: how queries say "now", so that
+    /// leases, retries and timestamps never depend on the clock of the host that runs them.
+    pub fn with_clock(&self, sql: &str) -> String {
+        sql.replace("{now}", self.clock())
+    }
+
+    /// The database's clock, in epoch milliseconds.
+    pub async fn now(&self) -> Result<i64, DbError> {
+        sqlx::query_scalar(AssertSqlSafe(self.with_clock("SELECT {now}")))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)
+    }
+
     /// A `FROM` item that expands one JSON-array parameter into rows, one per element, each
-    /// element itself an array read with `t.value ->> i`. Bulk statements pass their rows this
+    /// element an object read with `t.value ->> 'key'` (or a scalar, `t.value`). Bulk statements pass their rows this
     /// way: one parameter and one statement text whatever the batch size, so the statement is
     /// prepared once and no backend's parameter limit is ever near.
     pub(crate) fn json_rows(&self, param: &str) -> String {
@@ -241,7 +352,20 @@ impl Db {
         };
         let mut conn = self.pool.acquire().await.map_err(err)?;
         if self.backend == Backend::Postgres {
-            conn.execute("SELECT pg_advisory_lock(7210550)")
+            // Another process may be migrating: wait for it by polling (a blocking lock
+            // request would run into lock_timeout), and let a long migration run past
+            // statement_timeout on this connection only.
+            loop {
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7210550)")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(err)?;
+                if locked {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            conn.execute("SET statement_timeout = 0")
                 .await
                 .map_err(err)?;
         }
@@ -279,6 +403,18 @@ impl Db {
         .await;
         if self.backend == Backend::Postgres {
             let _ = conn.execute("SELECT pg_advisory_unlock(7210550)").await;
+            // The connection goes back to the pool: restore its limit.
+            let restore = match self.limits.statement.as_millis() {
+                0 => "RESET statement_timeout".to_string(),
+                ms => format!("SET statement_timeout = {ms}"),
+            };
+            if conn
+                .execute(sqlx::raw_sql(AssertSqlSafe(restore)))
+                .await
+                .is_err()
+            {
+                drop(conn.detach());
+            }
         }
         result
     }
@@ -299,6 +435,45 @@ impl Db {
         Ok(applied.unwrap_or(0) >= latest)
     }
 }
+
+/// Host and port of a `postgres://` URL (`None` for a Unix socket or an unparsable URL).
+fn server_address(url: &str) -> Option<(String, u16)> {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.trim_matches(['[', ']']).to_string();
+    if host.is_empty() || host.starts_with('/') {
+        return None;
+    }
+    Some((host, parsed.port().unwrap_or(5432)))
+}
+
+/// Implements `sqlx::FromRow` for a struct whose fields are read from the columns of the same
+/// names, so a query can return it with `query_as` (a small stand-in for
+/// `#[derive(sqlx::FromRow)]`, whose proc-macro would compile both database drivers a second
+/// time). Fields of a type that needs converting are read as the column's type first:
+/// `status: ImageStatus as String`.
+macro_rules! from_row {
+    ($name:ident { $($field:ident : $ty:ty $(as $raw:ty)?),* $(,)? }) => {
+        impl<'r> ::sqlx::FromRow<'r, ::sqlx::any::AnyRow> for $name {
+            fn from_row(row: &'r ::sqlx::any::AnyRow) -> Result<Self, ::sqlx::Error> {
+                use ::sqlx::Row;
+                Ok(Self {
+                    $($field: $crate::db::from_row!(@get row, $field, $ty $(, $raw)?),)*
+                })
+            }
+        }
+    };
+    (@get $row:ident, $field:ident, $ty:ty) => {
+        $row.try_get::<$ty, _>(stringify!($field))?
+    };
+    (@get $row:ident, $field:ident, $ty:ty, $raw:ty) => {{
+        let raw: $raw = $row.try_get(stringify!($field))?;
+        <$ty as ::std::str::FromStr>::from_str(&raw).map_err(|e| ::sqlx::Error::ColumnDecode {
+            index: stringify!($field).to_string(),
+            source: e.into(),
+        })?
+    }};
+}
+pub(crate) use from_row;
 
 /// Milliseconds since the Unix epoch: how every time is stored.
 pub fn now_ms() -> i64 {

@@ -5,5 +5,5 @@ pub mod job;
 pub mod strict_json;
 pub mod submission;
 
-pub use job::{ErrorKind, ImageStatus, JobStatus, StoreError};
+pub use job::{ErrorKind, FirstFailure, ImageStatus, JobStatus, StoreError, StoreFailure};
 pub use submission::{Limits, Submission, ValidationError, Visit};

@@ -200,7 +200,7 @@ impl Fetcher {
     /// `enough(kept)` is true (for an image, until its header can be read). Memory per download
     /// is then the header, not the photo, and no body is copied around.
     #[tracing::instrument(skip_all, fields(url = %url))]
-    pub async fn fetch_head(
+    pub async fn download(
         &self,
         url: &str,
         enough: impl Fn(&[u8]) -> bool,

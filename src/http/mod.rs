@@ -89,7 +89,7 @@ pub enum ApiError {
 
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
-        if error.is_unavailable() {
+        if error.is_transient() {
             tracing::warn!(%error, "database unavailable");
             ApiError::Unavailable
         } else {

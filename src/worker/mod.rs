@@ -32,6 +32,13 @@ const MAX_CLAIM: usize = 256;
 /// Most outcomes recorded in one transaction.
 const MAX_WRITE_BATCH: usize = 512;
 
+/// Why a worker pool stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the task that records outcomes stopped ({0}); no more images can be recorded")]
+    WriterStopped(String),
+}
+
 pub struct WorkerPool {
     queue: Arc<Queue>,
     processor: Arc<Processor>,
@@ -77,7 +84,23 @@ impl WorkerPool {
         self.queue.owner()
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown`, then drains. Fails (the process should exit non-zero) if the
+    /// task that records outcomes stops on its own: claiming stops at once, the leases of
+    /// unrecorded images are no longer renewed and are handed back, so other workers redo
+    /// them.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        self.run_with_writer(shutdown, write_outcomes).await
+    }
+
+    async fn run_with_writer<W, F>(
+        self,
+        shutdown: CancellationToken,
+        writer: W,
+    ) -> Result<(), WorkerError>
+    where
+        W: FnOnce(Arc<Queue>, mpsc::Receiver<(i64, Outcome)>, Duration) -> F,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         tracing::info!(
             worker.id = self.id(),
             concurrency = self.concurrency,
@@ -103,15 +126,56 @@ impl WorkerPool {
             ));
         }
         let (results, results_rx) = mpsc::channel(self.concurrency * 2 + MAX_WRITE_BATCH);
-        let writer = tokio::spawn(write_outcomes(self.queue.clone(), results_rx, self.lease));
-
-        let in_flight = self.claim_loop(&shutdown, results).await;
-        self.drain(in_flight).await;
-
-        // Every sender is gone once the tasks are: the writer records the last outcomes and ends.
-        if let Err(error) = writer.await {
-            tracing::error!(%error, "outcome writer failed");
+        // The writer ends when every sender is gone (after the drain); ending sooner, or a
+        // panic, means outcomes are no longer recorded: stop claiming at once.
+        let writer_down = CancellationToken::new();
+        let stop_claiming = CancellationToken::new();
+        let writer = {
+            let down = writer_down.clone();
+            let writing = writer(self.queue.clone(), results_rx, self.lease);
+            tokio::spawn(async move {
+                let ended = AssertUnwindSafe(writing).catch_unwind().await;
+                down.cancel();
+                ended
+            })
+        };
+        {
+            let (stop, down, shutdown) =
+                (stop_claiming.clone(), writer_down.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = down.cancelled() => {}
+                }
+                stop.cancel();
+            });
         }
+
+        let in_flight = self.claim_loop(&stop_claiming, results).await;
+        let failure = if writer_down.is_cancelled() {
+            // Nothing will be recorded: stop renewing every lease and hand the images back.
+            self.queue.let_go_all();
+            drop(in_flight);
+            let ended = writer.await;
+            let cause = match ended {
+                Ok(Err(panic)) => crate::telemetry::panic_message(panic.as_ref()),
+                _ => "it stopped".to_string(),
+            };
+            tracing::error!(cause = %cause, "the outcome writer stopped; this worker stops claiming and exits");
+            Some(WorkerError::WriterStopped(cause))
+        } else {
+            self.drain(in_flight).await;
+            // Every sender is gone once the tasks are: the writer records the last outcomes and ends.
+            match writer.await {
+                Ok(Ok(())) => None,
+                Ok(Err(panic)) => {
+                    let cause = crate::telemetry::panic_message(panic.as_ref());
+                    tracing::error!(cause = %cause, "the outcome writer failed");
+                    Some(WorkerError::WriterStopped(cause))
+                }
+                Err(error) => Some(WorkerError::WriterStopped(error.to_string())),
+            }
+        };
         background.cancel();
         while helpers.join_next().await.is_some() {}
         match self.queue.release_all().await {
@@ -120,6 +184,10 @@ impl WorkerPool {
             Err(error) => tracing::warn!(%error, "could not release leases; they will expire"),
         }
         tracing::info!(worker.id = self.id(), "worker pool stopped");
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Claims and starts images until shutdown; returns the tasks still running.
@@ -138,15 +206,25 @@ impl WorkerPool {
         let mut ready: VecDeque<ClaimedImage> = VecDeque::with_capacity(target);
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
+        // After a claim that found nothing or failed, the next waits for this moment (or for
+        // new work to be announced), instead of asking again at every freed slot.
+        let mut next_claim = tokio::time::Instant::now();
         loop {
             while tasks.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
                 break;
             }
-            if ready.len() <= target / 2 {
+            if self.wake.notified().now_or_never().is_some() {
+                self.queue.scheduler().forget();
+                next_claim = tokio::time::Instant::now();
+            }
+            if ready.len() <= target / 2 && tokio::time::Instant::now() >= next_claim {
                 match self.queue.claim(target - ready.len()).await {
                     Ok(claimed) => {
                         failures = 0;
+                        if claimed.is_empty() {
+                            next_claim = tokio::time::Instant::now() + self.poll_interval;
+                        }
                         ready.extend(claimed);
                     }
                     Err(error) => {
@@ -156,6 +234,7 @@ impl WorkerPool {
                             Duration::from_millis(200),
                             Duration::from_secs(10),
                         );
+                        next_claim = tokio::time::Instant::now() + wait;
                         tracing::warn!(%error, retry_in = ?wait, "cannot claim images");
                         if ready.is_empty() {
                             tokio::select! {
@@ -168,10 +247,11 @@ impl WorkerPool {
             }
             if ready.is_empty() {
                 tokio::select! {
-                    _ = self.wake.notified() => self.queue.forget_jobs(),
-                    _ = tokio::time::sleep(self.poll_interval) => {}
+                    _ = self.wake.notified() => self.queue.scheduler().forget(),
+                    _ = tokio::time::sleep_until(next_claim.max(tokio::time::Instant::now() + Duration::from_millis(1))) => {}
                     _ = shutdown.cancelled() => break,
                 }
+                next_claim = tokio::time::Instant::now();
                 continue;
             }
             let permit = tokio::select! {
@@ -187,7 +267,7 @@ impl WorkerPool {
                     drop(p);
                     break;
                 };
-                if !self.queue.may_be_ongoing(image.job_id).await {
+                if !self.queue.scheduler().may_be_ongoing(image.job_id).await {
                     // Its job was cancelled while the image waited here: its row is already
                     // failed and its lease gone, so there is nothing to do or record.
                     tracing::debug!(
@@ -224,7 +304,7 @@ impl WorkerPool {
                     .processing_seconds
                     .observe(started.elapsed().as_secs_f64());
                 metrics.worker_slots_busy.dec();
-                record_outcome(&metrics, &outcome);
+                count_outcome(&metrics, &outcome);
                 drop(permit);
                 // The writer only stops after every sender is dropped, so this succeeds.
                 let _ = results.send((image.id, outcome)).await;
@@ -270,7 +350,8 @@ async fn run_one(processor: &Processor, image: &ClaimedImage) -> Outcome {
     outcome
 }
 
-fn record_outcome(metrics: &Metrics, outcome: &Outcome) {
+/// Counts an outcome in this process's metrics (recording it is the writer's job).
+fn count_outcome(metrics: &Metrics, outcome: &Outcome) {
     match outcome {
         Outcome::Succeeded { .. } => metrics
             .images_finished

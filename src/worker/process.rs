@@ -39,7 +39,7 @@ impl Processor {
         let started = std::time::Instant::now();
         let download = match self
             .fetcher
-            .fetch_head(&image.url, measure::is_readable)
+            .download(&image.url, measure::is_readable)
             .await
         {
             Ok(download) => {

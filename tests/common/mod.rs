@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod relay;
 pub mod service;
 
 use std::path::PathBuf;

@@ -1,0 +1,538 @@
+//! The durable queue: the `images` table, worked through leases.
+//!
+//! An image is `pending` until a worker claims it; the claim sets `running`, the worker's id
+//! as `lease_owner`, a `lease_expires_at`, and counts the attempt. The worker heartbeats its
+//! leases while it works and writes its result only where it still holds the lease, so a
+//! result is never recorded twice. Leases that expire (a dead worker) are handed back to
+//! `pending`, or failed for good once the attempts are used up (a poison image).
+//!
+//! Which jobs a claim draws from is the [`scheduler`]'s decision (fair shares across tenants,
+//! then jobs); a claim then leases the images of all those jobs in **one statement**. Job
+//! counters and a job's final status are kept by [`crate::db::jobs`], in the same
+//! transaction as the results.
+//!
+//! Every time is the database's clock (`{now}` in the SQL), never the worker's: lease expiry,
+//! heartbeats, retry availability and the reaper's comparisons stay right on a host whose
+//! clock is off. Every statement that waits for image-row locks takes them in id order, and
+//! image rows before job rows, so two transactions never deadlock.
+//!
+//! This module knows rows, leases and outcomes; it knows nothing of HTTP or of how an image
+//! is processed.
+
+pub mod scheduler;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Connection};
+
+use crate::db::{Backend, Db, DbError, err, jobs};
+use crate::domain::ErrorKind;
+pub use scheduler::Scheduler;
+use scheduler::Take;
+
+/// An image leased to this worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedImage {
+    pub id: i64,
+    pub job_id: i64,
+    pub seq: i64,
+    pub store_id: String,
+    pub url: String,
+    /// Including this one.
+    pub attempts: i64,
+}
+
+crate::db::from_row!(ClaimedImage {
+    id: i64,
+    job_id: i64,
+    seq: i64,
+    store_id: String,
+    url: String,
+    attempts: i64,
+});
+
+/// What became of a claimed image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded {
+        width: i64,
+        height: i64,
+        perimeter: i64,
+    },
+    Failed {
+        kind: ErrorKind,
+        message: String,
+    },
+    /// Put it back in the queue, to be claimed again no earlier than `after`.
+    Retry {
+        after: Duration,
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// The outcome as one named-key JSON row of [`Queue::complete`]'s statement.
+    fn row(&self, id: i64) -> Value {
+        match self {
+            Outcome::Succeeded {
+                width,
+                height,
+                perimeter,
+            } => json!({"id": id, "status": "succeeded", "width": width, "height": height,
+                        "perimeter": perimeter, "delay_ms": 0}),
+            Outcome::Failed { kind, message } => json!({"id": id, "status": "failed",
+                        "error": message, "kind": kind.as_str(), "delay_ms": 0}),
+            Outcome::Retry {
+                after,
+                kind,
+                message,
+            } => json!({"id": id, "status": "pending", "error": message, "kind": kind.as_str(),
+                        "delay_ms": after.as_millis() as i64}),
+        }
+    }
+}
+
+/// A queue handle for one worker process (one lease owner).
+#[derive(Debug)]
+pub struct Queue {
+    db: Db,
+    owner: String,
+    lease: Duration,
+    max_attempts: i64,
+    scheduler: Scheduler,
+    /// Images this process claimed and has not yet recorded or let go: the only leases the
+    /// heartbeat renews. (Renewing every lease of the owner would keep alive forever an image
+    /// whose outcome could not be written during a database outage.)
+    held: Mutex<HashSet<i64>>,
+}
+
+/// Most statements one claim issues: a first split, and passes that hand what some jobs
+/// could not use to the jobs that filled their share.
+const CLAIM_PASSES: usize = 3;
+
+impl Queue {
+    pub fn new(db: Db, owner: String, lease: Duration, max_attempts: u32) -> Self {
+        Self {
+            scheduler: Scheduler::new(db.clone()),
+            db,
+            owner,
+            lease,
+            max_attempts: i64::from(max_attempts),
+            held: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The scheduler behind the claims (new work announced: [`Scheduler::forget`]; skipping
+    /// images of a cancelled job: [`Scheduler::may_be_ongoing`]).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.lease.as_millis() as i64
+    }
+
+    /// Leases up to `n` pending images, shared fairly across tenants and then jobs (see
+    /// [`scheduler`]), in the order they should start: round robin over the jobs.
+    pub async fn claim(&self, n: usize) -> Result<Vec<ClaimedImage>, DbError> {
+        let mut claimed: Vec<ClaimedImage> = Vec::with_capacity(n);
+        let mut fresh = false;
+        for _ in 0..CLAIM_PASSES {
+            let wanted = n - claimed.len();
+            if wanted == 0 {
+                break;
+            }
+            let (plan, cached) = self.scheduler.plan(wanted, fresh).await?;
+            if plan.is_empty() {
+                if cached && claimed.is_empty() && !fresh {
+                    // The cached windows may be stale (their jobs done, new ones missing).
+                    fresh = true;
+                    continue;
+                }
+                break;
+            }
+            let got = self.lease(&plan).await?;
+            let mut per_job: HashMap<i64, i64> = HashMap::new();
+            for image in &got {
+                *per_job.entry(image.job_id).or_default() += 1;
+            }
+            self.scheduler.served(&plan, &per_job);
+            let full = plan
+                .iter()
+                .any(|t| per_job.get(&t.job_id).copied().unwrap_or(0) >= t.take);
+            let empty = got.is_empty();
+            claimed.extend(got);
+            if empty && cached && !fresh {
+                fresh = true;
+                continue;
+            }
+            if !full {
+                break;
+            }
+        }
+        interleave(&mut claimed);
+        self.held
+            .lock()
+            .expect("held lock")
+            .extend(claimed.iter().map(|c| c.id));
+        Ok(claimed)
+    }
+
+    /// One statement: leases up to `take` pending images of each planned job, lowest `seq`
+    /// first. PostgreSQL: `SKIP LOCKED` lets concurrent workers take disjoint rows without
+    /// waiting, behind a `MATERIALIZED` fence so the planner cannot re-run the `LIMIT`ed
+    /// selects. SQLite: one writer at a time makes the single statement atomic.
+    async fn lease(&self, plan: &[Take]) -> Result<Vec<ClaimedImage>, DbError> {
+        let sql = match self.db.backend() {
+            // A claim need not wait for its WAL flush: one lost in a PostgreSQL crash leaves the
+            // image pending, and the worker's result is then refused for want of the lease, so
+            // `async_commit` turns synchronous_commit off for this statement's transaction only.
+            Backend::Postgres => self.db.with_clock(&format!(
+                "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)), \
+                 plan AS (SELECT CAST(t.value ->> 'job' AS BIGINT) AS job_id, \
+                                 CAST(t.value ->> 'take' AS BIGINT) AS take FROM {rows}), \
+                 picked AS MATERIALIZED ( \
+                   SELECT i.id FROM plan CROSS JOIN LATERAL ( \
+                     SELECT id FROM images WHERE job_id = plan.job_id AND status = 'pending' \
+                       AND available_at <= {{now}} ORDER BY seq LIMIT plan.take \
+                     FOR UPDATE SKIP LOCKED) AS i) \
+                 UPDATE images SET status = 'running', lease_owner = $2, \
+                   lease_expires_at = {{now}} + $3, attempts = attempts + 1, updated_at = {{now}} \
+                 FROM picked, async_commit WHERE images.id = picked.id \
+                 RETURNING images.id, images.job_id, images.seq, images.store_id, images.url, \
+                   images.attempts",
+                rows = self.db.json_rows("$1")
+            )),
+            // SQLite has no LATERAL: one LIMITed select per job, joined by UNION ALL. The
+            // number of selects is rounded up to a power of two (unused ones take nothing), so
+            // a handful of statement texts serve every plan and stay prepared.
+            Backend::Sqlite => {
+                let slots = plan.len().next_power_of_two();
+                let selects: Vec<String> = (0..slots)
+                    .map(|i| {
+                        format!(
+                            "SELECT * FROM (SELECT id FROM images WHERE job_id = ${} \
+                             AND status = 'pending' AND available_at <= {{now}} \
+                             ORDER BY seq LIMIT ${})",
+                            4 + 2 * i,
+                            5 + 2 * i
+                        )
+                    })
+                    .collect();
+                self.db.with_clock(&format!(
+                    "UPDATE images SET status = 'running', lease_owner = $2, \
+                       lease_expires_at = {{now}} + $3, attempts = attempts + 1, updated_at = {{now}} \
+                     WHERE $1 = $1 AND id IN ({}) \
+                     RETURNING id, job_id, seq, store_id, url, attempts",
+                    selects.join(" UNION ALL ")
+                ))
+            }
+        };
+        let plan_json = Value::Array(
+            plan.iter()
+                .map(|t| json!({"job": t.job_id, "take": t.take}))
+                .collect(),
+        )
+        .to_string();
+        let padded: Vec<Take> = match self.db.backend() {
+            Backend::Sqlite => {
+                let mut all = plan.to_vec();
+                all.resize(
+                    plan.len().next_power_of_two(),
+                    Take {
+                        job_id: -1,
+                        take: 0,
+                    },
+                );
+                all
+            }
+            Backend::Postgres => Vec::new(),
+        };
+        let _turn = self.db.write_turn().await;
+        self.db
+            .timed(async |conn| {
+                let mut query = sqlx::query_as::<_, ClaimedImage>(AssertSqlSafe(sql))
+                    .bind(plan_json)
+                    .bind(&self.owner)
+                    .bind(self.lease_ms());
+                for t in &padded {
+                    query = query.bind(t.job_id).bind(t.take);
+                }
+                query.fetch_all(&mut *conn).await.map_err(err)
+            })
+            .await
+    }
+
+    /// Stops renewing the leases of these images (their outcome will not be recorded by this
+    /// process): they expire and another worker takes them.
+    pub fn let_go(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut held = self.held.lock().expect("held lock");
+        for id in ids {
+            held.remove(&id);
+        }
+    }
+
+    /// Stops renewing every lease this process holds (nothing it holds will be recorded).
+    pub fn let_go_all(&self) {
+        self.held.lock().expect("held lock").clear();
+    }
+
+    fn held_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Extends the leases of the images this process still holds, in id order, skipping rows
+    /// another transaction has locked (they are renewed next beat). Returns how many it
+    /// renewed.
+    pub async fn heartbeat(&self) -> Result<u64, DbError> {
+        let ids = self.held_ids();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let lock = match self.db.backend() {
+            Backend::Postgres => "ORDER BY id FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = self.db.with_clock(&format!(
+            "UPDATE images SET lease_expires_at = {{now}} + $1 WHERE id IN ( \
+               SELECT id FROM images WHERE lease_owner = $2 AND status = 'running' \
+               AND id IN (SELECT CAST(t.value AS BIGINT) FROM {rows}) {lock})",
+            rows = self.db.json_rows("$3")
+        ));
+        let ids = json!(ids).to_string();
+        let _turn = self.db.write_turn().await;
+        let done = self
+            .db
+            .timed(async |conn| {
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(self.lease_ms())
+                    .bind(&self.owner)
+                    .bind(ids)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(err)
+            })
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Records outcomes in one transaction, each only where this worker still holds the
+    /// image's lease, then advances the counters of the jobs they belong to (finishing a job
+    /// when its last image is in). Returns how many outcomes were recorded.
+    pub async fn complete(&self, outcomes: &[(i64, Outcome)]) -> Result<usize, DbError> {
+        if outcomes.is_empty() {
+            return Ok(0);
+        }
+        let mut rows: Vec<(i64, Value)> =
+            outcomes.iter().map(|(id, o)| (*id, o.row(*id))).collect();
+        rows.sort_unstable_by_key(|(id, _)| *id);
+        let rows = Value::Array(rows.into_iter().map(|(_, row)| row).collect()).to_string();
+        let (fence, lock) = match self.db.backend() {
+            // Lock the rows first, in id order (see the module doc), in a CTE of its own.
+            Backend::Postgres => ("MATERIALIZED ", "ORDER BY id FOR UPDATE"),
+            Backend::Sqlite => ("", ""),
+        };
+        let sql = self.db.with_clock(&format!(
+            "WITH v AS (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, t.value ->> 'status' AS status, \
+                 CAST(t.value ->> 'width' AS BIGINT) AS width, CAST(t.value ->> 'height' AS BIGINT) AS height, \
+                 CAST(t.value ->> 'perimeter' AS BIGINT) AS perimeter, t.value ->> 'error' AS error, \
+                 t.value ->> 'kind' AS error_kind, CAST(t.value ->> 'delay_ms' AS BIGINT) AS delay_ms \
+               FROM {rows}), \
+             mine AS {fence}(SELECT id FROM images WHERE lease_owner = $1 AND status = 'running' \
+               AND id IN (SELECT id FROM v) {lock}) \
+             UPDATE images SET status = v.status, width = v.width, height = v.height, \
+               perimeter = v.perimeter, error = v.error, error_kind = v.error_kind, \
+               available_at = {{now}} + v.delay_ms, lease_owner = NULL, lease_expires_at = NULL, \
+               updated_at = {{now}}, processed_by = $1 \
+             FROM v WHERE images.id = v.id AND images.id IN (SELECT id FROM mine) \
+             RETURNING images.job_id, images.status",
+            rows = self.db.json_rows("$2")
+        ));
+        let _turn = self.db.write_turn().await;
+        let recorded = self
+            .db
+            .timed(async |conn| {
+                let mut tx = conn.begin().await.map_err(err)?;
+                let updated: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(&self.owner)
+                    .bind(rows)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                let mut per_job: BTreeMap<i64, jobs::Finished> = BTreeMap::new();
+                for (job_id, status) in &updated {
+                    let counts = per_job.entry(*job_id).or_default();
+                    match status.as_str() {
+                        "succeeded" => counts.succeeded += 1,
+                        "failed" => counts.failed += 1,
+                        _ => {}
+                    }
+                }
+                per_job.retain(|_, c| c.succeeded + c.failed > 0);
+                jobs::record_finished(&self.db, &mut tx, &per_job).await?;
+                tx.commit().await.map_err(err)?;
+                Ok(updated.len())
+            })
+            .await?;
+        self.let_go(outcomes.iter().map(|(id, _)| *id));
+        Ok(recorded)
+    }
+
+    /// Hands back every image this worker still holds (used at shutdown): they become
+    /// pending again and the interrupted attempt is not counted.
+    pub async fn release_all(&self) -> Result<u64, DbError> {
+        self.held.lock().expect("held lock").clear();
+        let lock = match self.db.backend() {
+            Backend::Postgres => "ORDER BY id FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql = self.db.with_clock(&format!(
+            "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+             attempts = attempts - 1, updated_at = {{now}} WHERE id IN ( \
+               SELECT id FROM images WHERE lease_owner = $1 AND status = 'running' {lock})"
+        ));
+        let _turn = self.db.write_turn().await;
+        let done = self
+            .db
+            .timed(async |conn| {
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(&self.owner)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(err)
+            })
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Takes back images whose lease expired (their worker died or hung): back to pending,
+    /// or failed once their attempts are used up. Safe to run from every worker at once:
+    /// rows another transaction holds are skipped (and taken back on a later pass).
+    pub async fn reap_expired(&self) -> Result<u64, DbError> {
+        let expired_ids = self.db.with_clock(match self.db.backend() {
+            Backend::Postgres => {
+                "SELECT id FROM images WHERE status = 'running' AND lease_expires_at < {now} \
+                 ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED"
+            }
+            Backend::Sqlite => {
+                "SELECT id FROM images WHERE status = 'running' AND lease_expires_at < {now} \
+                 LIMIT 1000"
+            }
+        });
+        let now = self.db.with_clock("{now}");
+        let _turn = self.db.write_turn().await;
+        let (failed, requeued) = self
+            .db
+            .timed(async |conn| {
+                let mut tx = conn.begin().await.map_err(err)?;
+                // Write first: on SQLite this takes the write lock at once instead of upgrading a read.
+                let failed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+                    "UPDATE images SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
+                       error = 'abandoned after ' || CAST(attempts AS TEXT) || ' attempts: its worker stopped or stalled while processing it' \
+                         || COALESCE('; earlier: ' || error, ''), \
+                       error_kind = $1, updated_at = {now} \
+                     WHERE id IN ({expired_ids}) AND attempts >= $2 RETURNING job_id"
+                )))
+                .bind(ErrorKind::LeaseExpired.as_str())
+                .bind(self.max_attempts)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+                let requeued = sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+                       updated_at = {now} WHERE id IN ({expired_ids})"
+                )))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+                let mut per_job: BTreeMap<i64, jobs::Finished> = BTreeMap::new();
+                for (job_id,) in &failed {
+                    per_job.entry(*job_id).or_default().failed += 1;
+                }
+                jobs::record_finished(&self.db, &mut tx, &per_job).await?;
+                tx.commit().await.map_err(err)?;
+                Ok((failed.len() as u64, requeued.rows_affected()))
+            })
+            .await?;
+        let total = failed + requeued;
+        if total > 0 {
+            tracing::warn!(requeued, failed, "took back images whose lease expired");
+        }
+        Ok(total)
+    }
+}
+
+/// Orders claimed images round robin over their jobs (each job's images by `seq`), keeping the
+/// order in which jobs first appear: a small job's images start beside a large job's, not
+/// after them.
+fn interleave(images: &mut Vec<ClaimedImage>) {
+    let mut first_seen: HashMap<i64, usize> = HashMap::new();
+    for (i, image) in images.iter().enumerate() {
+        first_seen.entry(image.job_id).or_insert(i);
+    }
+    images.sort_by_key(|c| (c.job_id, c.seq));
+    let mut rank_in_job = Vec::with_capacity(images.len());
+    let mut previous = None;
+    let mut rank = 0usize;
+    for image in images.iter() {
+        if previous != Some(image.job_id) {
+            rank = 0;
+            previous = Some(image.job_id);
+        }
+        rank_in_job.push(rank);
+        rank += 1;
+    }
+    let mut keyed: Vec<(usize, usize, ClaimedImage)> = images
+        .drain(..)
+        .zip(rank_in_job)
+        .map(|(image, rank)| (rank, first_seen[&image.job_id], image))
+        .collect();
+    keyed.sort_by_key(|(rank, job_order, _)| (*rank, *job_order));
+    images.extend(keyed.into_iter().map(|(_, _, image)| image));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(id: i64, job_id: i64, seq: i64) -> ClaimedImage {
+        ClaimedImage {
+            id,
+            job_id,
+            seq,
+            store_id: "S".into(),
+            url: "u".into(),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn claimed_images_start_round_robin_over_their_jobs() {
+        let mut images = vec![
+            image(1, 7, 0),
+            image(2, 7, 1),
+            image(3, 7, 2),
+            image(9, 3, 0),
+            image(10, 3, 1),
+        ];
+        interleave(&mut images);
+        let order: Vec<(i64, i64)> = images.iter().map(|c| (c.job_id, c.seq)).collect();
+        assert_eq!(order, vec![(7, 0), (3, 0), (7, 1), (3, 1), (7, 2)]);
+    }
+}

@@ -1,0 +1,359 @@
+//! Fair sharing of the queue: which jobs a claim takes images from, and how many from each.
+//!
+//! Two levels of round robin: a claim of `n` images is split evenly over the **tenants** that
+//! have claimable work, then each tenant's share evenly over its **jobs**, so a tenant with
+//! 400 queued jobs cannot slow another tenant's 5-image job, and within a tenant a small job
+//! behind a large one finishes in about its own time. What a tenant or job cannot use (it has
+//! fewer claimable images than its share) goes to the others ("water filling").
+//!
+//! The scheduler reads, per tenant, a window of at most [`JOBS_PER_TENANT`] ongoing jobs with
+//! claimable images, starting after that tenant's cursor (the last job it served) and wrapping
+//! around, so every job is reached however many there are. The windows are cached for
+//! [`WINDOW_TTL`] and re-read sooner when new work is announced or a window runs dry, so a
+//! claim usually costs one statement, whatever the number of jobs sharing the queue.
+//!
+//! It decides; [`super::Queue::claim`] leases. It never writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::db::{Db, DbError, err};
+
+/// How long the windows of candidate jobs are reused between claims.
+pub const WINDOW_TTL: Duration = Duration::from_millis(250);
+
+/// At most this many candidate jobs are read per tenant.
+pub const JOBS_PER_TENANT: i64 = 256;
+
+/// A job a claim may take images from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub job_id: i64,
+    /// Images not yet finished (an upper bound on what can be claimed from it now).
+    pub remaining: i64,
+}
+
+/// How many images to take from one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Take {
+    pub job_id: i64,
+    pub take: i64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Per tenant, in tenant order: its window of candidate jobs, in round-robin order.
+    windows: BTreeMap<String, Vec<Candidate>>,
+    read_at: Option<Instant>,
+    /// Per tenant, the last job it was served from.
+    job_cursor: HashMap<String, i64>,
+    /// The last tenant served: the next split starts after it.
+    tenant_cursor: Option<String>,
+}
+
+/// The scheduler of one worker process.
+#[derive(Debug)]
+pub struct Scheduler {
+    db: Db,
+    state: Mutex<State>,
+    /// Recently read "is this job still ongoing?" answers, for [`Scheduler::may_be_ongoing`].
+    job_states: Mutex<HashMap<i64, (Instant, bool)>>,
+}
+
+impl Scheduler {
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            state: Mutex::new(State::default()),
+            job_states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Drops the cached windows, so the next plan sees work just submitted.
+    pub fn forget(&self) {
+        self.state.lock().expect("scheduler lock").read_at = None;
+    }
+
+    /// The images to claim, at most `n` in all, fairly split. Re-reads the windows when they
+    /// are stale or `fresh` is asked (a plan from the cache found nothing).
+    pub async fn plan(&self, n: usize, fresh: bool) -> Result<(Vec<Take>, bool), DbError> {
+        let cached = {
+            let state = self.state.lock().expect("scheduler lock");
+            !fresh && state.read_at.is_some_and(|at| at.elapsed() < WINDOW_TTL)
+        };
+        if !cached {
+            self.read_windows().await?;
+        }
+        let state = self.state.lock().expect("scheduler lock");
+        let tenants = rotate_after(
+            state.windows.keys().cloned().collect(),
+            state.tenant_cursor.as_ref(),
+        );
+        let windows: Vec<Vec<Candidate>> = tenants
+            .iter()
+            .map(|t| state.windows.get(t).cloned().unwrap_or_default())
+            .collect();
+        Ok((split(n as i64, &windows), cached))
+    }
+
+    /// Learns from a claim: jobs that gave fewer images than asked have none claimable now
+    /// (leave the window until the next read); the cursors move past the jobs and the tenant
+    /// that were served.
+    pub fn served(&self, plan: &[Take], got: &HashMap<i64, i64>) {
+        let mut state = self.state.lock().expect("scheduler lock");
+        let State {
+            windows,
+            job_cursor,
+            tenant_cursor,
+            ..
+        } = &mut *state;
+        for (tenant, window) in windows.iter_mut() {
+            let mut last_served = None;
+            window.retain_mut(|c| {
+                let Some(asked) = plan.iter().find(|t| t.job_id == c.job_id) else {
+                    return true;
+                };
+                let n = got.get(&c.job_id).copied().unwrap_or(0);
+                if n > 0 {
+                    last_served = Some(c.job_id);
+                    *tenant_cursor = Some(tenant.clone());
+                }
+                c.remaining -= n;
+                n >= asked.take && c.remaining > 0
+            });
+            if let Some(job) = last_served {
+                job_cursor.insert(tenant.clone(), job);
+                // The window stays in round-robin order: the next split starts after `job`.
+                let at = window.iter().position(|c| c.job_id > job).unwrap_or(0);
+                window.rotate_left(at);
+            }
+        }
+        windows.retain(|_, w| !w.is_empty());
+    }
+
+    /// Reads every tenant's window of candidate jobs: the tenants with ongoing jobs (an index
+    /// skip-scan, one probe per tenant), then per tenant up to [`JOBS_PER_TENANT`] ongoing jobs
+    /// with an image claimable now, after its cursor and wrapping around.
+    async fn read_windows(&self) -> Result<(), DbError> {
+        let tenants: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE t(tenant) AS ( \
+               SELECT MIN(tenant) FROM jobs WHERE status = 'ongoing' \
+               UNION ALL \
+               SELECT (SELECT MIN(j.tenant) FROM jobs j WHERE j.status = 'ongoing' AND j.tenant > t.tenant) \
+               FROM t WHERE t.tenant IS NOT NULL) \
+             SELECT tenant FROM t WHERE tenant IS NOT NULL",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .map_err(err)?;
+        let cursors = self
+            .state
+            .lock()
+            .expect("scheduler lock")
+            .job_cursor
+            .clone();
+        let mut windows = BTreeMap::new();
+        for tenant in tenants {
+            let after = cursors.get(&tenant).copied().unwrap_or(0);
+            let window = self.window(&tenant, after).await?;
+            if !window.is_empty() {
+                windows.insert(tenant, window);
+            }
+        }
+        let mut state = self.state.lock().expect("scheduler lock");
+        state.job_cursor.retain(|t, _| windows.contains_key(t));
+        state.windows = windows;
+        state.read_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn window(&self, tenant: &str, after: i64) -> Result<Vec<Candidate>, DbError> {
+        let sql = self.db.with_clock(
+            "SELECT id, total - succeeded - failed AS remaining FROM jobs j \
+             WHERE status = 'ongoing' AND tenant = $1 AND id {op} $2 \
+             AND EXISTS (SELECT 1 FROM images i WHERE i.job_id = j.id AND i.status = 'pending' \
+               AND i.available_at <= {now}) \
+             ORDER BY id LIMIT $3",
+        );
+        let read = async |op: &str, limit: i64| -> Result<Vec<Candidate>, DbError> {
+            let rows: Vec<(i64, i64)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("{op}", op)))
+                    .bind(tenant)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(self.db.pool())
+                    .await
+                    .map_err(err)?;
+            Ok(rows
+                .into_iter()
+                .map(|(job_id, remaining)| Candidate { job_id, remaining })
+                .collect())
+        };
+        let mut window = read(">", JOBS_PER_TENANT).await?;
+        let short = JOBS_PER_TENANT - window.len() as i64;
+        if short > 0 && after > 0 {
+            window.extend(read("<=", short).await?);
+        }
+        Ok(window)
+    }
+
+    /// Whether `job_id` was still ongoing a moment ago (at most [`WINDOW_TTL`]): lets a
+    /// worker skip claimed images of a job cancelled while they waited in its buffer, with one
+    /// small query per job and interval rather than one per image. True when unsure.
+    pub async fn may_be_ongoing(&self, job_id: i64) -> bool {
+        if let Some((at, ongoing)) = self.job_states.lock().expect("states lock").get(&job_id)
+            && at.elapsed() < WINDOW_TTL
+        {
+            return *ongoing;
+        }
+        let ongoing = crate::db::jobs::is_ongoing(&self.db, job_id)
+            .await
+            .unwrap_or(true);
+        let mut states = self.job_states.lock().expect("states lock");
+        if states.len() > 1024 {
+            states.retain(|_, (at, _)| at.elapsed() < WINDOW_TTL);
+        }
+        states.insert(job_id, (Instant::now(), ongoing));
+        ongoing
+    }
+}
+
+/// `items` in order, starting after `after` (wrapping around).
+fn rotate_after(mut items: Vec<String>, after: Option<&String>) -> Vec<String> {
+    if let Some(after) = after {
+        let at = items.iter().position(|t| t > after).unwrap_or(0);
+        items.rotate_left(at);
+    }
+    items
+}
+
+/// Splits `n` over tenants (evenly, then what one cannot use to the others), then each
+/// tenant's share over its jobs the same way. `tenants` are in serving order; each tenant's
+/// jobs too. Earlier tenants and jobs get the remainder of an uneven split.
+pub fn split(n: i64, tenants: &[Vec<Candidate>]) -> Vec<Take> {
+    let capacity: Vec<i64> = tenants
+        .iter()
+        .map(|jobs| jobs.iter().map(|c| c.remaining.max(0)).sum())
+        .collect();
+    let shares = water_fill(n, &capacity);
+    let mut plan = Vec::new();
+    for (jobs, share) in tenants.iter().zip(shares) {
+        if share == 0 {
+            continue;
+        }
+        let caps: Vec<i64> = jobs.iter().map(|c| c.remaining.max(0)).collect();
+        for (job, take) in jobs.iter().zip(water_fill(share, &caps)) {
+            if take > 0 {
+                plan.push(Take {
+                    job_id: job.job_id,
+                    take,
+                });
+            }
+        }
+    }
+    plan
+}
+
+/// Divides `n` into equal shares capped by `caps`, giving what a capped one cannot use to the
+/// others; when `n` does not divide evenly, the first ones get one more.
+fn water_fill(mut n: i64, caps: &[i64]) -> Vec<i64> {
+    let mut given = vec![0i64; caps.len()];
+    let mut open: Vec<usize> = (0..caps.len()).filter(|&i| caps[i] > 0).collect();
+    while n > 0 && !open.is_empty() {
+        let share = n / open.len() as i64;
+        if share == 0 {
+            // Fewer images than takers: one each to the first `n`.
+            for &i in open.iter().take(n as usize) {
+                given[i] += 1;
+            }
+            break;
+        }
+        let mut still_open = Vec::with_capacity(open.len());
+        for &i in &open {
+            let take = share.min(caps[i] - given[i]);
+            given[i] += take;
+            n -= take;
+            if given[i] < caps[i] {
+                still_open.push(i);
+            }
+        }
+        open = still_open;
+    }
+    given
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(list: &[(i64, i64)]) -> Vec<Candidate> {
+        list.iter()
+            .map(|&(job_id, remaining)| Candidate { job_id, remaining })
+            .collect()
+    }
+
+    fn takes(plan: &[Take]) -> Vec<(i64, i64)> {
+        plan.iter().map(|t| (t.job_id, t.take)).collect()
+    }
+
+    #[test]
+    fn water_fill_gives_what_one_cannot_use_to_the_others() {
+        assert_eq!(water_fill(32, &[5, 5000]), vec![5, 27]);
+        assert_eq!(water_fill(10, &[100, 100, 100]), vec![4, 3, 3]);
+        assert_eq!(water_fill(2, &[100, 100, 100]), vec![1, 1, 0]);
+        assert_eq!(water_fill(10, &[0, 3, 0]), vec![0, 3, 0]);
+        assert_eq!(water_fill(0, &[3]), vec![0]);
+    }
+
+    #[test]
+    fn a_small_tenant_gets_half_of_a_claim_beside_a_tenant_with_many_jobs() {
+        let busy: Vec<(i64, i64)> = (1..=400).map(|id| (id, 10)).collect();
+        let plan = split(32, &[jobs(&busy), jobs(&[(401, 5)])]);
+        let small: i64 = plan
+            .iter()
+            .filter(|t| t.job_id == 401)
+            .map(|t| t.take)
+            .sum();
+        assert_eq!(small, 5, "the 5-image job is claimed whole");
+        assert_eq!(plan.iter().map(|t| t.take).sum::<i64>(), 32);
+        // The busy tenant's 27 go one each to its first 27 jobs.
+        assert!(plan.iter().filter(|t| t.job_id <= 400).all(|t| t.take == 1));
+    }
+
+    #[test]
+    fn within_a_tenant_a_small_job_beside_a_large_one_is_claimed_at_once() {
+        let plan = split(32, &[jobs(&[(1, 5000), (2, 5)])]);
+        assert_eq!(takes(&plan), vec![(1, 27), (2, 5)]);
+    }
+
+    #[test]
+    fn a_claim_never_asks_for_more_than_n_or_than_remains() {
+        let plan = split(256, &[jobs(&[(1, 3)]), jobs(&[(2, 4), (3, 1)])]);
+        assert_eq!(takes(&plan), vec![(1, 3), (2, 4), (3, 1)]);
+        let plan = split(
+            3,
+            &[
+                jobs(&[(1, 10)]),
+                jobs(&[(2, 10)]),
+                jobs(&[(3, 10)]),
+                jobs(&[(4, 10)]),
+            ],
+        );
+        assert_eq!(plan.iter().map(|t| t.take).sum::<i64>(), 3);
+    }
+
+    #[test]
+    fn rotation_starts_after_the_last_served() {
+        let items = vec!["a".to_string(), "b".into(), "c".into()];
+        assert_eq!(
+            rotate_after(items.clone(), Some(&"a".to_string())),
+            ["b", "c", "a"]
+        );
+        assert_eq!(
+            rotate_after(items.clone(), Some(&"c".to_string())),
+            ["a", "b", "c"]
+        );
+        assert_eq!(rotate_after(items, None), ["a", "b", "c"]);
+    }
+}
