@@ -1,0 +1,129 @@
+//! The shapes real traffic has, beside the one big job of P1:
+//!
+//! - **P7** the queue alone draining 2,000 jobs × 10 images, and 20,000 jobs × 1 image, against
+//!   1 job × 20,000 images: the API (`serve --no-workers`) takes every submit first, then one
+//!   `worker` process with 32 slots and no delay is started and timed until no job is ongoing.
+//! - **P8** one process with 2,000 slots at the default 100–400 ms delay, 40,000 images: its
+//!   rate against the ideal (slots / mean delay = 8,000 images/s), and its peak memory.
+//! - **P9** CPU time per image of the service processes (API with its submits, and the worker)
+//!   and of the PostgreSQL server, for the P7 shapes, read from `/proc`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::harness::*;
+use super::image_host::ImageHost;
+use super::{Figures, Opts};
+
+/// One P7 drain.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    pub jobs: usize,
+    pub per_job: usize,
+    /// Images per second while the worker drained the queue.
+    pub rate: f64,
+    /// CPU µs per image: the API process (submits) and the worker process.
+    pub api_cpu_us: f64,
+    pub worker_cpu_us: f64,
+    /// CPU µs per image of the PostgreSQL server (submits and drain); 0 on SQLite.
+    pub postgres_cpu_us: f64,
+}
+
+impl Shape {
+    pub fn label(&self) -> String {
+        format!("{} × {}", group(self.jobs), group(self.per_job))
+    }
+
+    pub fn service_cpu_us(&self) -> f64 {
+        self.api_cpu_us + self.worker_cpu_us
+    }
+}
+
+/// 20000 → "20,000".
+fn group(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The P7 shapes, the big job first (the others are compared with it).
+pub const SHAPES: [(usize, usize); 3] = [(1, 20_000), (2_000, 10), (20_000, 1)];
+
+pub async fn run(backend: Backend, host: &ImageHost, o: &Opts, f: &mut Figures) {
+    let name = backend.name();
+    if o.runs("p7") || o.runs("p9") {
+        for (jobs, per_job) in SHAPES {
+            let shape = drain(backend, host, o, jobs, per_job).await;
+            eprintln!(
+                "[{name}] P7 {}: {:.0} images/s; P9 CPU/image: api {:.0} µs, worker {:.0} µs, postgres {:.0} µs",
+                shape.label(),
+                shape.rate,
+                shape.api_cpu_us,
+                shape.worker_cpu_us,
+                shape.postgres_cpu_us
+            );
+            f.shapes.push(shape);
+        }
+    }
+    if o.runs("p8") {
+        let db = BenchDb::new(backend, &o.postgres).await;
+        let slots = 2_000;
+        let n = 40_000;
+        let svc = start("serve", &db, &settings(slots, "100-400"));
+        let c = Client::new(&svc.base);
+        let body = payload(host, n, 0);
+        let t0 = Instant::now();
+        let (id, _) = c.submit(&body).await;
+        let t = c.wait(id, t0).await;
+        let rate = n as f64 / t.as_secs_f64();
+        let rss = svc.peak_rss_bytes().unwrap_or(0);
+        f.p8 = Some((rate, rss));
+        eprintln!(
+            "[{name}] P8 {slots} slots: {rate:.0} images/s ({:.2}× of 8000), peak RSS {} MB",
+            rate / 8000.0,
+            rss / 1_000_000
+        );
+        svc.terminate();
+        db.remove().await;
+    }
+}
+
+async fn drain(backend: Backend, host: &ImageHost, o: &Opts, jobs: usize, per_job: usize) -> Shape {
+    let db = BenchDb::new(backend, &o.postgres).await;
+    let mut api_env = settings(32, "0");
+    api_env.push(("RP_NO_WORKERS", "true".into()));
+    let api = start("serve", &db, &api_env);
+    let c = Arc::new(Client::new(&api.base));
+    let pg_before = postgres_cpu();
+    let api_before = cpu_of(api.child.id());
+    submit_many(&c, host, jobs, per_job, 0).await;
+    let api_cpu = cpu_of(api.child.id()) - api_before;
+    let worker = start("worker", &db, &settings(32, "0"));
+    let t0 = Instant::now();
+    let took = wait_all_finished(&c, t0, Duration::from_secs(600)).await;
+    let worker_cpu = cpu_of(worker.child.id());
+    let pg_cpu = postgres_cpu().saturating_sub(pg_before);
+    let images = (jobs * per_job) as f64;
+    let per_image = |d: Duration| d.as_secs_f64() * 1e6 / images;
+    worker.terminate();
+    api.terminate();
+    db.remove().await;
+    Shape {
+        jobs,
+        per_job,
+        rate: images / took.as_secs_f64(),
+        api_cpu_us: per_image(api_cpu),
+        worker_cpu_us: per_image(worker_cpu),
+        postgres_cpu_us: if backend == Backend::Postgres {
+            per_image(pg_cpu)
+        } else {
+            0.0
+        },
+    }
+}
