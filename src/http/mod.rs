@@ -125,15 +125,13 @@ impl From<AuthError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        use axum::http::{HeaderValue, header};
+        // A header some answers carry beside their body.
+        let mut extra: Option<(HeaderName, HeaderValue)> = None;
         let (status, body) = match self {
             ApiError::Unauthorized(m) => {
-                let mut res =
-                    (StatusCode::UNAUTHORIZED, axum::Json(json!({ "error": m }))).into_response();
-                res.headers_mut().insert(
-                    axum::http::header::WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static("Bearer"),
-                );
-                return res;
+                extra = Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+                (StatusCode::UNAUTHORIZED, json!({ "error": m }))
             }
             ApiError::TooManyRequests {
                 message,
@@ -142,16 +140,8 @@ impl IntoResponse for ApiError {
                 // Whole seconds, rounded up and at least 1: a client that waits as told is
                 // never early.
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let mut res = (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    axum::Json(json!({ "error": message })),
-                )
-                    .into_response();
-                res.headers_mut().insert(
-                    axum::http::header::RETRY_AFTER,
-                    axum::http::HeaderValue::from(secs),
-                );
-                return res;
+                extra = Some((header::RETRY_AFTER, HeaderValue::from(secs)));
+                (StatusCode::TOO_MANY_REQUESTS, json!({ "error": message }))
             }
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "error": m })),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
@@ -177,7 +167,11 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some((name, value)) = extra {
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }
 

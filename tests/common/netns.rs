@@ -103,7 +103,7 @@ impl NetNs {
     /// Makes the namespace, the veth pair and their addresses, and brings everything up.
     pub fn create() -> Result<NetNs, String> {
         if !is_root() {
-            return Err("needs root for network namespaces".into());
+            return Err("not running as root".into());
         }
         sweep_stale();
         let pid = std::process::id();
