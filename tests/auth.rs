@@ -169,6 +169,43 @@ async fn a_revoked_key_is_refused_by_a_running_server_within_two_seconds(backend
     assert!(again.stderr.contains("already revoked"), "{again}");
 }
 
+/// `last used` is written once, not on every request: a second use within the minute (after
+/// the server's lookup cache has expired, so the key is read from the database again) leaves
+/// it as it was.
+async fn last_used_is_recorded_without_a_write_per_request(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = create_key(&db.url, "app", &[]).await;
+    let last_used = || async {
+        let list = keys(&db.url, &["list"]).await;
+        let row = list.stdout.lines().nth(1).unwrap().to_string();
+        row.split_whitespace().nth(4).unwrap().to_string()
+    };
+    assert_eq!(last_used().await, "-", "never used yet");
+    let app = api_only(test_config(&db)).await;
+    assert_eq!(
+        app.call("GET", "/api/jobs", Some(&key), None).await.code,
+        200
+    );
+    let deadline = Instant::now() + PROPAGATION;
+    let first = loop {
+        let seen = last_used().await;
+        if seen != "-" {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "last used never recorded");
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..20 {
+        assert_eq!(
+            app.call("GET", "/api/jobs", Some(&key), None).await.code,
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(last_used().await, first, "rewritten within the minute");
+    app.stop().await;
+}
+
 // --- Who sees what ------------------------------------------------------------------------
 
 struct Tenants {
@@ -803,6 +840,7 @@ async fn the_cli_client_sends_its_api_key(backend: Backend) {
 on_both_backends!(
     keys_create_prints_only_the_key_and_list_never_shows_it,
     a_revoked_key_is_refused_by_a_running_server_within_two_seconds,
+    last_used_is_recorded_without_a_write_per_request,
     every_endpoint_shows_a_tenant_only_its_own_jobs,
     idempotency_keys_are_scoped_to_the_tenant,
     auto_mode_serves_loopback_without_a_key_until_the_first_key_exists,
