@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{self, Db, DbError};
 use crate::fetch::FetchError;
@@ -64,6 +65,8 @@ impl Roles {
 pub struct App {
     db: Db,
     listener: Option<TcpListener>,
+    /// A second listener serving only the operations endpoints, open (`serve --metrics-bind`).
+    ops_listener: Option<TcpListener>,
     state: Option<AppState>,
     /// Whether the listener serves the whole API or only the operations endpoints.
     api: bool,
@@ -89,6 +92,7 @@ pub async fn build(
         metrics: metrics.clone(),
         limits: config.api.limits,
         max_body_bytes: config.api.max_body_bytes,
+        auth: Arc::new(Authenticator::new(db.clone(), config.api.auth.clone())),
     });
     let workers = if roles.workers {
         Some(WorkerPool::new(db.clone(), &config, wake, metrics)?)
@@ -98,6 +102,7 @@ pub async fn build(
     Ok(App {
         db,
         listener: if state.is_some() { listener } else { None },
+        ops_listener: None,
         state,
         api: roles.api,
         workers,
@@ -132,6 +137,20 @@ impl App {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Also serves `/metrics`, `/healthz` and `/readyz`, open to whoever can reach it, on
+    /// `listener` (an address for the monitoring network; the API's own `/metrics` needs an
+    /// admin key). Only for an app with an API listener.
+    pub fn with_ops_listener(mut self, listener: TcpListener) -> Self {
+        if self.state.is_some() {
+            self.ops_listener = Some(listener);
+        }
+        self
+    }
+
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     pub fn db(&self) -> &Db {
         &self.db
     }
@@ -154,6 +173,20 @@ impl App {
         if let Some(addr) = self.local_addr() {
             tracing::info!(%addr, "listening");
         }
+        if let Some(addr) = self.ops_addr() {
+            tracing::info!(%addr, "serving metrics and health");
+        }
+        let ops_router = self.state.clone().map(http::ops_router);
+        let ops = async {
+            match (self.ops_listener, ops_router) {
+                (Some(listener), Some(router)) => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(token.clone().cancelled_owned())
+                        .await
+                }
+                _ => Ok(()),
+            }
+        };
         let api = async {
             match (self.listener, self.state) {
                 (Some(listener), Some(state)) => {
@@ -162,9 +195,14 @@ impl App {
                     } else {
                         http::ops_router(state)
                     };
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(token.clone().cancelled_owned())
-                        .await
+                    // The peer address reaches handlers (ConnectInfo): `auto` mode serves
+                    // keyless clients only on loopback, judged by the TCP peer alone.
+                    axum::serve(
+                        listener,
+                        router.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(token.clone().cancelled_owned())
+                    .await
                 }
                 _ => Ok(()),
             }
@@ -181,9 +219,10 @@ impl App {
                 None => Ok(()),
             }
         };
-        let (served, worked) = tokio::join!(api, workers);
+        let (served, ops_served, worked) = tokio::join!(api, ops, workers);
         self.db.close().await;
         served?;
+        ops_served?;
         worked?;
         Ok(())
     }

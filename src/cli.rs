@@ -1,6 +1,7 @@
-//! The command line: the service (`serve | worker | migrate | stores import`) and its client
-//! (`submit | status`, see [`crate::client`]). Every flag can also be set through the
-//! environment variable named beside it (see the README's configuration table).
+//! The command line: the service (`serve | worker | migrate | stores import`), API keys
+//! (`keys create | list | revoke`) and the client (`submit | status`, see [`crate::client`]).
+//! Every flag can also be set through the environment variable named beside it (see the
+//! README's configuration table).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use crate::app::{self, Roles};
+use crate::auth::AuthMode;
 use crate::client::DEFAULT_SERVER;
 use crate::client::command::{self as client_command, Output, SubmitOptions};
 use crate::config::{Config, DEFAULT_DATABASE_URL, DelayRange};
@@ -43,6 +45,11 @@ pub enum Command {
         #[command(subcommand)]
         command: StoresCommand,
     },
+    /// Manage API keys: create (the key is printed once), list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Submit a job file to a running server; with --wait, follow it to the end.
     #[command(after_help = SUBMIT_EXIT_CODES)]
     Submit(SubmitArgs),
@@ -74,6 +81,9 @@ pub struct ServerArgs {
     /// Base URL of the Retail Pulse server.
     #[arg(long, env = "RP_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    /// API key, sent as `Authorization: Bearer KEY` (from `retail-pulse keys create`).
+    #[arg(long, env = "RP_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Print one JSON document (the server's own) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -105,7 +115,10 @@ impl Cli {
     /// stderr and quietly, since its stdout is its result (see [`telemetry`]).
     pub fn init_telemetry(&self) {
         match self.command {
-            Some(Command::Submit(_) | Command::Status(_)) => telemetry::init_client(),
+            // `keys create` prints the key alone on stdout: logs go to stderr.
+            Some(Command::Submit(_) | Command::Status(_) | Command::Keys { .. }) => {
+                telemetry::init_client()
+            }
             _ => telemetry::init(),
         }
     }
@@ -116,6 +129,44 @@ pub enum StoresCommand {
     /// Load or refresh the store master from a CSV file (AreaCode, StoreName, StoreID).
     Import {
         file: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it, alone, on stdout (shown this once: only its hash is kept).
+    Create {
+        /// A unique name for the key (who uses it: `field-app`, `partner-x`); never reused.
+        #[arg(long)]
+        name: String,
+        /// The tenant the key acts for (default: the key's name). Keys of one tenant see
+        /// the same jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// An admin key sees and acts on every tenant's jobs and reads /metrics.
+        #[arg(long)]
+        admin: bool,
+        /// This tenant's most unfinished images instead of the server's
+        /// --tenant-max-unfinished-images (0: unlimited).
+        #[arg(long)]
+        max_unfinished_images: Option<u64>,
+        /// This tenant's submits per minute instead of the server's
+        /// --tenant-submits-per-minute (0: unlimited).
+        #[arg(long)]
+        submits_per_minute: Option<u32>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List keys: name, tenant, admin, created, last used, revoked, limits (never the key).
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a key: servers refuse it within a second or two.
+    Revoke {
+        name: String,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -205,6 +256,25 @@ pub struct ServeArgs {
     /// Longest accepted store_id, in bytes.
     #[arg(long, env = "RP_MAX_STORE_ID_BYTES", default_value_t = 64)]
     pub max_store_id_bytes: usize,
+    /// When API requests need a key: `auto` (loopback clients without one until the first
+    /// key is created, then always), `required` (always) or `off` (never: a trusted network
+    /// only).
+    #[arg(long, env = "RP_AUTH", default_value = "auto")]
+    pub auth: AuthMode,
+    /// Most unfinished images one tenant may hold; a submit beyond it gets 429 (0: unlimited).
+    #[arg(
+        long,
+        env = "RP_TENANT_MAX_UNFINISHED_IMAGES",
+        default_value_t = 500_000
+    )]
+    pub tenant_max_unfinished_images: u64,
+    /// Submits per minute per tenant, with bursts of as many (0: unlimited).
+    #[arg(long, env = "RP_TENANT_SUBMITS_PER_MINUTE", default_value_t = 600)]
+    pub tenant_submits_per_minute: u32,
+    /// Also serve /metrics, /healthz and /readyz, without keys, on this address (for the
+    /// monitoring network; the API's own /metrics needs an admin key).
+    #[arg(long, env = "RP_METRICS_BIND")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -327,6 +397,11 @@ impl ServeArgs {
         limits.max_images_per_visit = self.max_images_per_visit;
         limits.max_url_len = self.max_url_bytes;
         limits.max_store_id_len = self.max_store_id_bytes;
+        config.api.auth = crate::auth::AuthConfig {
+            mode: self.auth,
+            max_unfinished_images: self.tenant_max_unfinished_images,
+            submits_per_minute: self.tenant_submits_per_minute,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -361,7 +436,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Roles::all()
             };
-            let app = app::build(config, Some(listener), roles).await?;
+            let mut app = app::build(config, Some(listener), roles).await?;
+            if let Some(addr) = args.metrics_bind {
+                let ops = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+                app = app.with_ops_listener(ops);
+            }
             app.run(shutdown::signal()).await?;
         }
         Command::Worker(args) => {
@@ -391,18 +472,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let count = crate::db::stores::upsert(&db, &list).await?;
             println!("imported {count} stores from {}", file.display());
         }
+        Command::Keys { command } => crate::auth::command::run(command).await?,
         Command::Submit(args) => {
             let output = Output::detect(args.server.json);
             let options = SubmitOptions {
                 file: args.file,
                 server: args.server.server,
+                api_key: args.server.api_key,
                 wait: args.wait,
             };
             return Ok(client_command::submit(options, output).await.into());
         }
         Command::Status(args) => {
             let output = Output::detect(args.server.json);
-            let exit = client_command::status(&args.server.server, args.job_id, output).await;
+            let server = &args.server;
+            let exit = client_command::status(
+                &server.server,
+                server.api_key.as_deref(),
+                args.job_id,
+                output,
+            )
+            .await;
             return Ok(exit.into());
         }
     }

@@ -65,6 +65,8 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Sizes a submission must respect.
     pub limits: crate::domain::Limits,
+    /// When keys are needed, and the per-tenant quota and submit rate.
+    pub auth: crate::auth::AuthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +155,7 @@ impl Default for Config {
             api: ApiConfig {
                 max_body_bytes: 32 * 1024 * 1024,
                 limits: crate::domain::Limits::default(),
+                auth: crate::auth::AuthConfig::default(),
             },
             worker: WorkerConfig {
                 concurrency: 32,

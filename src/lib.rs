@@ -4,9 +4,11 @@
 //! written with all its images by [`db::jobs::create`] in one transaction. The images table is
 //! the queue ([`queue`]); [`worker`] claims images, downloads them ([`fetch`]), measures them
 //! ([`measure`]) and records the outcome. [`app`] wires the pieces; [`cli`] is the front door;
-//! [`client`] drives a running server over its HTTP API (`submit`, `status`).
+//! [`client`] drives a running server over its HTTP API (`submit`, `status`). [`auth`] says
+//! who is calling: API keys, tenants and their limits.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -288,7 +288,98 @@ async fn an_oversized_declared_body_is_refused_before_it_is_sent(backend: Backen
     app.stop().await;
 }
 
+/// Every C0 control character (U+0000 to U+001F) in every string field, on both backends:
+/// NUL is a 400 naming the field everywhere; any control character is a 400 in `store_id` and
+/// in each image URL; `visit_time` (free text) keeps tab, line feed and carriage return
+/// exactly as sent and refuses the rest. Never a 500.
+async fn every_control_character_in_every_string_field_is_refused_or_kept_exactly(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::start_with(test_config(&db), retail_pulse::app::Roles::api_only()).await;
+    let fields = [
+        "visits[0].store_id",
+        "visits[0].image_url[0]",
+        "visits[0].image_url[1]",
+        "visits[0].visit_time",
+    ];
+    let mut kept = 0;
+    for code_point in 0u32..0x20 {
+        let c = char::from_u32(code_point).unwrap();
+        for field in fields {
+            let mut visit = json!({
+                "store_id": STORE_A,
+                "image_url": ["http://images.invalid/a.png", "http://images.invalid/b.png"],
+                "visit_time": "2026-11-28T10:00:00Z",
+            });
+            let (value, target) = match field {
+                "visits[0].store_id" => (format!("S00{c}339218"), &mut visit["store_id"]),
+                "visits[0].image_url[0]" => (
+                    format!("http://images.invalid/{c}a.png"),
+                    &mut visit["image_url"][0],
+                ),
+                "visits[0].image_url[1]" => (
+                    format!("http://images.invalid/b.png{c}"),
+                    &mut visit["image_url"][1],
+                ),
+                _ => (format!("morning{c}after rain"), &mut visit["visit_time"]),
+            };
+            *target = json!(value);
+            let body = json!({"count": 1, "visits": [visit]});
+            let (code, answer) = app.submit(&body).await;
+            let free_text = field.ends_with("visit_time") && matches!(c, '\t' | '\n' | '\r');
+            if free_text {
+                assert_eq!(code, 201, "U+{code_point:04X} in {field}: {answer}");
+                let id = answer["job_id"].as_i64().unwrap();
+                let images = app.all_images(id, 10).await;
+                assert_eq!(images[0]["visit_time"], json!(value), "kept exactly");
+                kept += 1;
+                continue;
+            }
+            assert_eq!(code, 400, "U+{code_point:04X} in {field}: {answer}");
+            let message = answer["error"].as_str().unwrap();
+            assert!(
+                message.starts_with(&format!("{field}: must not contain")),
+                "U+{code_point:04X} in {field}: {message}"
+            );
+            if c == '\0' {
+                assert!(message.contains("NUL"), "{message}");
+            }
+        }
+    }
+    assert_eq!(kept, 3, "tab, line feed and carriage return in visit_time");
+    app.stop().await;
+}
+
+/// A refusal by the address guard names the host, never what it resolved to: the results
+/// endpoint must not map internal names to addresses for anyone who asks.
+async fn a_refused_host_name_never_reveals_its_addresses(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let mut config = test_config(&db);
+    config.fetch.allow_private_networks = false;
+    config.worker.max_attempts = 1;
+    let app = TestApp::start(config).await;
+    let url = format!("http://localhost:{}/img/10x10.png", images.addr.port());
+    let job = app.submit_ok(&payload(&[(STORE_A, vec![url])])).await;
+    app.wait_finished(job, WAIT).await;
+    let results = app.all_images(job, 10).await;
+    assert_eq!(
+        results[0]["error"],
+        "refused: host localhost resolves to a non-public address"
+    );
+    let (_, status) = app.get(&format!("/api/status?jobid={job}")).await;
+    let shown = status.to_string();
+    for address in ["127.0.0.1", "::1"] {
+        assert!(!shown.contains(address), "{shown}");
+    }
+    assert_eq!(images.requests(), 0);
+    app.stop().await;
+}
+
 on_both_backends!(
+    every_control_character_in_every_string_field_is_refused_or_kept_exactly,
+    a_refused_host_name_never_reveals_its_addresses,
     an_oversized_declared_body_is_refused_before_it_is_sent,
     malformed_bodies_get_a_clear_4xx,
     urls_pointing_inward_are_refused_without_a_request,

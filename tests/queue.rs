@@ -29,9 +29,17 @@ async fn create_job(db: &Db, store: &str, images: usize) -> i64 {
     let body = payload(&[(store, urls)]).to_string();
     let submission = Submission::parse(body.as_bytes(), &Limits::default()).unwrap();
     let known: HashSet<String> = [STORE_A.to_string(), STORE_B.to_string()].into();
-    db::jobs::create(db, &submission, &known, None)
-        .await
-        .unwrap()
+    db::jobs::create(
+        db,
+        db::jobs::Owner::unlimited("default"),
+        &submission,
+        &known,
+        None,
+    )
+    .await
+    .unwrap()
+    .job_id()
+    .expect("no quota, so a job")
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
@@ -119,7 +127,10 @@ async fn concurrent_claims_never_share_an_image(backend: Backend) {
     assert_eq!(total, 400, "every image claimed exactly once");
     assert_eq!(seen.len(), 400);
     for job in jobs {
-        let row = db::jobs::get(&db, job).await.unwrap().unwrap();
+        let row = db::jobs::get(&db, db::jobs::Scope::All, job)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(row.status.as_str(), "completed");
         assert_eq!(row.succeeded, row.total);
     }
@@ -150,7 +161,10 @@ async fn results_are_recorded_only_under_the_lease(backend: Backend) {
         0,
         "never twice"
     );
-    let row = db::jobs::get(&db, job).await.unwrap().unwrap();
+    let row = db::jobs::get(&db, db::jobs::Scope::All, job)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (row.succeeded, row.failed, row.status.as_str()),
         (1, 0, "completed")
@@ -264,7 +278,10 @@ async fn poison_image_fails_after_its_attempts(backend: Backend) {
         last.claim(1).await.unwrap().is_empty(),
         "a poison image is not claimed again"
     );
-    let row = db::jobs::get(&db, job).await.unwrap().unwrap();
+    let row = db::jobs::get(&db, db::jobs::Scope::All, job)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status.as_str(), "failed");
     assert!(
         row.errors[0].error.contains("abandoned after 3 attempts"),
@@ -456,7 +473,8 @@ async fn a_busy_tenant_does_not_slow_another_tenants_small_job(backend: Backend)
         let urls: Vec<String> = (0..10).map(|k| images.image(1 + i, 1 + k, "png")).collect();
         let body = payload(&[(STORE_A, urls)]).to_string();
         let submission = Submission::parse(body.as_bytes(), &Limits::default()).unwrap();
-        db::jobs::create(&db, &submission, &[STORE_A.to_string()].into(), None)
+        let owner = db::jobs::Owner::unlimited("default");
+        db::jobs::create(&db, owner, &submission, &[STORE_A.to_string()].into(), None)
             .await
             .unwrap();
     }
@@ -529,7 +547,7 @@ async fn cancel_completion_and_heartbeat_never_deadlock(backend: Backend) {
         let (a, b, c, d, e) = tokio::join!(
             first.complete(&mine),
             second.heartbeat(),
-            db::jobs::cancel(&db, jobs[1]),
+            db::jobs::cancel(&db, db::jobs::Scope::All, jobs[1]),
             second.complete(&theirs),
             first.heartbeat(),
         );

@@ -117,6 +117,7 @@ pub fn read_job_file(file: &Path) -> Result<Vec<u8>, JobFileError> {
 pub struct SubmitOptions {
     pub file: PathBuf,
     pub server: String,
+    pub api_key: Option<String>,
     pub wait: bool,
 }
 
@@ -126,7 +127,7 @@ pub async fn submit(options: SubmitOptions, output: Output) -> Exit {
         Ok(body) => body,
         Err(e) => return fail(&e),
     };
-    let client = match ApiClient::new(&options.server) {
+    let client = match ApiClient::new(&options.server, options.api_key.as_deref()) {
         Ok(client) => client,
         Err(e) => return fail(&e),
     };
@@ -178,8 +179,8 @@ pub async fn submit(options: SubmitOptions, output: Output) -> Exit {
 }
 
 /// `retail-pulse status ID`.
-pub async fn status(server: &str, job_id: i64, output: Output) -> Exit {
-    let client = match ApiClient::new(server) {
+pub async fn status(server: &str, api_key: Option<&str>, job_id: i64, output: Output) -> Exit {
+    let client = match ApiClient::new(server, api_key) {
         Ok(client) => client,
         Err(e) => return fail(&e),
     };

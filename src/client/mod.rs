@@ -1,6 +1,7 @@
 //! The command-line client: `retail-pulse submit` and `retail-pulse status` talk to a running
 //! service over its public HTTP API, exactly as any other client would — no database access,
-//! so the same binary can drive a server on another machine.
+//! so the same binary can drive a server on another machine. With `--api-key` (`RP_API_KEY`)
+//! every request carries the key.
 //!
 //! [`ApiClient`] is the HTTP boundary and its one error enum, [`ClientError`]; [`command`]
 //! runs the two commands and decides their exit codes; [`progress`] draws the live line of
@@ -28,6 +29,10 @@ pub const DEFAULT_SERVER: &str = "http://localhost:8080";
 pub enum ClientError {
     #[error("invalid server URL `{0}`: expected http://HOST:PORT")]
     InvalidServer(String),
+    #[error(
+        "invalid API key: it must be printable ASCII (as `retail-pulse keys create` prints it)"
+    )]
+    InvalidApiKey,
     #[error("cannot reach the server at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     /// The server answered 4xx: the request itself is wrong (or the job does not exist).
@@ -105,7 +110,9 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(server: &str) -> Result<Self, ClientError> {
+    /// A client for `server`; with `api_key`, every request carries
+    /// `Authorization: Bearer <key>`.
+    pub fn new(server: &str, api_key: Option<&str>) -> Result<Self, ClientError> {
         let invalid = || ClientError::InvalidServer(server.to_string());
         let mut base = Url::parse(server).map_err(|_| invalid())?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
@@ -117,8 +124,16 @@ impl ApiClient {
         }
         // reqwest is built without a crypto provider of its own (see `fetch`).
         crate::fetch::install_crypto_provider();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = api_key.map(str::trim).filter(|k| !k.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| ClientError::InvalidApiKey)?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .user_agent(concat!("retail-pulse-cli/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             // A 100,000-image body takes a while to upload and to write in one transaction.
             .timeout(Duration::from_secs(120))
@@ -247,12 +262,12 @@ mod tests {
 
     #[test]
     fn server_url_keeps_a_path_prefix() {
-        let client = ApiClient::new("http://example.test/rp").unwrap();
+        let client = ApiClient::new("http://example.test/rp", None).unwrap();
         assert_eq!(
             client.url("api/jobs/3").as_str(),
             "http://example.test/rp/api/jobs/3"
         );
-        let client = ApiClient::new("http://example.test:8080/").unwrap();
+        let client = ApiClient::new("http://example.test:8080/", None).unwrap();
         assert_eq!(
             client.url("api/submit/").as_str(),
             "http://example.test:8080/api/submit/"
@@ -263,7 +278,10 @@ mod tests {
     fn server_url_must_be_http() {
         for bad in ["localhost:8080", "ftp://example.test", "not a url"] {
             assert!(
-                matches!(ApiClient::new(bad), Err(ClientError::InvalidServer(_))),
+                matches!(
+                    ApiClient::new(bad, None),
+                    Err(ClientError::InvalidServer(_))
+                ),
                 "{bad}"
             );
         }

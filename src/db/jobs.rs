@@ -9,10 +9,43 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 use super::{Backend, Db, DbError, err, images};
 use crate::domain::{ErrorKind, FirstFailure, JobStatus, StoreError, StoreFailure, Submission};
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Which jobs a query may see. Every function that reads or changes a job by id takes one,
+/// and the tenant filter is part of its SQL: a handler cannot forget the check, and another
+/// tenant's job is, to the caller, exactly a missing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every tenant's jobs: admin keys and the service's own bookkeeping.
+    All,
+    /// One tenant's jobs only.
+    Tenant(&'a str),
+}
+
+impl Scope<'_> {
+    /// The SQL condition this scope adds, with its tenant as parameter `$n`.
+    fn condition(&self, n: usize) -> String {
+        match self {
+            Scope::All => String::new(),
+            Scope::Tenant(_) => format!(" AND tenant = ${n}"),
+        }
+    }
+
+    /// Binds the tenant for [`Scope::condition`], if there is one.
+    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+        match *self {
+            Scope::All => query,
+            Scope::Tenant(tenant) => query.bind(tenant),
+        }
+    }
+}
+
 /// A job as stored, with its progress counters.
 #[derive(Debug, Clone)]
 pub struct JobRow {
     pub id: i64,
+    /// The tenant whose key submitted the job (`default` without a key).
+    pub tenant: String,
     pub status: JobStatus,
     pub total: i64,
     pub succeeded: i64,
@@ -32,9 +65,6 @@ impl JobRow {
 /// The notification channel workers listen on (PostgreSQL only).
 pub const WORK_CHANNEL: &str = "retail_pulse_work";
 
-/// Writes the job and every image in one transaction; returns the new job id once committed.
-/// Images of stores missing from `known_stores` are stored as failed right away (never
-/// downloaded), so a job made only of unknown stores is finished at once.
 /// A client's idempotency key and the hash of the body it first came with.
 #[derive(Debug, Clone, Copy)]
 pub struct Idempotency<'a> {
@@ -42,12 +72,61 @@ pub struct Idempotency<'a> {
     pub body_hash: &'a str,
 }
 
+/// Who a new job belongs to, and the most unfinished images that tenant may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub tenant: &'a str,
+    /// `None`: no quota.
+    pub max_unfinished_images: Option<i64>,
+}
+
+impl<'a> Owner<'a> {
+    /// A job of `tenant` with no quota (internal use and tests).
+    pub fn unlimited(tenant: &'a str) -> Self {
+        Self {
+            tenant,
+            max_unfinished_images: None,
+        }
+    }
+}
+
+/// What `create` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Job(i64),
+    /// Nothing was written: the job's images would take the tenant over its quota.
+    OverQuota {
+        /// The tenant's unfinished images at the time of the check.
+        unfinished: i64,
+        /// The images of this job that would be unfinished (its known stores' images).
+        wanted: i64,
+    },
+}
+
+impl Created {
+    /// The new job's id; `None` when the quota refused it.
+    pub fn job_id(self) -> Option<i64> {
+        match self {
+            Created::Job(id) => Some(id),
+            Created::OverQuota { .. } => None,
+        }
+    }
+}
+
+/// Writes the job and every image in one transaction; returns the new job id once committed.
+/// Images of stores missing from `known_stores` are stored as failed right away (never
+/// downloaded), so a job made only of unknown stores is finished at once.
+///
+/// With a quota, the tenant's unfinished images are counted in the same transaction; on
+/// PostgreSQL a per-tenant advisory lock makes concurrent submits of one tenant take turns
+/// there, so two of them cannot both squeeze under the limit (SQLite writers already do).
 pub async fn create(
     db: &Db,
+    owner: Owner<'_>,
     submission: &Submission,
     known_stores: &HashSet<String>,
     idempotency: Option<Idempotency<'_>>,
-) -> Result<i64, DbError> {
+) -> Result<Created, DbError> {
     let total = submission.image_count() as i64;
     let unknown: i64 = submission
         .visits
@@ -57,16 +136,25 @@ pub async fn create(
         .sum();
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await.map_err(err)?;
+    if let Some(max) = owner.max_unfinished_images {
+        let wanted = total - unknown;
+        let unfinished = unfinished_images(db, &mut tx, owner.tenant).await?;
+        if wanted > 0 && unfinished + wanted > max {
+            tx.rollback().await.map_err(err)?;
+            return Ok(Created::OverQuota { unfinished, wanted });
+        }
+    }
     let id: i64 = sqlx::query_scalar(
         AssertSqlSafe(db.with_clock(
-            "INSERT INTO jobs (status, total, succeeded, failed, created_at, idempotency_key, request_hash) \
-             VALUES ('ongoing', $1, 0, $2, {now}, $3, $4) RETURNING id",
+            "INSERT INTO jobs (status, total, succeeded, failed, created_at, idempotency_key, request_hash, tenant) \
+             VALUES ('ongoing', $1, 0, $2, {now}, $3, $4, $5) RETURNING id",
         )),
     )
     .bind(total)
     .bind(unknown)
     .bind(idempotency.map(|i| i.key))
     .bind(idempotency.map(|i| i.body_hash))
+    .bind(owner.tenant)
     .fetch_one(&mut *tx)
     .await
     .map_err(err)?;
@@ -83,16 +171,43 @@ pub async fn create(
     }
     tx.commit().await.map_err(err)?;
     db.refresh_statistics_after(total as usize);
-    Ok(id)
+    Ok(Created::Job(id))
 }
 
-const JOB_COLUMNS: &str = "id, status, total, succeeded, failed, errors, created_at, finished_at";
+/// A tenant's images not finished yet, counted from its ongoing jobs' counters (the
+/// `jobs_ongoing_by_tenant` index), inside the caller's transaction. On PostgreSQL this first
+/// takes the tenant's transaction-scoped advisory lock (see [`create`]).
+async fn unfinished_images(
+    db: &Db,
+    conn: &mut AnyConnection,
+    tenant: &str,
+) -> Result<i64, DbError> {
+    if db.backend() == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7210551))")
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
+    }
+    sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(total - succeeded - failed), 0) AS BIGINT) FROM jobs \
+         WHERE tenant = $1 AND status = 'ongoing'",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(err)
+}
+
+const JOB_COLUMNS: &str =
+    "id, tenant, status, total, succeeded, failed, errors, created_at, finished_at";
 
 fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
     let status: String = row.try_get("status").map_err(err)?;
     let errors: Option<String> = row.try_get("errors").map_err(err)?;
     Ok(JobRow {
         id: row.try_get("id").map_err(err)?,
+        tenant: row.try_get("tenant").map_err(err)?,
         status: JobStatus::parse(&status)
             .ok_or_else(|| DbError::Encoding(format!("job status `{status}`")))?,
         total: row.try_get("total").map_err(err)?,
@@ -108,13 +223,20 @@ fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
     })
 }
 
-/// The job created with an idempotency key, and the hash of the body it was created from.
-pub async fn find_by_idempotency_key(db: &Db, key: &str) -> Result<Option<(i64, String)>, DbError> {
-    let row = sqlx::query("SELECT id, request_hash FROM jobs WHERE idempotency_key = $1")
-        .bind(key)
-        .fetch_optional(db.pool())
-        .await
-        .map_err(err)?;
+/// The job a tenant created with an idempotency key, and the hash of the body it was created
+/// from. Keys are per tenant: another tenant's use of the same key is not seen.
+pub async fn find_by_idempotency_key(
+    db: &Db,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<(i64, String)>, DbError> {
+    let row =
+        sqlx::query("SELECT id, request_hash FROM jobs WHERE tenant = $1 AND idempotency_key = $2")
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(db.pool())
+            .await
+            .map_err(err)?;
     row.map(|r| {
         Ok((
             r.try_get("id").map_err(err)?,
@@ -139,8 +261,9 @@ pub enum Cancel {
 /// Cancels an ongoing job: its unfinished images become failed (`cancelled`) without being
 /// processed, results still in flight are refused (their lease is gone), and the job ends as
 /// `cancelled` with an error entry per affected store. Images are locked before the job row,
-/// the same order as recording results, so the two never deadlock.
-pub async fn cancel(db: &Db, id: i64) -> Result<Cancel, DbError> {
+/// the same order as recording results, so the two never deadlock. A job outside `scope` is
+/// `NotFound`, untouched.
+pub async fn cancel(db: &Db, scope: Scope<'_>, id: i64) -> Result<Cancel, DbError> {
     let lock = match db.backend() {
         Backend::Postgres => "ORDER BY id FOR UPDATE",
         Backend::Sqlite => "",
@@ -148,22 +271,30 @@ pub async fn cancel(db: &Db, id: i64) -> Result<Cancel, DbError> {
     {
         let _turn = db.write_turn().await;
         let mut tx = db.pool().begin().await.map_err(err)?;
-        let stopped = sqlx::query(AssertSqlSafe(db.with_clock(&format!(
+        let stop_sql = db.with_clock(&format!(
             "UPDATE images SET status = 'failed', error = $2, error_kind = $3, lease_owner = NULL, \
                lease_expires_at = NULL, updated_at = {{now}} \
              WHERE id IN (SELECT id FROM images WHERE job_id = $1 AND status IN ('pending', 'running') \
-               AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND status = 'ongoing') {lock})"
-        ))))
-        .bind(id)
-        .bind(ErrorKind::Cancelled.unprocessed_message())
-        .bind(ErrorKind::Cancelled.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?
-        .rows_affected() as i64;
-        let updated = sqlx::query("UPDATE jobs SET failed = failed + $2 WHERE id = $1 AND status = 'ongoing' RETURNING id")
+               AND EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND status = 'ongoing'{}) {lock})",
+            scope.condition(4)
+        ));
+        let stop = sqlx::query(AssertSqlSafe(stop_sql))
             .bind(id)
-            .bind(stopped)
+            .bind(ErrorKind::Cancelled.unprocessed_message())
+            .bind(ErrorKind::Cancelled.as_str());
+        let stopped = scope
+            .bind(stop)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected() as i64;
+        let count_sql = format!(
+            "UPDATE jobs SET failed = failed + $2 WHERE id = $1 AND status = 'ongoing'{} RETURNING id",
+            scope.condition(3)
+        );
+        let count = sqlx::query(AssertSqlSafe(count_sql)).bind(id).bind(stopped);
+        let updated = scope
+            .bind(count)
             .fetch_optional(&mut *tx)
             .await
             .map_err(err)?;
@@ -181,48 +312,53 @@ pub async fn cancel(db: &Db, id: i64) -> Result<Cancel, DbError> {
             .map_err(err)?;
             tx.commit().await.map_err(err)?;
             tracing::info!(job.id = id, images.cancelled = stopped, "job cancelled");
-            let job = get(db, id)
+            let job = get(db, scope, id)
                 .await?
                 .ok_or_else(|| DbError::Encoding("cancelled job vanished".into()))?;
             return Ok(Cancel::Cancelled(job));
         }
         tx.rollback().await.map_err(err)?;
     }
-    Ok(match get(db, id).await? {
+    Ok(match get(db, scope, id).await? {
         Some(job) => Cancel::Finished(job),
         None => Cancel::NotFound,
     })
 }
 
 /// One job by id, reading only the job row (constant time, however many images it has).
-pub async fn get(db: &Db, id: i64) -> Result<Option<JobRow>, DbError> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-    let row = sqlx::query(AssertSqlSafe(sql))
-        .bind(id)
+/// `None` when there is no such job in `scope`.
+pub async fn get(db: &Db, scope: Scope<'_>, id: i64) -> Result<Option<JobRow>, DbError> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{}",
+        scope.condition(2)
+    );
+    let row = scope
+        .bind(sqlx::query(AssertSqlSafe(sql)).bind(id))
         .fetch_optional(db.pool())
         .await
         .map_err(err)?;
     row.as_ref().map(job_from_row).transpose()
 }
 
-/// Up to `limit` jobs with ids below `before`, newest first, optionally of one status.
+/// Up to `limit` jobs of `scope` with ids below `before`, newest first, optionally of one
+/// status.
 pub async fn list(
     db: &Db,
+    scope: Scope<'_>,
     status: Option<JobStatus>,
     before: i64,
     limit: i64,
 ) -> Result<Vec<JobRow>, DbError> {
     let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE id < $1 AND ($2 = '' OR status = $2) \
-         ORDER BY id DESC LIMIT $3"
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id < $1 AND ($2 = '' OR status = $2){} \
+         ORDER BY id DESC LIMIT $3",
+        scope.condition(4)
     );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let query = sqlx::query(AssertSqlSafe(sql))
         .bind(before)
         .bind(status.map(JobStatus::as_str).unwrap_or(""))
-        .bind(limit)
-        .fetch_all(db.pool())
-        .await
-        .map_err(err)?;
+        .bind(limit);
+    let rows = scope.bind(query).fetch_all(db.pool()).await.map_err(err)?;
     rows.iter().map(job_from_row).collect()
 }
 

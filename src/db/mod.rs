@@ -1,5 +1,5 @@
 //! The database: one connection pool over SQLite or PostgreSQL, chosen by the URL scheme, with
-//! the migrations of each backend and the queries per area (`jobs`, `images`, `stores`).
+//! the migrations of each backend and the queries per area (`jobs`, `images`, `stores`, `keys`).
 //!
 //! Queries go through sqlx's `Any` driver with `$n` placeholders, which both backends accept,
 //! so there is one query path; the few statements whose SQL must differ (the queue's claim)
@@ -7,6 +7,7 @@
 
 pub mod images;
 pub mod jobs;
+pub mod keys;
 pub mod session;
 pub mod stores;
 
@@ -127,6 +128,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_fair_claims.sql"),
     ),
+    (5, include_str!("../../migrations/sqlite/0005_api_keys.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -137,6 +139,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../migrations/postgres/0003_tenants.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_api_keys.sql"),
     ),
 ];
 

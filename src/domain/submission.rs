@@ -1,6 +1,11 @@
 //! A job submission, parsed from the request body once: after [`Submission::parse`] every
 //! field is known to be present, of the right type and non-empty, and `count` matches.
 //! Error messages name the field the way a client wrote it: `visits[1].image_url[0]`.
+//!
+//! Control characters: `store_id` and image URLs may hold none (they are identifiers: a
+//! control character there is an attack on a log, a terminal or a database, never data).
+//! `visit_time` is free text and may hold tab, line feed and carriage return, but no other
+//! control character. NUL is refused everywhere (PostgreSQL cannot store it in text).
 
 use serde_json::Value;
 
@@ -164,11 +169,13 @@ fn parse_visit(i: usize, value: &Value, limits: &Limits) -> Result<Visit, Valida
         object.get("store_id"),
         &field("store_id"),
         limits.max_store_id_len,
+        Text::Identifier,
     )?;
     let visit_time = required_string(
         object.get("visit_time"),
         &field("visit_time"),
         limits.max_visit_time_len,
+        Text::Free,
     )?;
     let urls = match object.get("image_url") {
         None => return Err(invalid(format!("{}: is required", field("image_url")))),
@@ -202,6 +209,7 @@ fn parse_visit(i: usize, value: &Value, limits: &Limits) -> Result<Visit, Valida
                 Some(u),
                 &format!("visits[{i}].image_url[{j}]"),
                 limits.max_url_len,
+                Text::Identifier,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -216,10 +224,30 @@ fn parse_visit(i: usize, value: &Value, limits: &Limits) -> Result<Visit, Valida
     })
 }
 
+/// Which characters a string field may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Text {
+    /// No control character at all (`store_id`, image URLs).
+    Identifier,
+    /// Free text: tab, line feed and carriage return allowed, no other control character.
+    Free,
+}
+
+impl Text {
+    /// The first character this rule refuses, if any.
+    fn refused(self, s: &str) -> Option<char> {
+        s.chars().find(|&c| match self {
+            Text::Identifier => c.is_control(),
+            Text::Free => c.is_control() && !matches!(c, '\t' | '\n' | '\r'),
+        })
+    }
+}
+
 fn required_string(
     value: Option<&Value>,
     field: &str,
     max_len: usize,
+    text: Text,
 ) -> Result<String, ValidationError> {
     match value {
         None => Err(invalid(format!("{field}: is required"))),
@@ -229,7 +257,14 @@ fn required_string(
         Some(Value::String(s)) if s.len() > max_len => {
             Err(invalid(format!("{field}: is longer than {max_len} bytes")))
         }
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => match text.refused(s) {
+            Some('\0') => Err(invalid(format!("{field}: must not contain NUL (U+0000)"))),
+            Some(c) => Err(invalid(format!(
+                "{field}: must not contain control characters (found U+{:04X})",
+                c as u32
+            ))),
+            None => Ok(s.clone()),
+        },
         Some(other) => Err(invalid(format!(
             "{field}: must be a string, not {}",
             kind(other)
@@ -346,6 +381,39 @@ mod tests {
             message(v),
             "visits[0].visit_time: must be a string, not null"
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_naming_the_field() {
+        let mut v = example();
+        v["visits"][0]["store_id"] = json!("S003\u{0}39218");
+        assert_eq!(
+            message(v),
+            "visits[0].store_id: must not contain NUL (U+0000)"
+        );
+        let mut v = example();
+        v["visits"][1]["image_url"][0] = json!("https://a/\u{1b}[31m.jpg");
+        assert_eq!(
+            message(v),
+            "visits[1].image_url[0]: must not contain control characters (found U+001B)"
+        );
+        let mut v = example();
+        v["visits"][0]["visit_time"] = json!("morning\u{0}");
+        assert_eq!(
+            message(v),
+            "visits[0].visit_time: must not contain NUL (U+0000)"
+        );
+        let mut v = example();
+        v["visits"][0]["visit_time"] = json!("morning\u{7}");
+        assert!(message(v).starts_with("visits[0].visit_time: must not contain control"));
+    }
+
+    #[test]
+    fn visit_time_keeps_tabs_and_line_breaks() {
+        let mut v = example();
+        v["visits"][0]["visit_time"] = json!("Monday\tmorning\r\nafter rain");
+        let s = parse(v).unwrap();
+        assert_eq!(s.visits[0].visit_time, "Monday\tmorning\r\nafter rain");
     }
 
     #[test]

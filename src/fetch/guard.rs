@@ -6,7 +6,7 @@
 //! resolver that drops refused addresses, so the address checked is the address connected to
 //! (no rebinding between check and connect); IP literals — in any spelling the URL parser
 //! accepts, such as `2130706433` or `127.1` — are checked before the request and on every
-//! redirect.
+//! redirect. A refusal names the host, never the addresses it resolved to.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -174,12 +174,10 @@ impl Resolve for GuardedResolver {
                 .filter(|a| policy.permits(Some(&host), a.ip()))
                 .collect();
             if allowed.is_empty() {
-                let shown = found
-                    .first()
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_default();
+                // Never say what the name resolved to: the results endpoint would let any
+                // client map the service's internal names to addresses.
                 return Err(Box::new(Blocked(format!(
-                    "host {host} resolves to {shown}, which is not a public address"
+                    "host {host} resolves to a non-public address"
                 )))
                     as Box<dyn std::error::Error + Send + Sync>);
             }

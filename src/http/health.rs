@@ -1,5 +1,6 @@
 //! `GET /healthz` (the process answers), `GET /readyz` (the database answers and is migrated)
-//! and `GET /metrics` (Prometheus).
+//! and `GET /metrics` (Prometheus). The first two are always open; `/metrics` needs an admin
+//! on the API's address, and is open on a `--metrics-bind` address.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,12 +11,23 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
+use crate::auth::Caller;
 
+/// The endpoints open to anyone: liveness and readiness.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(alive))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+}
+
+/// `/metrics` for an operations-only address (`--metrics-bind`).
+pub fn open_metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(open_metrics))
+}
+
+/// `/metrics` on the API's address, for admins only.
+pub fn admin_metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -24,10 +36,28 @@ async fn alive() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Prometheus text exposition.
+/// Prometheus text exposition. On the API's address it needs an admin key (when keys are
+/// needed at all); on a `--metrics-bind` address it is open.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "application/openmetrics-text", body = String)))]
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "application/openmetrics-text", body = String),
+        (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
+        (status = 403, description = "The key is not an admin key", body = super::openapi::ErrorBody),
+    ))]
+async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    if !caller.admin {
+        return Err(ApiError::Forbidden(
+            "/metrics: needs an admin key (or serve it on its own --metrics-bind address)".into(),
+        ));
+    }
+    open_metrics(State(state)).await
+}
+
+async fn open_metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let text = state.metrics.render(&state.db).await?;
     Ok((
         [(

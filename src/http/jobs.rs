@@ -1,5 +1,7 @@
-//! The extended API: `GET /api/jobs/{id}` (a job with its progress) and
-//! `GET /api/jobs/{id}/images?limit=&after=` (per-image results, paginated by an opaque cursor).
+//! The extended API: `GET /api/jobs` (the caller's jobs), `GET /api/jobs/{id}` (a job with its
+//! progress), `GET /api/jobs/{id}/images?limit=&after=` (per-image results, paginated by an
+//! opaque cursor) and `POST /api/jobs/{id}/cancel`. Every query runs in the caller's scope:
+//! another tenant's job is a 404, like a missing one.
 
 use std::collections::HashMap;
 
@@ -11,6 +13,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState, FirstParams};
+use crate::auth::Caller;
+use crate::db::jobs::Scope;
 use crate::db::{self, format_ms};
 use crate::domain::{JobStatus, StoreError};
 
@@ -25,6 +29,8 @@ pub fn router() -> Router<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobBody {
     pub job_id: i64,
+    /// The tenant whose key submitted the job (`default` without a key).
+    pub tenant: String,
     /// ongoing | completed | failed | cancelled
     #[schema(value_type = String, example = "completed")]
     pub status: &'static str,
@@ -63,12 +69,18 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
 
 #[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
     params(("job_id" = i64, Path, description = "The job's id")),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "The job and its progress", body = JobBody),
-        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or another tenant's)", body = super::openapi::ErrorBody),
     ))]
-async fn job(State(state): State<AppState>, JobId(id): JobId) -> Result<Json<JobBody>, ApiError> {
-    let job = db::jobs::get(&state.db, id)
+async fn job(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobId(id): JobId,
+) -> Result<Json<JobBody>, ApiError> {
+    let job = db::jobs::get(&state.db, caller.scope(), id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     Ok(Json(JobBody::from(job)))
@@ -81,19 +93,24 @@ pub struct JobList {
     pub next: Option<String>,
 }
 
-/// `GET /api/jobs?status=&limit=&after=`: jobs newest first, with their progress counts.
+/// `GET /api/jobs?status=&tenant=&limit=&after=`: the caller's jobs (an admin's: every
+/// tenant's, or one tenant's with `tenant=`), newest first, with their progress counts.
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    security(("api_key" = [])),
     params(
         ("status" = Option<String>, Query, description = "ongoing | completed | failed | cancelled"),
+        ("tenant" = Option<String>, Query, description = "Admin keys: only this tenant's jobs. Other keys see their own tenant's jobs only"),
         ("limit" = Option<i64>, Query, description = "Page size, 1 to 1000 (default 100)"),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "Jobs, newest first", body = JobList),
         (status = 400, description = "A bad parameter, named", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
     ))]
 async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     FirstParams(query): FirstParams,
 ) -> Result<Json<JobList>, ApiError> {
     let status = match query.get("status").map(String::as_str) {
@@ -111,7 +128,24 @@ async fn list(
             ApiError::BadRequest("after: not a cursor returned by this endpoint".into())
         })?,
     };
-    let mut jobs = db::jobs::list(&state.db, status, before, limit + 1).await?;
+    let filter = query
+        .get("tenant")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty());
+    let scope = match (caller.scope(), filter) {
+        (Scope::All, Some(tenant)) => Scope::Tenant(tenant),
+        (scope, _) => scope,
+    };
+    // A non-admin asking for another tenant sees what that is to it: nothing.
+    if let (Scope::Tenant(own), Some(asked)) = (caller.scope(), filter)
+        && own != asked
+    {
+        return Ok(Json(JobList {
+            jobs: Vec::new(),
+            next: None,
+        }));
+    }
+    let mut jobs = db::jobs::list(&state.db, scope, status, before, limit + 1).await?;
     let next = if jobs.len() as i64 > limit {
         jobs.truncate(limit as usize);
         jobs.last().map(|j| j.id.to_string())
@@ -141,16 +175,19 @@ fn page_limit(query: &HashMap<String, String>, default: i64, max: i64) -> Result
 /// `POST /api/jobs/{id}/cancel`: 200 with the cancelled job; 409 if it had already finished.
 #[utoipa::path(post, path = "/api/jobs/{job_id}/cancel", tag = "jobs",
     params(("job_id" = i64, Path, description = "The job's id")),
+    security(("api_key" = [])),
     responses(
         (status = 200, description = "The job, now cancelled", body = JobBody),
-        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or another tenant's)", body = super::openapi::ErrorBody),
         (status = 409, description = "The job had already finished", body = super::openapi::ErrorBody),
     ))]
 async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     JobId(id): JobId,
 ) -> Result<Json<JobBody>, ApiError> {
-    match db::jobs::cancel(&state.db, id).await? {
+    match db::jobs::cancel(&state.db, caller.scope(), id).await? {
         db::jobs::Cancel::Cancelled(job) => Ok(Json(JobBody::from(job))),
         db::jobs::Cancel::Finished(job) => Err(ApiError::Conflict(format!(
             "job {id} has already finished ({}); only an ongoing job can be cancelled",
@@ -162,8 +199,10 @@ async fn cancel(
 
 impl From<db::jobs::JobRow> for JobBody {
     fn from(job: db::jobs::JobRow) -> Self {
+        let pending = job.pending();
         JobBody {
             job_id: job.id,
+            tenant: job.tenant,
             status: job.status.as_str(),
             created_at: format_ms(job.created_at),
             finished_at: job.finished_at.map(format_ms),
@@ -171,7 +210,7 @@ impl From<db::jobs::JobRow> for JobBody {
                 total: job.total,
                 succeeded: job.succeeded,
                 failed: job.failed,
-                pending: job.pending(),
+                pending,
             },
             error: job.errors,
         }
@@ -203,6 +242,7 @@ pub const DEFAULT_PAGE: i64 = 1000;
 pub const MAX_PAGE: i64 = 10_000;
 
 #[utoipa::path(get, path = "/api/jobs/{job_id}/images", tag = "jobs",
+    security(("api_key" = [])),
     params(
         ("job_id" = i64, Path, description = "The job's id"),
         ("limit" = Option<i64>, Query, description = "Page size, 1 to 10000 (default 1000)"),
@@ -211,10 +251,12 @@ pub const MAX_PAGE: i64 = 10_000;
     responses(
         (status = 200, description = "Per-image results in submission order", body = ImagesBody),
         (status = 400, description = "A bad parameter, named", body = super::openapi::ErrorBody),
-        (status = 404, description = "No such job", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or another tenant's)", body = super::openapi::ErrorBody),
     ))]
 async fn images(
     State(state): State<AppState>,
+    caller: Caller,
     JobId(id): JobId,
     FirstParams(query): FirstParams,
 ) -> Result<Json<ImagesBody>, ApiError> {
@@ -226,7 +268,11 @@ async fn images(
             ApiError::BadRequest("after: not a cursor returned by this endpoint".into())
         })?,
     };
-    if db::jobs::get(&state.db, id).await?.is_none() {
+    // The scoped lookup is the access check: the images query below is by job id only.
+    if db::jobs::get(&state.db, caller.scope(), id)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::NotFound(format!("no job {id}")));
     }
     let mut rows = db::images::page(&state.db, id, after, limit + 1).await?;

@@ -1,6 +1,9 @@
 //! The HTTP API: the router, the shared state handlers see, and [`ApiError`], the one place
 //! where failures become status codes. One file per area: `submit`, `status` (the assignment's
 //! two endpoints), `jobs` (the extended API) and `health`.
+//!
+//! Every API route sits behind [`crate::auth::require_caller`]; only `/healthz`, `/readyz`
+//! and `/api/openapi.json` are open. Handlers take the [`crate::auth::Caller`] extractor.
 
 mod health;
 mod jobs;
@@ -25,6 +28,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
+use crate::auth::{AuthError, Authenticator};
 use crate::db::{Db, DbError};
 use crate::domain::Limits;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
@@ -61,6 +65,8 @@ pub struct AppState {
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
+    /// Keys, tenants and their limits.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Errors a handler can return. Each variant's doc says its status and body.
@@ -70,6 +76,10 @@ pub enum ApiError {
     BadRequest(String),
     /// 400 `{}`: the assignment's answer for a missing, malformed or unknown `jobid`.
     StatusBadRequest,
+    /// 401 `{"error": message}` with `WWW-Authenticate: Bearer`: no valid API key.
+    Unauthorized(String),
+    /// 403 `{"error": message}`: a valid key that may not do this (a non-admin on `/metrics`).
+    Forbidden(String),
     /// 404 `{"error": message}`.
     NotFound(String),
     /// 405 `{"error": message}`: the path exists, the method does not (with an `Allow` header).
@@ -81,6 +91,12 @@ pub enum ApiError {
     /// 422 `{"error": message}`: well-formed, but cannot be done (idempotency key reused
     /// with another body).
     Unprocessable(String),
+    /// 429 `{"error": message}` with `Retry-After: seconds`: over the tenant's submit rate
+    /// or unfinished-image quota.
+    TooManyRequests {
+        message: String,
+        retry_after: Duration,
+    },
     /// 503 `{"error": ...}`: the database cannot be reached right now; retry shortly.
     Unavailable,
     /// 500 `{"error": "internal error"}`: logged here with its cause, never shown.
@@ -98,9 +114,36 @@ impl From<DbError> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Db(e) => e.into(),
+            other => ApiError::Unauthorized(other.message().unwrap_or("unauthorized").into()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        use axum::http::{HeaderValue, header};
+        // A header some answers carry beside their body.
+        let mut extra: Option<(HeaderName, HeaderValue)> = None;
         let (status, body) = match self {
+            ApiError::Unauthorized(m) => {
+                extra = Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+                (StatusCode::UNAUTHORIZED, json!({ "error": m }))
+            }
+            ApiError::TooManyRequests {
+                message,
+                retry_after,
+            } => {
+                // Whole seconds, rounded up and at least 1: a client that waits as told is
+                // never early.
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                extra = Some((header::RETRY_AFTER, HeaderValue::from(secs)));
+                (StatusCode::TOO_MANY_REQUESTS, json!({ "error": message }))
+            }
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "error": m })),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
             ApiError::StatusBadRequest => (StatusCode::BAD_REQUEST, json!({})),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
@@ -124,7 +167,11 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some((name, value)) = extra {
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }
 
@@ -212,22 +259,32 @@ async fn record_request(
     response
 }
 
-/// The operations endpoints alone (`/healthz`, `/readyz`, `/metrics`): what a `worker`
-/// process serves with `--metrics-bind`.
+/// The operations endpoints alone (`/healthz`, `/readyz`, `/metrics`), open to whoever can
+/// reach them: what `--metrics-bind` serves (a `worker`'s only listener, or a second one of
+/// `serve`), an address meant for the monitoring network.
 pub fn ops_router(state: AppState) -> Router {
     with_layers(
         Router::new()
             .merge(health::router())
+            .merge(health::open_metrics_router())
             .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
             .with_state(state),
     )
 }
 
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+    // Every route merged here needs a caller; the ones merged after stay open.
+    let protected = Router::new()
         .merge(submit::router())
         .merge(status::router())
         .merge(jobs::router())
+        .merge(health::admin_metrics_router())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.auth.clone(),
+            crate::auth::require_caller,
+        ));
+    let routes = Router::new()
+        .merge(protected)
         .merge(health::router())
         .merge(openapi::router())
         .route_layer(axum::middleware::from_fn_with_state(

@@ -6,7 +6,8 @@ use axum::Json;
 use axum::Router;
 use axum::routing::get;
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::AppState;
 
@@ -48,12 +49,36 @@ pub struct VisitRequest {
     pub visit_time: String,
 }
 
+/// The `api_key` security scheme the protected operations name: `Authorization: Bearer rp_…`.
+struct BearerKeys;
+
+impl Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("rp_ followed by 64 hex digits")
+                    .description(Some(
+                        "An API key from `retail-pulse keys create`. Needed unless the server runs \
+                         with --auth off, or in --auth auto before any key exists (then only \
+                         loopback clients are served).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Retail Pulse",
         description = "Store-visit photos in, perimeters out."
     ),
+    modifiers(&BearerKeys),
     paths(
         super::submit::submit,
         super::status::status,

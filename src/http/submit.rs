@@ -1,5 +1,9 @@
 //! `POST /api/submit/` (and without the slash): validate the body, write the job and its
 //! images in one transaction, answer `201 {"job_id": n}` once it is committed.
+//!
+//! The job belongs to the caller's tenant. Before the body is read, the tenant's submit rate
+//! is checked (429); the unfinished-image quota is checked in the job's own transaction (429,
+//! or 413 for a job that could never fit).
 
 use std::collections::BTreeSet;
 
@@ -12,7 +16,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState};
-use crate::db::{self, DbError, jobs::Idempotency};
+use crate::auth::Caller;
+use crate::db::jobs::{Created, Idempotency, Owner};
+use crate::db::{self, DbError};
 use crate::domain::{Submission, ValidationError};
 
 pub fn router() -> Router<AppState> {
@@ -37,15 +43,31 @@ pub struct Submitted {
     responses(
         (status = 201, description = "Accepted; also answered at /api/submit", body = Submitted),
         (status = 400, description = "Malformed; the message names the field", body = super::openapi::ErrorBody),
-        (status = 413, description = "Over a size limit", body = super::openapi::ErrorBody),
+        (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
+        (status = 413, description = "Over a size limit, or more images than the tenant's quota allows at all", body = super::openapi::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = super::openapi::ErrorBody),
-    ))]
+        (status = 429, description = "Over the tenant's submit rate or unfinished-image quota", body = super::openapi::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+    ),
+    security(("api_key" = [])))]
 async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let key = idempotency_key(&headers)?;
+    state
+        .auth
+        .take_submit_token(&caller)
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            message: format!(
+                "tenant {}: more than {} submits a minute; retry later",
+                caller.tenant,
+                caller.limits.submits_per_minute.unwrap_or_default()
+            ),
+            retry_after,
+        })?;
     // A declared length over the limit is refused before a byte is read (and before an
     // `Expect: 100-continue` client is invited to send it).
     let declared = headers
@@ -73,7 +95,7 @@ async fn submit(
     let store_ids: Vec<&str> = store_ids.into_iter().collect();
     let hash = key.map(|_| body_hash(&bytes));
     if let (Some(key), Some(hash)) = (key, &hash)
-        && let Some(job_id) = replay(&state, key, hash).await?
+        && let Some(job_id) = replay(&state, &caller, key, hash).await?
     {
         return Ok((StatusCode::CREATED, Json(Submitted { job_id })));
     }
@@ -81,12 +103,20 @@ async fn submit(
     let idempotency = key
         .zip(hash.as_deref())
         .map(|(key, body_hash)| Idempotency { key, body_hash });
-    let job_id = match db::jobs::create(&state.db, &submission, &known, idempotency).await {
-        Ok(id) => id,
+    let owner = Owner {
+        tenant: &caller.tenant,
+        max_unfinished_images: caller.limits.max_unfinished_images.map(|m| m as i64),
+    };
+    let created = db::jobs::create(&state.db, owner, &submission, &known, idempotency).await;
+    let job_id = match created {
+        Ok(Created::Job(id)) => id,
+        Ok(Created::OverQuota { unfinished, wanted }) => {
+            return Err(over_quota(&caller, unfinished, wanted));
+        }
         // Another request with the same key won the race: answer as a replay of it.
         Err(DbError::Duplicate(_)) if idempotency.is_some() => {
             let (key, hash) = key.zip(hash.as_deref()).expect("idempotency present");
-            return match replay(&state, key, hash).await? {
+            return match replay(&state, &caller, key, hash).await? {
                 Some(job_id) => Ok((StatusCode::CREATED, Json(Submitted { job_id }))),
                 None => Err(ApiError::Internal("idempotency key vanished".into())),
             };
@@ -96,6 +126,7 @@ async fn submit(
     state.wake.notify_one();
     tracing::info!(
         job.id = job_id,
+        tenant = %caller.tenant,
         images = submission.image_count(),
         "job submitted"
     );
@@ -131,9 +162,44 @@ fn body_hash(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The job an earlier request with this key created, if its body was the same.
-async fn replay(state: &AppState, key: &str, hash: &str) -> Result<Option<i64>, ApiError> {
-    match db::jobs::find_by_idempotency_key(&state.db, key).await? {
+/// How fast a tenant's backlog is assumed to drain when telling a client over its quota when
+/// to come back: about one worker process at the default settings (32 slots, 0.1–0.4 s of
+/// processing each: ~128 images/s), rounded down.
+const ASSUMED_DRAIN_PER_SEC: i64 = 100;
+/// The longest wait a quota refusal suggests.
+const MAX_QUOTA_RETRY_AFTER_SECS: i64 = 300;
+
+/// The answer to a submit over the tenant's unfinished-image quota: 429 with a wait for the
+/// excess to drain, or 413 when the job alone is larger than the quota (waiting never helps).
+fn over_quota(caller: &Caller, unfinished: i64, wanted: i64) -> ApiError {
+    let max = caller.limits.max_unfinished_images.unwrap_or(u64::MAX) as i64;
+    if wanted > max {
+        return ApiError::TooLarge(format!(
+            "visits: the job has {wanted} images to process, more than tenant {}'s quota of {max} unfinished images",
+            caller.tenant
+        ));
+    }
+    let excess = unfinished + wanted - max;
+    let secs = (excess + ASSUMED_DRAIN_PER_SEC - 1) / ASSUMED_DRAIN_PER_SEC;
+    ApiError::TooManyRequests {
+        message: format!(
+            "tenant {} has {unfinished} unfinished images; this job's {wanted} would exceed its quota of {max}: retry when some have finished",
+            caller.tenant
+        ),
+        retry_after: std::time::Duration::from_secs(
+            secs.clamp(1, MAX_QUOTA_RETRY_AFTER_SECS) as u64
+        ),
+    }
+}
+
+/// The job an earlier request of this tenant with this key created, if its body was the same.
+async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    hash: &str,
+) -> Result<Option<i64>, ApiError> {
+    match db::jobs::find_by_idempotency_key(&state.db, &caller.tenant, key).await? {
         Some((job_id, stored)) if stored == hash => {
             tracing::info!(job.id = job_id, "idempotent replay of a submit");
             Ok(Some(job_id))

@@ -531,7 +531,8 @@ mod tests {
         let submission =
             Submission::parse(body.to_string().as_bytes(), &Limits::default()).unwrap();
         let known = ["S00339218".to_string()].into();
-        crate::db::jobs::create(&db, &submission, &known, None)
+        let owner = crate::db::jobs::Owner::unlimited(crate::auth::DEFAULT_TENANT);
+        crate::db::jobs::create(&db, owner, &submission, &known, None)
             .await
             .unwrap();
         let pool = WorkerPool::new(

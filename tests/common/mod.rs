@@ -3,7 +3,10 @@
 //! port 0, and a small JSON client.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod images;
+pub mod keys;
+pub mod netns;
 pub mod relay;
 pub mod service;
 
@@ -17,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[allow(unused_imports)] // not every test binary serves images
 pub use images::ImageServer;
 
 /// The environment variable naming a PostgreSQL server for the tests (any database on it;
@@ -171,11 +175,20 @@ impl TestApp {
     }
 
     pub async fn start_with(config: Config, roles: Roles) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_on(config, roles, "127.0.0.1:0").await
+    }
+
+    /// Starts the app listening on `bind` (e.g. `0.0.0.0:0`, to be reached from a network
+    /// namespace); `base` still points at it through loopback.
+    pub async fn start_on(config: Config, roles: Roles, bind: &str) -> Self {
+        let listener = TcpListener::bind(bind).await.expect("bind");
         let app = app::build(config, Some(listener), roles)
             .await
             .expect("app builds");
-        let addr = app.local_addr().expect("api role has an address");
+        let mut addr = app.local_addr().expect("api role has an address");
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             app.run(async {
@@ -202,6 +215,38 @@ impl TestApp {
                 .await
                 .expect("app stops within 30 s")
                 .expect("app task");
+        }
+    }
+
+    /// The port the app listens on.
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().expect("port")
+    }
+
+    /// Any request, with an optional API key (`Authorization: Bearer KEY`): the whole answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<String>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let res = req.send().await.expect("request");
+        let code = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.expect("body");
+        Answer {
+            code,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
 
@@ -282,6 +327,26 @@ impl TestApp {
                 None => return out,
             }
         }
+    }
+}
+
+/// An HTTP answer: status, headers and body text.
+#[derive(Debug)]
+pub struct Answer {
+    pub code: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    /// The body as JSON (panics, showing it, when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|_| panic!("response {} is not JSON: {}", self.code, self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 

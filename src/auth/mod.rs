@@ -1,0 +1,459 @@
+//! Who is calling, and what they may do: API keys, tenants and the per-tenant limits.
+//!
+//! A request becomes a [`Caller`] — a tenant, and whether it is an admin — in one middleware,
+//! [`require_caller`], before any handler runs; handlers take the `Caller` as an extractor and
+//! pass [`Caller::scope`] to every job query, whose SQL then filters by tenant (see
+//! [`crate::db::jobs::Scope`]). Keys are made and hashed in [`keys`] and stored by
+//! [`crate::db::keys`]; [`rate`] holds the per-tenant submit buckets; [`command`] is
+//! `retail-pulse keys create | list | revoke`.
+//!
+//! When a key is needed depends on the [`AuthMode`]: `auto` (the default) serves clients on
+//! loopback without a key until the first key is created and requires one from then on;
+//! `required` always requires one; `off` never checks (a trusted network only). Key lookups
+//! are cached for at most [`CACHE_TTL`], so a revoked key is refused within about a second;
+//! `last used` is written at most once per [`LAST_USED_RESOLUTION`] per key.
+
+pub mod command;
+pub mod keys;
+pub mod rate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Request};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::db::jobs::Scope;
+use crate::db::{self, Db, DbError};
+
+/// The tenant of jobs submitted without a key.
+pub const DEFAULT_TENANT: &str = "default";
+/// Longest a key lookup is trusted without asking the database again: a revocation takes
+/// effect within this time.
+pub const CACHE_TTL: Duration = Duration::from_secs(1);
+/// How stale `last used` may be: the database is written at most once per key per interval.
+pub const LAST_USED_RESOLUTION: Duration = Duration::from_secs(60);
+
+/// When a request needs a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// Until the first key exists, only loopback clients are served (without a key); from
+    /// then on, every API request needs one.
+    #[default]
+    Auto,
+    /// Every API request needs a key.
+    Required,
+    /// Keys are never checked; every caller is an admin of the default tenant.
+    Off,
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(AuthMode::Auto),
+            "required" => Ok(AuthMode::Required),
+            "off" => Ok(AuthMode::Off),
+            _ => Err(format!("`{text}`: expected auto, required or off")),
+        }
+    }
+}
+
+/// The server-wide authentication settings and per-tenant defaults.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Most unfinished images one tenant may hold; 0: unlimited.
+    pub max_unfinished_images: u64,
+    /// Submits per minute per tenant (a token bucket of this size); 0: unlimited.
+    pub submits_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Auto,
+            max_unfinished_images: 500_000,
+            submits_per_minute: 600,
+        }
+    }
+}
+
+/// The limits that apply to one tenant; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    pub max_unfinished_images: Option<u64>,
+    pub submits_per_minute: Option<u32>,
+}
+
+impl TenantLimits {
+    /// The server's defaults, overridden by the values set on the tenant's live keys: when
+    /// several keys set one, the most generous wins (0, unlimited, above any number) — one
+    /// tenant has one quota, whichever of its keys is used.
+    pub fn resolve(config: &AuthConfig, overrides: &[(Option<i64>, Option<i64>)]) -> Self {
+        fn pick(default: u64, set: impl Iterator<Item = i64>) -> Option<u64> {
+            let set: Vec<u64> = set.map(|v| v.max(0) as u64).collect();
+            let value = if set.is_empty() {
+                default
+            } else if set.contains(&0) {
+                0
+            } else {
+                set.into_iter().max().unwrap_or(default)
+            };
+            (value > 0).then_some(value)
+        }
+        Self {
+            max_unfinished_images: pick(
+                config.max_unfinished_images,
+                overrides.iter().filter_map(|o| o.0),
+            ),
+            submits_per_minute: pick(
+                u64::from(config.submits_per_minute),
+                overrides.iter().filter_map(|o| o.1),
+            )
+            .map(|v| v.min(u64::from(u32::MAX)) as u32),
+        }
+    }
+}
+
+/// The one who sent a request: set by [`require_caller`], taken by handlers as an extractor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The tenant the caller acts for; new jobs belong to it.
+    pub tenant: String,
+    /// Sees and acts on every tenant's jobs, and reads `/metrics`.
+    pub admin: bool,
+    /// The name of the key used; `None` when no key was needed.
+    pub key_name: Option<String>,
+    pub limits: TenantLimits,
+}
+
+impl Caller {
+    /// Which jobs this caller may see and act on.
+    pub fn scope(&self) -> Scope<'_> {
+        if self.admin {
+            Scope::All
+        } else {
+            Scope::Tenant(&self.tenant)
+        }
+    }
+}
+
+/// Why a request has no [`Caller`]. Every variant but `Unavailable` is a 401.
+#[derive(Debug)]
+pub enum AuthError {
+    /// No `Authorization` header where a key is needed.
+    Missing,
+    /// An `Authorization` header that is not `Bearer <key>`.
+    Malformed,
+    /// A key that is unknown or revoked.
+    Invalid,
+    /// `auto` mode with no key created yet, and a client that is not on loopback.
+    LoopbackOnly,
+    /// The key store could not be read.
+    Db(DbError),
+}
+
+impl From<DbError> for AuthError {
+    fn from(error: DbError) -> Self {
+        AuthError::Db(error)
+    }
+}
+
+impl AuthError {
+    /// The message of the 401 (`None` for a database error, which is not a 401).
+    pub fn message(&self) -> Option<&'static str> {
+        Some(match self {
+            AuthError::Missing => {
+                "missing API key: send it as `Authorization: Bearer <key>` (an operator \
+                 creates keys with `retail-pulse keys create --name NAME`)"
+            }
+            AuthError::Malformed => "Authorization: expected `Bearer <key>`",
+            AuthError::Invalid => "unknown or revoked API key",
+            AuthError::LoopbackOnly => {
+                "this server has no API keys yet, so it serves only clients on its own \
+                 machine: create a key there with `retail-pulse keys create --name NAME` \
+                 and send it as `Authorization: Bearer <key>`"
+            }
+            AuthError::Db(_) => return None,
+        })
+    }
+}
+
+struct CachedKey {
+    /// `None`: the database had no live key with this hash.
+    caller: Option<Caller>,
+    fetched: Instant,
+}
+
+/// Turns request headers and the peer address into a [`Caller`], and holds the per-tenant
+/// submit buckets. One per API process; cheap to share behind an `Arc`.
+pub struct Authenticator {
+    db: Db,
+    config: AuthConfig,
+    /// Key lookups by key hash, each trusted for [`CACHE_TTL`].
+    cache: Mutex<HashMap<String, CachedKey>>,
+    /// Whether any key exists (`auto` mode), and when that was read. Once true it stays true:
+    /// key rows are never deleted.
+    keys_exist: Mutex<Option<(bool, Instant)>>,
+    /// The keyless caller (its limits come from the database), trusted for [`CACHE_TTL`].
+    keyless: Mutex<Option<(Caller, Instant)>>,
+    submits: rate::SubmitRate,
+}
+
+/// Cache entries above this are swept of expired ones (a client cycling through random
+/// well-formed keys cannot grow the map for long).
+const CACHE_SWEEP_AT: usize = 10_000;
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(db: Db, config: AuthConfig) -> Self {
+        Self {
+            db,
+            config,
+            cache: Mutex::new(HashMap::new()),
+            keys_exist: Mutex::new(None),
+            keyless: Mutex::new(None),
+            submits: rate::SubmitRate::default(),
+        }
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    /// Who sent a request with these headers from `peer` (the TCP peer address: proxies'
+    /// `X-Forwarded-For` is never trusted).
+    pub async fn caller(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<Caller, AuthError> {
+        if self.config.mode == AuthMode::Off {
+            return Ok(self.keyless().await?);
+        }
+        match bearer(headers)? {
+            Some(key) => self.lookup(key).await?.ok_or(AuthError::Invalid),
+            None => match self.config.mode {
+                AuthMode::Required => Err(AuthError::Missing),
+                _ if self.any_key_exists().await? => Err(AuthError::Missing),
+                _ if peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) => {
+                    Ok(self.keyless().await?)
+                }
+                _ => Err(AuthError::LoopbackOnly),
+            },
+        }
+    }
+
+    /// Takes one of the caller's tenant's submit tokens; `Err` says how long until one is
+    /// available.
+    pub fn take_submit_token(&self, caller: &Caller) -> Result<(), Duration> {
+        match caller.limits.submits_per_minute {
+            None => Ok(()),
+            Some(per_minute) => self
+                .submits
+                .take(&caller.tenant, per_minute, Instant::now()),
+        }
+    }
+
+    /// The caller when no key is needed: an admin of the default tenant (it sees every job;
+    /// what it submits belongs to `default`).
+    async fn keyless(&self) -> Result<Caller, DbError> {
+        if let Some((caller, at)) = &*self.keyless.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(caller.clone());
+        }
+        let overrides = db::keys::tenant_overrides(&self.db, DEFAULT_TENANT).await?;
+        let caller = Caller {
+            tenant: DEFAULT_TENANT.to_string(),
+            admin: true,
+            key_name: None,
+            limits: TenantLimits::resolve(&self.config, &overrides),
+        };
+        *self.keyless.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((caller.clone(), Instant::now()));
+        Ok(caller)
+    }
+
+    async fn any_key_exists(&self) -> Result<bool, DbError> {
+        if let Some((exist, at)) = *self.keys_exist.lock().unwrap_or_else(|e| e.into_inner())
+            && (exist || at.elapsed() < CACHE_TTL)
+        {
+            return Ok(exist);
+        }
+        let exist = db::keys::any_exist(&self.db).await?;
+        *self.keys_exist.lock().unwrap_or_else(|e| e.into_inner()) = Some((exist, Instant::now()));
+        Ok(exist)
+    }
+
+    /// The caller a key stands for, from the cache when fresh, else from the database.
+    async fn lookup(&self, key: &str) -> Result<Option<Caller>, DbError> {
+        if !keys::looks_like_a_key(key) {
+            return Ok(None);
+        }
+        let hash = keys::hash(key);
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = cache.get(&hash)
+                && hit.fetched.elapsed() < CACHE_TTL
+            {
+                return Ok(hit.caller.clone());
+            }
+        }
+        let caller = match db::keys::find_live(&self.db, &hash).await? {
+            None => None,
+            Some(row) => {
+                let overrides = db::keys::tenant_overrides(&self.db, &row.tenant).await?;
+                self.record_use(&row);
+                Some(Caller {
+                    limits: TenantLimits::resolve(&self.config, &overrides),
+                    tenant: row.tenant,
+                    admin: row.admin,
+                    key_name: Some(row.name),
+                })
+            }
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_SWEEP_AT {
+            cache.retain(|_, v| v.fetched.elapsed() < CACHE_TTL);
+        }
+        cache.insert(
+            hash,
+            CachedKey {
+                caller: caller.clone(),
+                fetched: Instant::now(),
+            },
+        );
+        Ok(caller)
+    }
+
+    /// Writes `last used` in the background when the stored value is older than
+    /// [`LAST_USED_RESOLUTION`] (the request does not wait for it).
+    fn record_use(&self, row: &db::keys::KeyRow) {
+        let now = db::now_ms();
+        let resolution = LAST_USED_RESOLUTION.as_millis() as i64;
+        if row.last_used_at.is_some_and(|t| now - t < resolution) {
+            return;
+        }
+        let db = self.db.clone();
+        let id = row.id;
+        tokio::spawn(async move {
+            if let Err(error) = db::keys::touch(&db, id, now, resolution).await {
+                tracing::debug!(%error, key.id = id, "could not record a key's last use");
+            }
+        });
+    }
+}
+
+/// The key of an `Authorization: Bearer <key>` header; `None` without the header.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| AuthError::Malformed)?.trim();
+    let (scheme, key) = text.split_once(' ').ok_or(AuthError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || key.trim().is_empty() {
+        return Err(AuthError::Malformed);
+    }
+    Ok(Some(key.trim()))
+}
+
+/// The middleware in front of every API route: a request without a valid caller ends here
+/// with its 401 (or 503 when the key store is unreachable); otherwise the [`Caller`] goes
+/// into the request's extensions for the handler.
+pub async fn require_caller(
+    State(auth): State<Arc<Authenticator>>,
+    mut req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match auth.caller(req.headers(), peer).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(error) => crate::http::ApiError::from(error).into_response(),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = crate::http::ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // Missing only if a route was mounted outside `require_caller`: refuse, never guess.
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            crate::http::ApiError::Internal("route has no caller: not behind require_caller".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("auto".parse::<AuthMode>().unwrap(), AuthMode::Auto);
+        assert_eq!("Required".parse::<AuthMode>().unwrap(), AuthMode::Required);
+        assert_eq!("off".parse::<AuthMode>().unwrap(), AuthMode::Off);
+        assert!("maybe".parse::<AuthMode>().is_err());
+    }
+
+    #[test]
+    fn bearer_headers_are_read_strictly() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(bearer(&headers), Ok(None)));
+        headers.insert("authorization", "Bearer rp_x".parse().unwrap());
+        assert_eq!(bearer(&headers).unwrap(), Some("rp_x"));
+        headers.insert("authorization", "bearer   rp_x ".parse().unwrap());
+        assert_eq!(bearer(&headers).unwrap(), Some("rp_x"));
+        for bad in ["Basic dXNlcjpwdw==", "Bearer", "Bearer ", "rp_x"] {
+            headers.insert("authorization", bad.parse().unwrap());
+            assert!(
+                matches!(bearer(&headers), Err(AuthError::Malformed)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_come_from_defaults_or_the_most_generous_key() {
+        let config = AuthConfig {
+            mode: AuthMode::Auto,
+            max_unfinished_images: 100,
+            submits_per_minute: 10,
+        };
+        let none = TenantLimits::resolve(&config, &[(None, None)]);
+        assert_eq!(none.max_unfinished_images, Some(100));
+        assert_eq!(none.submits_per_minute, Some(10));
+        let two = TenantLimits::resolve(&config, &[(Some(5), None), (Some(50), Some(2))]);
+        assert_eq!(two.max_unfinished_images, Some(50));
+        assert_eq!(two.submits_per_minute, Some(2));
+        let unlimited = TenantLimits::resolve(&config, &[(Some(5), None), (Some(0), None)]);
+        assert_eq!(unlimited.max_unfinished_images, None);
+        let off = AuthConfig {
+            max_unfinished_images: 0,
+            submits_per_minute: 0,
+            ..config
+        };
+        let open = TenantLimits::resolve(&off, &[]);
+        assert_eq!(open.max_unfinished_images, None);
+        assert_eq!(open.submits_per_minute, None);
+    }
+}

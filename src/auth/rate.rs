@@ -1,0 +1,88 @@
+//! The per-tenant submit rate: one token bucket per tenant, in this process's memory.
+//!
+//! A tenant allowed N submits a minute has a bucket of N tokens that refills at N per minute;
+//! each submit takes one. A quiet tenant can therefore send a burst of N at once, and then N a
+//! minute. With several API processes each keeps its own buckets, so the limit is per process.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Buckets by tenant. The map holds one small entry per tenant that has submitted, and a
+/// tenant exists only through a key an operator created, so it stays small.
+#[derive(Debug, Default)]
+pub struct SubmitRate {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl SubmitRate {
+    /// Takes one token from `tenant`'s bucket at `now`, for a rate of `per_minute`; when the
+    /// bucket is empty, says how long until it holds one again.
+    pub fn take(&self, tenant: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
+        let capacity = f64::from(per_minute.max(1));
+        let per_second = capacity / 60.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
+            tokens: capacity,
+            updated: now,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
+        bucket.updated = now.max(bucket.updated);
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_the_rate_passes_then_one_token_per_interval() {
+        let rate = SubmitRate::default();
+        let start = Instant::now();
+        for i in 0..6 {
+            assert!(rate.take("a", 6, start).is_ok(), "submit {i} of the burst");
+        }
+        let wait = rate.take("a", 6, start).unwrap_err();
+        assert_eq!(wait.as_secs(), 10, "6 a minute: one every 10 s");
+        // Half the interval later, still empty, and the wait has halved.
+        let wait = rate
+            .take("a", 6, start + Duration::from_secs(5))
+            .unwrap_err();
+        assert_eq!(wait.as_secs(), 5);
+        assert!(rate.take("a", 6, start + Duration::from_secs(10)).is_ok());
+        assert!(rate.take("a", 6, start + Duration::from_secs(10)).is_err());
+    }
+
+    #[test]
+    fn tenants_have_their_own_buckets() {
+        let rate = SubmitRate::default();
+        let now = Instant::now();
+        assert!(rate.take("a", 1, now).is_ok());
+        assert!(rate.take("a", 1, now).is_err());
+        assert!(rate.take("b", 1, now).is_ok());
+    }
+
+    #[test]
+    fn a_quiet_bucket_refills_only_to_its_capacity() {
+        let rate = SubmitRate::default();
+        let start = Instant::now();
+        assert!(rate.take("a", 2, start).is_ok());
+        let later = start + Duration::from_secs(3600);
+        assert!(rate.take("a", 2, later).is_ok());
+        assert!(rate.take("a", 2, later).is_ok());
+        assert!(rate.take("a", 2, later).is_err());
+    }
+}

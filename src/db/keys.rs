@@ -1,0 +1,185 @@
+//! API key rows: created by `retail-pulse keys create`, looked up by the hash of the key a
+//! request presents, listed and revoked. The key itself is never stored (see [`crate::auth`]).
+
+use sqlx::Row;
+
+use super::{Db, DbError, err, now_ms};
+
+/// A key as stored: everything but the secret, which exists only in the creator's hands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: i64,
+    pub name: String,
+    pub tenant: String,
+    pub admin: bool,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    /// This key's override of the tenant's unfinished-image quota (0: unlimited).
+    pub max_unfinished_images: Option<i64>,
+    /// This key's override of the tenant's submit rate (0: unlimited).
+    pub submits_per_minute: Option<i64>,
+}
+
+/// A key to store: its hash, never the key.
+#[derive(Debug, Clone)]
+pub struct NewKey<'a> {
+    pub name: &'a str,
+    pub tenant: &'a str,
+    pub admin: bool,
+    pub key_hash: &'a str,
+    pub max_unfinished_images: Option<i64>,
+    pub submits_per_minute: Option<i64>,
+}
+
+const COLUMNS: &str = "id, name, tenant, admin, created_at, last_used_at, revoked_at, \
+     max_unfinished_images, submits_per_minute";
+
+fn key_from_row(row: &sqlx::any::AnyRow) -> Result<KeyRow, DbError> {
+    Ok(KeyRow {
+        id: row.try_get("id").map_err(err)?,
+        name: row.try_get("name").map_err(err)?,
+        tenant: row.try_get("tenant").map_err(err)?,
+        admin: row.try_get::<i64, _>("admin").map_err(err)? != 0,
+        created_at: row.try_get("created_at").map_err(err)?,
+        last_used_at: row.try_get("last_used_at").map_err(err)?,
+        revoked_at: row.try_get("revoked_at").map_err(err)?,
+        max_unfinished_images: row.try_get("max_unfinished_images").map_err(err)?,
+        submits_per_minute: row.try_get("submits_per_minute").map_err(err)?,
+    })
+}
+
+/// Stores a new key. A name already taken (by a live or a revoked key) is
+/// [`DbError::Duplicate`].
+pub async fn insert(db: &Db, key: &NewKey<'_>) -> Result<KeyRow, DbError> {
+    let sql = format!(
+        "INSERT INTO api_keys (name, tenant, admin, key_hash, created_at, \
+         max_unfinished_images, submits_per_minute) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         RETURNING {COLUMNS}"
+    );
+    let _turn = db.write_turn().await;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.name)
+        .bind(key.tenant)
+        .bind(i64::from(key.admin))
+        .bind(key.key_hash)
+        .bind(now_ms())
+        .bind(key.max_unfinished_images)
+        .bind(key.submits_per_minute)
+        .fetch_one(db.pool())
+        .await
+        .map_err(err)?;
+    key_from_row(&row)
+}
+
+/// Every key, oldest first, revoked ones included.
+pub async fn list(db: &Db) -> Result<Vec<KeyRow>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys ORDER BY id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(db.pool())
+        .await
+        .map_err(err)?;
+    rows.iter().map(key_from_row).collect()
+}
+
+/// What `revoke` found.
+#[derive(Debug)]
+pub enum Revoke {
+    /// The key was live and is revoked from now on.
+    Revoked(KeyRow),
+    /// The key had been revoked before; nothing changed.
+    AlreadyRevoked(KeyRow),
+    NotFound,
+}
+
+/// Revokes the key of this name. Its row stays (history, and the name is not reused).
+pub async fn revoke(db: &Db, name: &str) -> Result<Revoke, DbError> {
+    let sql = format!(
+        "UPDATE api_keys SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL \
+         RETURNING {COLUMNS}"
+    );
+    let revoked = {
+        let _turn = db.write_turn().await;
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .bind(now_ms())
+            .fetch_optional(db.pool())
+            .await
+            .map_err(err)?
+    };
+    if let Some(row) = revoked {
+        return Ok(Revoke::Revoked(key_from_row(&row)?));
+    }
+    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE name = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(name)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(err)?;
+    Ok(match row {
+        Some(row) => Revoke::AlreadyRevoked(key_from_row(&row)?),
+        None => Revoke::NotFound,
+    })
+}
+
+/// The live (not revoked) key with this hash.
+pub async fn find_live(db: &Db, key_hash: &str) -> Result<Option<KeyRow>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key_hash)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(err)?;
+    row.as_ref().map(key_from_row).transpose()
+}
+
+/// The limit overrides set on a tenant's live keys, one pair per key:
+/// (max unfinished images, submits per minute).
+pub async fn tenant_overrides(
+    db: &Db,
+    tenant: &str,
+) -> Result<Vec<(Option<i64>, Option<i64>)>, DbError> {
+    let rows = sqlx::query(
+        "SELECT max_unfinished_images, submits_per_minute FROM api_keys \
+         WHERE tenant = $1 AND revoked_at IS NULL",
+    )
+    .bind(tenant)
+    .fetch_all(db.pool())
+    .await
+    .map_err(err)?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("max_unfinished_images").map_err(err)?,
+                r.try_get("submits_per_minute").map_err(err)?,
+            ))
+        })
+        .collect()
+}
+
+/// Whether any key was ever created (revoked ones count: revoking every key does not reopen
+/// a server that `auto` mode had closed).
+pub async fn any_exist(db: &Db) -> Result<bool, DbError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT id FROM api_keys LIMIT 1")
+        .fetch_optional(db.pool())
+        .await
+        .map_err(err)?;
+    Ok(found.is_some())
+}
+
+/// Records that a key was used at `now`, unless that was already recorded less than
+/// `resolution_ms` ago: `last used` costs at most one write per key and interval.
+pub async fn touch(db: &Db, id: i64, now: i64, resolution_ms: i64) -> Result<(), DbError> {
+    let _turn = db.write_turn().await;
+    sqlx::query(
+        "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 \
+         AND (last_used_at IS NULL OR last_used_at < $3)",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(now - resolution_ms)
+    .execute(db.pool())
+    .await
+    .map_err(err)?;
+    Ok(())
+}
