@@ -142,7 +142,13 @@ async fn status_is_400_with_an_empty_object_for_bad_job_ids(backend: Backend) {
 }
 
 async fn completed_job_reports_every_perimeter(backend: Backend) {
-    let (_db, app, images) = setup(backend).await;
+    let _db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let mut config = test_config(&_db);
+    // The test server encodes the 4000×3000 JPEG on request: seconds in a debug build on a
+    // loaded machine, more than the 5 s download timeout of the other tests.
+    config.fetch.timeout = Duration::from_secs(60);
+    let app = TestApp::start(config).await;
     let sizes: Vec<(u32, u32, &str)> = vec![
         (550, 368, "png"),
         (640, 480, "jpg"),
