@@ -178,12 +178,17 @@ pub fn settings(workers: usize, delay: &str) -> Vec<(&'static str, String)> {
             "RUST_LOG",
             "warn,retail_pulse::app=info,retail_pulse::worker=info".to_string(),
         ),
+        // The benchmark is one client submitting thousands of jobs: not a rate to limit.
+        ("RP_TENANT_SUBMITS_PER_MINUTE", "0".to_string()),
     ]
 }
 
+/// Starts the service. `RP_BENCH_BIN` runs another build of it instead (to compare two
+/// versions under the same conditions).
 pub fn start(sub: &str, db: &BenchDb, env: &[(&'static str, String)]) -> Service {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Service::start(BIN, sub, &db.url, &pairs)
+    let bin = std::env::var("RP_BENCH_BIN").unwrap_or_else(|_| BIN.to_string());
+    Service::start(&bin, sub, &db.url, &pairs)
 }
 
 impl Backend {

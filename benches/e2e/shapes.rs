@@ -106,7 +106,12 @@ async fn drain(backend: Backend, host: &ImageHost, o: &Opts, jobs: usize, per_jo
     let api_cpu = cpu_of(api.child.id()) - api_before;
     let worker = start("worker", &db, &settings(32, "0"));
     let t0 = Instant::now();
+    let profile = Profile::attach(
+        worker.child.id(),
+        &format!("{}-{jobs}x{per_job}", backend.name()),
+    );
     let took = wait_all_finished(&c, t0, Duration::from_secs(600)).await;
+    drop(profile);
     let worker_cpu = cpu_of(worker.child.id());
     let pg_cpu = postgres_cpu().saturating_sub(pg_before);
     let images = (jobs * per_job) as f64;
@@ -125,5 +130,37 @@ async fn drain(backend: Backend, host: &ImageHost, o: &Opts, jobs: usize, per_jo
         } else {
             0.0
         },
+    }
+}
+
+/// With `RP_BENCH_PERF_DIR=DIR`, records a `perf` profile of a process while a figure runs
+/// (`DIR/NAME.data`; read it with `perf report -i`). Stopped (SIGINT) when dropped.
+pub struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    pub fn attach(pid: u32, name: &str) -> Self {
+        let Ok(dir) = std::env::var("RP_BENCH_PERF_DIR") else {
+            return Profile(None);
+        };
+        let child = std::process::Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(format!("{dir}/{name}.data"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok();
+        Profile(child)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGINT);
+            }
+            let _ = child.wait();
+        }
     }
 }

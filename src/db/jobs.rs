@@ -134,12 +134,16 @@ pub async fn create(
         .filter(|v| !known_stores.contains(&v.store_id))
         .map(|v| v.image_urls.len() as i64)
         .sum();
+    let wanted = total - unknown;
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await.map_err(err)?;
-    if let Some(max) = owner.max_unfinished_images {
-        let wanted = total - unknown;
+    if let Some(max) = owner.max_unfinished_images
+        && wanted > 0
+        && !db.quota_estimate().clearly_under(owner.tenant, wanted, max)
+    {
         let unfinished = unfinished_images(db, &mut tx, owner.tenant).await?;
-        if wanted > 0 && unfinished + wanted > max {
+        db.quota_estimate().counted(owner.tenant, unfinished);
+        if unfinished + wanted > max {
             tx.rollback().await.map_err(err)?;
             return Ok(Created::OverQuota { unfinished, wanted });
         }
@@ -170,8 +174,51 @@ pub async fn create(
             .map_err(err)?;
     }
     tx.commit().await.map_err(err)?;
+    db.quota_estimate().added(owner.tenant, wanted);
     db.refresh_statistics_after(total as usize);
     Ok(Created::Job(id))
+}
+
+/// This process's recent count of each tenant's unfinished images, plus what it has submitted
+/// since: a submit clearly below its quota (under 90 % of it by this count) skips counting the
+/// tenant's ongoing jobs, which costs a scan of all of them. Near the limit, or when the count
+/// is over a second old, the exact count is taken again (under the tenant's lock). Images
+/// finishing meanwhile only make the estimate high (safe); other API processes' submits of the
+/// last second are the only ones it can miss.
+#[derive(Debug, Default)]
+pub struct QuotaEstimate {
+    counts: std::sync::Mutex<HashMap<String, (std::time::Instant, i64)>>,
+}
+
+impl QuotaEstimate {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn clearly_under(&self, tenant: &str, wanted: i64, max: i64) -> bool {
+        let counts = self.counts.lock().expect("quota estimate lock");
+        counts.get(tenant).is_some_and(|(at, count)| {
+            at.elapsed() < Self::FRESH
+                && (count + wanted).saturating_mul(10) <= max.saturating_mul(9)
+        })
+    }
+
+    fn counted(&self, tenant: &str, unfinished: i64) {
+        let mut counts = self.counts.lock().expect("quota estimate lock");
+        if counts.len() > 10_000 {
+            counts.retain(|_, (at, _)| at.elapsed() < Self::FRESH);
+        }
+        counts.insert(tenant.to_string(), (std::time::Instant::now(), unfinished));
+    }
+
+    fn added(&self, tenant: &str, images: i64) {
+        if let Some((_, count)) = self
+            .counts
+            .lock()
+            .expect("quota estimate lock")
+            .get_mut(tenant)
+        {
+            *count += images;
+        }
+    }
 }
 
 /// A tenant's images not finished yet, counted from its ongoing jobs' counters (the

@@ -114,6 +114,8 @@ pub struct Db {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// When this process last refreshed the images table's planner statistics (epoch ms).
     analyzed_at: Arc<std::sync::atomic::AtomicI64>,
+    /// Tenants' unfinished images as this process last counted them (see [`jobs::create`]).
+    quota_estimate: Arc<jobs::QuotaEstimate>,
 }
 
 /// (version, SQL) per backend, applied in order; never edit one that has shipped.
@@ -139,6 +141,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         3,
         include_str!("../../migrations/postgres/0003_tenants.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_fair_claims.sql"),
     ),
     (
         5,
@@ -221,6 +227,7 @@ impl Db {
             limits,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             analyzed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            quota_estimate: Arc::default(),
         })
     }
 
@@ -248,6 +255,10 @@ impl Db {
                 )))
             }
         }
+    }
+
+    pub(crate) fn quota_estimate(&self) -> &jobs::QuotaEstimate {
+        &self.quota_estimate
     }
 
     /// The limits every session of this pool runs under.
@@ -491,4 +502,22 @@ pub fn format_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let versions = |list: &[(i64, &str)]| list.iter().map(|m| m.0).collect::<Vec<_>>();
+        assert_eq!(versions(SQLITE_MIGRATIONS), versions(POSTGRES_MIGRATIONS));
+        let sorted = {
+            let mut v = versions(SQLITE_MIGRATIONS);
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        assert_eq!(versions(SQLITE_MIGRATIONS), sorted, "in order, each once");
+    }
 }

@@ -195,6 +195,9 @@ impl Queue {
             // A claim need not wait for its WAL flush: one lost in a PostgreSQL crash leaves the
             // image pending, and the worker's result is then refused for want of the lease, so
             // `async_commit` turns synchronous_commit off for this statement's transaction only.
+            // The planner cannot know how many rows the LATERAL LIMITs give (it guesses
+            // thousands and would hash-join the whole table): `= ANY(ARRAY(…))` makes the update
+            // a primary-key lookup of exactly the rows picked.
             Backend::Postgres => self.db.with_clock(&format!(
                 "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)), \
                  plan AS (SELECT CAST(t.value ->> 'job' AS BIGINT) AS job_id, \
@@ -206,7 +209,7 @@ impl Queue {
                      FOR UPDATE SKIP LOCKED) AS i) \
                  UPDATE images SET status = 'running', lease_owner = $2, \
                    lease_expires_at = {{now}} + $3, attempts = attempts + 1, updated_at = {{now}} \
-                 FROM picked, async_commit WHERE images.id = picked.id \
+                 FROM async_commit WHERE images.id = ANY(ARRAY(SELECT id FROM picked)) \
                  RETURNING images.id, images.job_id, images.seq, images.store_id, images.url, \
                    images.attempts",
                 rows = self.db.json_rows("$1")
@@ -428,11 +431,11 @@ impl Queue {
         let expired_ids = self.db.with_clock(match self.db.backend() {
             Backend::Postgres => {
                 "SELECT id FROM images WHERE status = 'running' AND lease_expires_at < {now} \
-                 ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED"
+                 ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED"
             }
             Backend::Sqlite => {
                 "SELECT id FROM images WHERE status = 'running' AND lease_expires_at < {now} \
-                 LIMIT 1000"
+                 ORDER BY lease_expires_at LIMIT 1000"
             }
         });
         let now = self.db.with_clock("{now}");
