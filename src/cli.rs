@@ -1,7 +1,7 @@
 //! The command line: the service (`serve | worker | migrate | stores import`), API keys
-//! (`keys create | list | revoke`) and the client (`submit | status`, see [`crate::client`]).
-//! Every flag can also be set through the environment variable named beside it (see the
-//! README's configuration table).
+//! (`keys create | list | revoke`) and the client (`submit | status | results`, see
+//! [`crate::client`]). Every flag can also be set through the environment variable named beside
+//! it (see the README's configuration table).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +56,9 @@ pub enum Command {
     /// Show one job of a running server: status, image counts, times, per-store errors.
     #[command(after_help = STATUS_EXIT_CODES)]
     Status(StatusArgs),
+    /// Print every image result of one job, in submission order: JSON lines, or CSV.
+    #[command(after_help = RESULTS_EXIT_CODES)]
+    Results(ResultsArgs),
 }
 
 const SUBMIT_EXIT_CODES: &str = "\
@@ -75,6 +78,31 @@ const STATUS_EXIT_CODES: &str = "\
 Exit codes:
   0    the job was found (whatever its status)
   2    no such job, or the server cannot be reached";
+
+const RESULTS_EXIT_CODES: &str = "\
+Output: without --csv, one JSON object per line per image, as GET /api/jobs/{id}/images
+gives them; with --csv, the server's CSV (GET /api/jobs/{id}/results.csv: a header row,
+then store_id,url,visit_time,status,width,height,perimeter,error). Both stream, so a
+100,000-image job starts printing at once.
+
+Exit codes:
+  0    the results were printed (whatever the job's status)
+  2    no such job, the server cannot be reached, or the stream broke off";
+
+#[derive(Debug, Args, Clone)]
+pub struct ResultsArgs {
+    /// The job id `submit` printed.
+    pub job_id: i64,
+    /// Print CSV (with a header row) instead of JSON lines.
+    #[arg(long)]
+    pub csv: bool,
+    /// Base URL of the Retail Pulse server.
+    #[arg(long, env = "RP_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// API key, sent as `Authorization: Bearer KEY` (from `retail-pulse keys create`).
+    #[arg(long, env = "RP_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
 
 #[derive(Debug, Args, Clone)]
 pub struct ServerArgs {
@@ -116,9 +144,12 @@ impl Cli {
     pub fn init_telemetry(&self) {
         match self.command {
             // `keys create` prints the key alone on stdout: logs go to stderr.
-            Some(Command::Submit(_) | Command::Status(_) | Command::Keys { .. }) => {
-                telemetry::init_client()
-            }
+            Some(
+                Command::Submit(_)
+                | Command::Status(_)
+                | Command::Results(_)
+                | Command::Keys { .. },
+            ) => telemetry::init_client(),
             _ => telemetry::init(),
         }
     }
@@ -491,6 +522,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 server.api_key.as_deref(),
                 args.job_id,
                 output,
+            )
+            .await;
+            return Ok(exit.into());
+        }
+        Command::Results(args) => {
+            let exit = client_command::results(
+                &args.server,
+                args.api_key.as_deref(),
+                args.job_id,
+                args.csv,
             )
             .await;
             return Ok(exit.into());

@@ -4,8 +4,9 @@
 //! written with all its images by [`db::jobs::create`] in one transaction. The images table is
 //! the queue ([`queue`]); [`worker`] claims images, downloads them ([`fetch`]), measures them
 //! ([`measure`]) and records the outcome. [`app`] wires the pieces; [`cli`] is the front door;
-//! [`client`] drives a running server over its HTTP API (`submit`, `status`). [`auth`] says
-//! who is calling: API keys, tenants and their limits.
+//! [`client`] drives a running server over its HTTP API (`submit`, `status`, `results`).
+//! [`auth`] says who is calling: API keys, tenants and their limits. [`ui`] is the dashboard,
+//! served beside the API.
 
 pub mod app;
 pub mod auth;
@@ -22,4 +23,5 @@ pub mod queue;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;
+pub mod ui;
 pub mod worker;

@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry per process, owned by the app and passed down (no global
 //! recorder). Counters and histograms are updated where things happen; the state gauges (jobs
-//! and images by state) are read from the database when `/metrics` is scraped, so they are
+//! and images by state, registered workers by state) are read from the database when
+//! `/metrics` is scraped, so they are
 //! right across every process sharing the database. Label values come from small fixed sets
 //! (matched routes, outcome and error kinds), never from URLs or ids.
 
@@ -11,7 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::db::{Db, DbError, jobs};
+use crate::db::{Db, DbError, jobs, now_ms, workers};
+use crate::domain::WorkerState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -57,6 +59,7 @@ pub struct Metrics {
     pub worker_slots_busy: Gauge,
     jobs_by_state: Family<StateLabels, Gauge>,
     images_by_state: Family<StateLabels, Gauge>,
+    workers_by_state: Family<StateLabels, Gauge>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -147,6 +150,12 @@ impl Metrics {
             "Images by state (read from the database when scraped)",
             images_by_state.clone(),
         );
+        let workers_by_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "workers",
+            "Worker processes in the registry by state: alive, stale (not seen for 3 heartbeats), stopped (read from the database when scraped)",
+            workers_by_state.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -160,6 +169,7 @@ impl Metrics {
             worker_slots_busy,
             jobs_by_state,
             images_by_state,
+            workers_by_state,
         }
     }
 
@@ -175,6 +185,19 @@ impl Metrics {
             self.images_by_state
                 .get_or_create(&StateLabels { state })
                 .set(n);
+        }
+        let now = now_ms();
+        let registered = workers::list(db).await?;
+        for state in WorkerState::ALL {
+            let n = registered
+                .iter()
+                .filter(|w| WorkerState::of(w.last_seen_at, w.stopped_at, now) == state)
+                .count();
+            self.workers_by_state
+                .get_or_create(&StateLabels {
+                    state: state.as_str().into(),
+                })
+                .set(n as i64);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -1,5 +1,6 @@
-//! The command-line client (`retail-pulse submit | status`) as a user runs it: the real binary
-//! against the real app started in this process (SQLite), checked by exit code and output.
+//! The command-line client (`retail-pulse submit | status | results`) as a user runs it: the
+//! real binary against the real app started in this process (SQLite), checked by exit code and
+//! output.
 
 mod common;
 
@@ -274,6 +275,59 @@ async fn status_prints_one_job_and_exits_2_for_an_unknown_one() {
     let unknown = run(&["status", "999999", "--server", &app.base]).await;
     assert_eq!(unknown.code, 2, "{unknown}");
     assert!(unknown.stderr.contains("no job 999999"), "{unknown}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_prints_json_lines_or_the_csv_and_exits_2_for_an_unknown_job() {
+    let (_db, app, images) = setup().await;
+    let job_id = app
+        .submit_ok(&payload(&[
+            (
+                STORE_A,
+                vec![images.image(10, 20, "png"), images.image(3, 4, "gif")],
+            ),
+            (STORE_B, vec![images.url("/status/404")]),
+        ]))
+        .await;
+    app.wait_finished(job_id, Duration::from_secs(30)).await;
+    let id = job_id.to_string();
+    let api = app.all_images(job_id, 1000).await;
+
+    let lines = run(&["results", &id, "--server", &app.base]).await;
+    assert_eq!(lines.code, 0, "{lines}");
+    let printed: Vec<Value> = lines
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(printed, api);
+
+    let csv = run(&["results", &id, "--csv", "--server", &app.base]).await;
+    assert_eq!(csv.code, 0, "{csv}");
+    let served = app
+        .client
+        .get(format!("{}/api/jobs/{id}/results.csv", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.stdout, served);
+    assert_eq!(csv.stdout.lines().count(), 4, "{csv}");
+
+    for args in [
+        vec!["results", "999999"],
+        vec!["results", "999999", "--csv"],
+    ] {
+        let mut args = args;
+        args.extend(["--server", &app.base]);
+        let unknown = run(&args).await;
+        assert_eq!(unknown.code, 2, "{unknown}");
+        assert!(unknown.stderr.contains("no job 999999"), "{unknown}");
+        assert!(unknown.stdout.is_empty(), "{unknown}");
+    }
     app.stop().await;
 }
 

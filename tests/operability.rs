@@ -452,6 +452,14 @@ async fn openapi_document_matches_real_responses() {
             None,
             200,
         ),
+        (
+            "/api/jobs/{job_id}/results.csv",
+            "get",
+            "/api/jobs/99999/results.csv".into(),
+            None,
+            404,
+        ),
+        ("/api/workers", "get", "/api/workers".into(), None, 200),
         ("/healthz", "get", "/healthz".into(), None, 200),
         ("/readyz", "get", "/readyz".into(), None, 200),
     ];

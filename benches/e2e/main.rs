@@ -14,6 +14,7 @@
 #[path = "../../tests/common/service.rs"]
 mod service;
 
+mod dashboard;
 mod fetch_limit;
 mod harness;
 mod image_host;
@@ -91,6 +92,7 @@ pub struct Figures {
     pub p6: Option<(f64, f64)>,
     pub shapes: Vec<shapes::Shape>,
     pub p8: Option<(f64, u64)>,
+    pub dashboard: dashboard::JobPageTime,
 }
 
 async fn run_backend(backend: Backend, host: &ImageHost, o: &Opts) -> Figures {
@@ -100,6 +102,7 @@ async fn run_backend(backend: Backend, host: &ImageHost, o: &Opts) -> Figures {
     memory::run(backend, host, o, &mut f).await;
     scale::run(backend, host, o, &mut f).await;
     shapes::run(backend, host, o, &mut f).await;
+    dashboard::run(backend, host, o, &mut f).await;
     f
 }
 
@@ -317,6 +320,7 @@ async fn main() {
             },
         );
     }
+    row(dashboard::ROW, dashboard::TARGET, &|f| f.dashboard.cell());
     row(
         "flat: /api/status p50, start → end of the big job",
         "same",

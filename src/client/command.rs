@@ -1,4 +1,5 @@
-//! `submit` and `status`: what they print, and the exit code that tells a script how it went.
+//! `submit`, `status` and `results`: what they print, and the exit code that tells a script how
+//! it went.
 //!
 //! Output follows where it goes: on a terminal, sentences and a live progress line; piped,
 //! no progress line and nothing a script would have to strip; with `--json`, one JSON
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use thiserror::Error;
 
 use super::progress::ProgressLine;
-use super::{ApiClient, ClientError, JobDocument, report};
+use super::{ApiClient, ClientError, JobDocument, ResultsError, report};
 use crate::domain::JobStatus;
 
 /// How often `--wait` asks for the job.
@@ -190,6 +191,46 @@ pub async fn status(server: &str, api_key: Option<&str>, job_id: i64, output: Ou
             Exit::Success
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// `retail-pulse results ID [--csv]`: every image of the job in submission order, as the
+/// server's CSV (`--csv`) or as JSON lines (one `/api/jobs/{id}/images` object per line), both
+/// streamed page by page. Exit codes as for `status`; a reader that stops early (`| head`) is
+/// not an error.
+pub async fn results(server: &str, api_key: Option<&str>, job_id: i64, csv: bool) -> Exit {
+    let client = match ApiClient::new(server, api_key) {
+        Ok(client) => client,
+        Err(e) => return fail(&e),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let result = if csv {
+        client.results_csv(job_id, &mut out).await
+    } else {
+        json_lines(&client, job_id, &mut out).await
+    };
+    match result {
+        Ok(()) => Exit::Success,
+        Err(ResultsError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn json_lines(
+    client: &ApiClient,
+    job_id: i64,
+    out: &mut impl std::io::Write,
+) -> Result<(), ResultsError> {
+    let mut after: Option<String> = None;
+    loop {
+        let (images, next) = client.images_page(job_id, after.as_deref()).await?;
+        for image in images {
+            writeln!(out, "{image}").map_err(ResultsError::Output)?;
+        }
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => return out.flush().map_err(ResultsError::Output),
+        }
     }
 }
 

@@ -1,10 +1,10 @@
-//! The command-line client: `retail-pulse submit` and `retail-pulse status` talk to a running
+//! The command-line client: `retail-pulse submit`, `status` and `results` talk to a running
 //! service over its public HTTP API, exactly as any other client would — no database access,
 //! so the same binary can drive a server on another machine. With `--api-key` (`RP_API_KEY`)
 //! every request carries the key.
 //!
 //! [`ApiClient`] is the HTTP boundary and its one error enum, [`ClientError`]; [`command`]
-//! runs the two commands and decides their exit codes; [`progress`] draws the live line of
+//! runs the commands and decides their exit codes; [`progress`] draws the live line of
 //! `submit --wait`; [`report`] renders a job for people.
 
 pub mod command;
@@ -185,6 +185,77 @@ impl ApiClient {
         let job = serde_json::from_value(raw.clone()).map_err(|e| bad_response(&url, e))?;
         Ok(JobDocument { job, raw })
     }
+}
+
+impl ApiClient {
+    /// `GET /api/jobs/{id}/images`: one page of results and the cursor of the next.
+    pub async fn images_page(
+        &self,
+        job_id: i64,
+        after: Option<&str>,
+    ) -> Result<(Vec<Value>, Option<String>), ClientError> {
+        let mut url = self.url(&format!("api/jobs/{job_id}/images"));
+        url.query_pairs_mut().append_pair("limit", "1000");
+        if let Some(after) = after {
+            url.query_pairs_mut().append_pair("after", after);
+        }
+        let res = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        let mut page = read_json(&url, res, Some(job_id)).await?;
+        let images = match page.get_mut("images").map(Value::take) {
+            Some(Value::Array(images)) => images,
+            _ => {
+                return Err(ClientError::BadResponse {
+                    url: url.to_string(),
+                    reason: "no `images` array".into(),
+                });
+            }
+        };
+        let next = page.get("next").and_then(Value::as_str).map(String::from);
+        Ok((images, next))
+    }
+
+    /// `GET /api/jobs/{id}/results.csv`, written to `out` chunk by chunk as it arrives.
+    pub async fn results_csv(
+        &self,
+        job_id: i64,
+        out: &mut impl std::io::Write,
+    ) -> Result<(), ResultsError> {
+        let url = self.url(&format!("api/jobs/{job_id}/results.csv"));
+        let mut res = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        if !res.status().is_success() {
+            // An error status: read_json turns it into the server's error.
+            let error = read_json(&url, res, Some(job_id)).await.err();
+            return Err(error
+                .unwrap_or_else(|| ClientError::BadResponse {
+                    url: url.to_string(),
+                    reason: "an error status with a success body".into(),
+                })
+                .into());
+        }
+        while let Some(chunk) = res.chunk().await.map_err(|e| unreachable(&url, &e))? {
+            out.write_all(&chunk).map_err(ResultsError::Output)?;
+        }
+        out.flush().map_err(ResultsError::Output)
+    }
+}
+
+/// Why `results` stopped: the server's side, or the output's (a closed pipe).
+#[derive(Debug, Error)]
+pub enum ResultsError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot write the results: {0}")]
+    Output(std::io::Error),
 }
 
 /// Reads a JSON answer; turns an error status into its [`ClientError`], carrying the

@@ -24,7 +24,7 @@ pub enum Scope<'a> {
 
 impl Scope<'_> {
     /// The SQL condition this scope adds, with its tenant as parameter `$n`.
-    fn condition(&self, n: usize) -> String {
+    pub(super) fn condition(&self, n: usize) -> String {
         match self {
             Scope::All => String::new(),
             Scope::Tenant(_) => format!(" AND tenant = ${n}"),
@@ -32,7 +32,7 @@ impl Scope<'_> {
     }
 
     /// Binds the tenant for [`Scope::condition`], if there is one.
-    fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+    pub(super) fn bind<'q>(&self, query: AnyQuery<'q>) -> AnyQuery<'q> {
         match *self {
             Scope::All => query,
             Scope::Tenant(tenant) => query.bind(tenant),
@@ -246,10 +246,10 @@ async fn unfinished_images(
     .map_err(err)
 }
 
-const JOB_COLUMNS: &str =
+pub(super) const JOB_COLUMNS: &str =
     "id, tenant, status, total, succeeded, failed, errors, created_at, finished_at";
 
-fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
+pub(super) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
     let status: String = row.try_get("status").map_err(err)?;
     let errors: Option<String> = row.try_get("errors").map_err(err)?;
     Ok(JobRow {

@@ -1,15 +1,18 @@
 //! The database: one connection pool over SQLite or PostgreSQL, chosen by the URL scheme, with
-//! the migrations of each backend and the queries per area (`jobs`, `images`, `stores`, `keys`).
+//! the migrations of each backend and the queries per area (`jobs`, `images`, `stores`, `keys`,
+//! `workers`, and `dashboard` for the read-only views of the dashboard).
 //!
 //! Queries go through sqlx's `Any` driver with `$n` placeholders, which both backends accept,
 //! so there is one query path; the few statements whose SQL must differ (the queue's claim)
 //! branch on [`Backend`].
 
+pub mod dashboard;
 pub mod images;
 pub mod jobs;
 pub mod keys;
 pub mod session;
 pub mod stores;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,6 +134,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0004_fair_claims.sql"),
     ),
     (5, include_str!("../../migrations/sqlite/0005_api_keys.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_workers.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -149,6 +153,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         5,
         include_str!("../../migrations/postgres/0005_api_keys.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_workers.sql"),
     ),
 ];
 

@@ -98,6 +98,22 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for walking the per-kind counters.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::UnknownStore,
+        ErrorKind::InvalidUrl,
+        ErrorKind::BlockedAddress,
+        ErrorKind::HttpStatus,
+        ErrorKind::Timeout,
+        ErrorKind::TooLarge,
+        ErrorKind::Network,
+        ErrorKind::TooManyRedirects,
+        ErrorKind::NotAnImage,
+        ErrorKind::LeaseExpired,
+        ErrorKind::Cancelled,
+        ErrorKind::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::UnknownStore => "unknown_store",

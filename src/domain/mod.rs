@@ -1,9 +1,12 @@
-//! The service's vocabulary: a validated job submission, and the states of jobs and images.
+//! The service's vocabulary: a validated job submission, the states of jobs and images, and
+//! the states of worker processes.
 //! Validation happens once, here; everything past the HTTP layer holds parsed values.
 
 pub mod job;
 pub mod strict_json;
 pub mod submission;
+pub mod worker;
 
 pub use job::{ErrorKind, FirstFailure, ImageStatus, JobStatus, StoreError, StoreFailure};
 pub use submission::{Limits, Submission, ValidationError, Visit};
+pub use worker::WorkerState;

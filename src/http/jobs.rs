@@ -282,9 +282,18 @@ async fn images(
     } else {
         None
     };
-    let images = rows
-        .into_iter()
-        .map(|r| ImageBody {
+    let images = rows.into_iter().map(ImageBody::from).collect();
+    Ok(Json(ImagesBody {
+        job_id: id,
+        images,
+        next,
+    }))
+}
+
+/// An image as clients see it, in JSON here and in CSV (`export`).
+impl From<db::images::ImageRow> for ImageBody {
+    fn from(r: db::images::ImageRow) -> Self {
+        ImageBody {
             store_id: r.store_id,
             url: r.url,
             visit_time: r.visit_time,
@@ -299,11 +308,6 @@ async fn images(
             error: r
                 .error
                 .filter(|_| r.status == crate::domain::ImageStatus::Failed),
-        })
-        .collect();
-    Ok(Json(ImagesBody {
-        job_id: id,
-        images,
-        next,
-    }))
+        }
+    }
 }

@@ -1,15 +1,19 @@
 //! The HTTP API: the router, the shared state handlers see, and [`ApiError`], the one place
 //! where failures become status codes. One file per area: `submit`, `status` (the assignment's
-//! two endpoints), `jobs` (the extended API) and `health`.
+//! two endpoints), `jobs` (the extended API), `export` (results as CSV), `workers` (the worker
+//! registry) and `health`. The dashboard's pages ([`crate::ui`]) are mounted here too.
 //!
-//! Every API route sits behind [`crate::auth::require_caller`]; only `/healthz`, `/readyz`
-//! and `/api/openapi.json` are open. Handlers take the [`crate::auth::Caller`] extractor.
+//! Every API route — and every dashboard page — sits behind [`crate::auth::require_caller`];
+//! only `/healthz`, `/readyz`, `/api/openapi.json`, the dashboard's static assets and the `/`
+//! redirect are open. Handlers take the [`crate::auth::Caller`] extractor.
 
+mod export;
 mod health;
-mod jobs;
+pub(crate) mod jobs;
 pub mod openapi;
 mod status;
-mod submit;
+pub(crate) mod submit;
+mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,11 +127,15 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+/// A header some answers carry beside their body.
+type ExtraHeader = Option<(HeaderName, axum::http::HeaderValue)>;
+
+impl ApiError {
+    /// The status, JSON body and extra header this error answers with (a 500 is logged here,
+    /// with its cause, and answered without it). The dashboard shows the same words in a page.
+    pub(crate) fn parts(self) -> (StatusCode, serde_json::Value, ExtraHeader) {
         use axum::http::{HeaderValue, header};
-        // A header some answers carry beside their body.
-        let mut extra: Option<(HeaderName, HeaderValue)> = None;
+        let mut extra: ExtraHeader = None;
         let (status, body) = match self {
             ApiError::Unauthorized(m) => {
                 extra = Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
@@ -167,6 +175,13 @@ impl IntoResponse for ApiError {
                 )
             }
         };
+        (status, body, extra)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body, extra) = self.parts();
         let mut response = (status, axum::Json(body)).into_response();
         if let Some((name, value)) = extra {
             response.headers_mut().insert(name, value);
@@ -278,6 +293,9 @@ pub fn router(state: AppState) -> Router {
         .merge(submit::router())
         .merge(status::router())
         .merge(jobs::router())
+        .merge(export::router())
+        .merge(workers::router())
+        .merge(crate::ui::pages())
         .merge(health::admin_metrics_router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
@@ -287,6 +305,7 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .merge(health::router())
         .merge(openapi::router())
+        .merge(crate::ui::open_routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             record_request,

@@ -86,6 +86,8 @@ impl Modify for BearerKeys {
         super::jobs::job,
         super::jobs::images,
         super::jobs::cancel,
+        super::export::results_csv,
+        super::workers::list,
         super::health::alive,
         super::health::ready,
         super::health::metrics,
@@ -103,6 +105,8 @@ impl Modify for BearerKeys {
         super::jobs::JobList,
         super::jobs::ImagesBody,
         super::jobs::ImageBody,
+        super::workers::WorkerList,
+        super::workers::WorkerBody,
         crate::domain::StoreError,
     ))
 )]

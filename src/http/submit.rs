@@ -57,17 +57,7 @@ async fn submit(
     body: Body,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let key = idempotency_key(&headers)?;
-    state
-        .auth
-        .take_submit_token(&caller)
-        .map_err(|retry_after| ApiError::TooManyRequests {
-            message: format!(
-                "tenant {}: more than {} submits a minute; retry later",
-                caller.tenant,
-                caller.limits.submits_per_minute.unwrap_or_default()
-            ),
-            retry_after,
-        })?;
+    take_submit_token(&state, &caller)?;
     // A declared length over the limit is refused before a byte is read (and before an
     // `Expect: 100-continue` client is invited to send it).
     let declared = headers
@@ -75,15 +65,44 @@ async fn submit(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
-        return Err(ApiError::TooLarge(format!(
-            "body: larger than the limit of {} bytes",
-            state.max_body_bytes
-        )));
+        return Err(over_limit(state.max_body_bytes));
     }
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await
         .map_err(|e| body_error(e, state.max_body_bytes))?;
-    let submission = Submission::parse(&bytes, &state.limits).map_err(|e| match e {
+    let job_id = accept(&state, &caller, key, &bytes).await?;
+    Ok((StatusCode::CREATED, Json(Submitted { job_id })))
+}
+
+/// Takes one of the caller's tenant's submit tokens, or says when to come back (429).
+pub(crate) fn take_submit_token(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    state
+        .auth
+        .take_submit_token(caller)
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            message: format!(
+                "tenant {}: more than {} submits a minute; retry later",
+                caller.tenant,
+                caller.limits.submits_per_minute.unwrap_or_default()
+            ),
+            retry_after,
+        })
+}
+
+/// Validates a job's body and writes it for `caller`: the one path every submission takes,
+/// the API's and the dashboard's form alike, so both accept and refuse exactly the same jobs,
+/// in the same words. `key` is the client's idempotency key, if it sent one. (The caller's
+/// submit token is taken before, by [`take_submit_token`].)
+pub(crate) async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<&str>,
+    bytes: &[u8],
+) -> Result<i64, ApiError> {
+    if bytes.len() > state.max_body_bytes {
+        return Err(over_limit(state.max_body_bytes));
+    }
+    let submission = Submission::parse(bytes, &state.limits).map_err(|e| match e {
         ValidationError::Invalid(m) => ApiError::BadRequest(m),
         ValidationError::TooLarge(m) => ApiError::TooLarge(m),
     })?;
@@ -93,11 +112,11 @@ async fn submit(
         .map(|v| v.store_id.as_str())
         .collect();
     let store_ids: Vec<&str> = store_ids.into_iter().collect();
-    let hash = key.map(|_| body_hash(&bytes));
+    let hash = key.map(|_| body_hash(bytes));
     if let (Some(key), Some(hash)) = (key, &hash)
-        && let Some(job_id) = replay(&state, &caller, key, hash).await?
+        && let Some(job_id) = replay(state, caller, key, hash).await?
     {
-        return Ok((StatusCode::CREATED, Json(Submitted { job_id })));
+        return Ok(job_id);
     }
     let known = db::stores::known(&state.db, &store_ids).await?;
     let idempotency = key
@@ -111,13 +130,13 @@ async fn submit(
     let job_id = match created {
         Ok(Created::Job(id)) => id,
         Ok(Created::OverQuota { unfinished, wanted }) => {
-            return Err(over_quota(&caller, unfinished, wanted));
+            return Err(over_quota(caller, unfinished, wanted));
         }
         // Another request with the same key won the race: answer as a replay of it.
         Err(DbError::Duplicate(_)) if idempotency.is_some() => {
             let (key, hash) = key.zip(hash.as_deref()).expect("idempotency present");
-            return match replay(&state, &caller, key, hash).await? {
-                Some(job_id) => Ok((StatusCode::CREATED, Json(Submitted { job_id }))),
+            return match replay(state, caller, key, hash).await? {
+                Some(job_id) => Ok(job_id),
                 None => Err(ApiError::Internal("idempotency key vanished".into())),
             };
         }
@@ -130,7 +149,7 @@ async fn submit(
         images = submission.image_count(),
         "job submitted"
     );
-    Ok((StatusCode::CREATED, Json(Submitted { job_id })))
+    Ok(job_id)
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -215,9 +234,14 @@ fn body_error(error: axum::Error, limit: usize) -> ApiError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
-            return ApiError::TooLarge(format!("body: larger than the limit of {limit} bytes"));
+            return over_limit(limit);
         }
         source = e.source();
     }
     ApiError::BadRequest(format!("body: could not be read: {error}"))
+}
+
+/// The 413 of a body over `limit` bytes.
+pub(crate) fn over_limit(limit: usize) -> ApiError {
+    ApiError::TooLarge(format!("body: larger than the limit of {limit} bytes"))
 }

@@ -7,6 +7,7 @@
 //! finished, and hand the rest back to the queue.
 
 pub mod process;
+pub mod registry;
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -116,6 +117,13 @@ impl WorkerPool {
         helpers.spawn(reaper(
             self.queue.clone(),
             self.lease / 2,
+            background.clone(),
+        ));
+        // This process's row in the worker registry; marked stopped when `background` ends.
+        helpers.spawn(registry::run(
+            self.db.clone(),
+            registry::this_process(self.id(), self.concurrency),
+            self.metrics.clone(),
             background.clone(),
         ));
         if self.db.backend() == Backend::Postgres {
