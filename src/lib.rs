@@ -5,7 +5,8 @@
 //! the queue ([`queue`]); [`worker`] claims images, downloads them ([`fetch`]), measures them
 //! ([`measure`]) and records the outcome. [`app`] wires the pieces; [`cli`] is the front door;
 //! [`client`] drives a running server over its HTTP API (`submit`, `status`). [`auth`] says
-//! who is calling: API keys, tenants and their limits.
+//! who is calling: API keys, tenants and their limits. [`webhooks`] tells clients that a job
+//! finished; [`retention`] deletes (and archives) old finished jobs.
 
 pub mod app;
 pub mod auth;
@@ -19,7 +20,9 @@ pub mod http;
 pub mod measure;
 pub mod metrics;
 pub mod queue;
+pub mod retention;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;

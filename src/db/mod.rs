@@ -1,5 +1,5 @@
 //! The database: one connection pool over SQLite or PostgreSQL, chosen by the URL scheme, with
-//! the migrations of each backend and the queries per area (`jobs`, `images`, `stores`, `keys`).
+//! the migrations of each backend and the queries per area (`jobs`, `images`, `stores`, `keys`, `webhooks`, `retention`).
 //!
 //! Queries go through sqlx's `Any` driver with `$n` placeholders, which both backends accept,
 //! so there is one query path; the few statements whose SQL must differ (the queue's claim)
@@ -8,8 +8,10 @@
 pub mod images;
 pub mod jobs;
 pub mod keys;
+pub mod retention;
 pub mod session;
 pub mod stores;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +131,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0004_fair_claims.sql"),
     ),
     (5, include_str!("../../migrations/sqlite/0005_api_keys.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_webhooks.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -143,6 +146,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         5,
         include_str!("../../migrations/postgres/0005_api_keys.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_webhooks.sql"),
     ),
 ];
 

@@ -1,6 +1,6 @@
 //! The HTTP API: the router, the shared state handlers see, and [`ApiError`], the one place
 //! where failures become status codes. One file per area: `submit`, `status` (the assignment's
-//! two endpoints), `jobs` (the extended API) and `health`.
+//! two endpoints), `jobs` (the extended API), `webhooks` (the signing secret) and `health`.
 //!
 //! Every API route sits behind [`crate::auth::require_caller`]; only `/healthz`, `/readyz`
 //! and `/api/openapi.json` are open. Handlers take the [`crate::auth::Caller`] extractor.
@@ -10,6 +10,9 @@ mod jobs;
 pub mod openapi;
 mod status;
 mod submit;
+mod webhooks;
+
+pub use jobs::JobBody;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +70,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Keys, tenants and their limits.
     pub auth: Arc<Authenticator>,
+    /// How long a rotated-out webhook secret keeps signing beside the new one.
+    pub webhook_secret_overlap: Duration,
 }
 
 /// Errors a handler can return. Each variant's doc says its status and body.
@@ -278,6 +283,7 @@ pub fn router(state: AppState) -> Router {
         .merge(submit::router())
         .merge(status::router())
         .merge(jobs::router())
+        .merge(webhooks::router())
         .merge(health::admin_metrics_router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
