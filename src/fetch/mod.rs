@@ -241,8 +241,8 @@ impl Fetcher {
 
     /// POSTs `body` as JSON with `headers` to a client-chosen URL, following no redirect.
     /// `Ok` only for a 2xx answer; any other answer is [`FetchError::Status`] (a 3xx says that
-    /// redirects are not followed). The answer's body is not read.
-    #[tracing::instrument(skip_all, fields(url = %url))]
+    /// redirects are not followed). The answer's body is not read. (No span names the URL:
+    /// a webhook URL may carry credentials.)
     pub async fn post(
         &self,
         url: &str,

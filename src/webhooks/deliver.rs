@@ -252,8 +252,10 @@ impl Deliverer {
                 Attempt::Failed(error.to_string())
             }
             _ => Attempt::Retry {
+                // A receiver's `Retry-After` is honoured, but never below the first backoff
+                // (`Retry-After: 0` must not turn into a tight loop) nor above the longest.
                 after: match error.retry_after() {
-                    Some(wait) => wait.min(self.config.retry_max),
+                    Some(wait) => wait.clamp(self.config.retry_base, self.config.retry_max),
                     None => backoff(attempts, self.config.retry_base, self.config.retry_max),
                 },
                 max_age: self.config.max_age,
