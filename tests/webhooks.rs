@@ -384,9 +384,9 @@ async fn a_failing_receiver_shows_the_last_error_while_retrying(backend: Backend
     let db = TestDb::new(backend).await;
     let receiver = Receiver::start(&[Reply::Status(500); 50]).await;
     let mut config = config(&db);
-    // Retries a second apart: the state is caught between two of them.
-    config.webhooks.retry_base = Duration::from_secs(2);
-    config.webhooks.retry_max = Duration::from_secs(2);
+    // Retries seconds apart: the state is caught between two of them.
+    config.webhooks.retry_base = Duration::from_secs(5);
+    config.webhooks.retry_max = Duration::from_secs(5);
     let app = TestApp::start(config).await;
     let id = app
         .submit_ok(&unknown_store_job(&receiver.url("/down")))
