@@ -1,5 +1,5 @@
 //! Wiring: connect and migrate the database, load the store master, then run the HTTP API and
-//! the worker pool (either or both) until the shutdown signal.
+//! the worker pool (either or both), and retention when it is on, until the shutdown signal.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use crate::db::{self, Db, DbError};
 use crate::fetch::FetchError;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::retention::Pruner;
 use crate::stores::{self, StoreMasterError};
 use crate::worker::WorkerPool;
 
@@ -71,6 +72,8 @@ pub struct App {
     /// Whether the listener serves the whole API or only the operations endpoints.
     api: bool,
     workers: Option<WorkerPool>,
+    /// Periodic pruning of old finished jobs (`--retention`), whatever the roles.
+    retention: Option<Pruner>,
 }
 
 /// Connects, migrates, loads the store master and prepares the roles asked for. The API role
@@ -93,6 +96,15 @@ pub async fn build(
         limits: config.api.limits,
         max_body_bytes: config.api.max_body_bytes,
         auth: Arc::new(Authenticator::new(db.clone(), config.api.auth.clone())),
+        webhook_secret_overlap: config.webhooks.secret_overlap,
+    });
+    let retention = config.retention.older_than.map(|older_than| {
+        Pruner::new(
+            db.clone(),
+            older_than,
+            config.retention.archive_dir.clone(),
+            metrics.clone(),
+        )
     });
     let workers = if roles.workers {
         Some(WorkerPool::new(db.clone(), &config, wake, metrics)?)
@@ -106,6 +118,7 @@ pub async fn build(
         state,
         api: roles.api,
         workers,
+        retention,
     })
 }
 
@@ -219,7 +232,12 @@ impl App {
                 None => Ok(()),
             }
         };
-        let (served, ops_served, worked) = tokio::join!(api, ops, workers);
+        let retention = async {
+            if let Some(pruner) = self.retention {
+                pruner.run_periodically(token.clone()).await;
+            }
+        };
+        let (served, ops_served, worked, ()) = tokio::join!(api, ops, workers, retention);
         self.db.close().await;
         served?;
         ops_served?;

@@ -1,5 +1,5 @@
-//! The command line: the service (`serve | worker | migrate | stores import`), API keys
-//! (`keys create | list | revoke`) and the client (`submit | status | results`, see
+//! The command line: the service (`serve | worker | migrate | stores import | prune`), API
+//! keys (`keys create | list | revoke`) and the client (`submit | status | results`, see
 //! [`crate::client`]). Every flag can also be set through the environment variable named beside
 //! it (see the README's configuration table).
 
@@ -45,6 +45,9 @@ pub enum Command {
         #[command(subcommand)]
         command: StoresCommand,
     },
+    /// Delete finished jobs older than a duration, with their images and webhook deliveries.
+    #[command(after_help = PRUNE_HELP)]
+    Prune(PruneArgs),
     /// Manage API keys: create (the key is printed once), list, revoke.
     Keys {
         #[command(subcommand)]
@@ -73,6 +76,12 @@ Exit codes:
 Output: on a terminal, sentences and (with --wait) a live progress line; piped, no
 progress line, and without --wait only the job id; with --json, one JSON document:
 {\"job_id\": N}, or with --wait the job as GET /api/jobs/{id} returns it.";
+
+const PRUNE_HELP: &str = "\
+Jobs are deleted in small statements (at most 1000 images each) that never touch an ongoing
+job, so the queue keeps working meanwhile. A job whose webhook is still being delivered is
+left for a later run. Prints what it removed; exit 0, or 1 on an error (what was removed
+before it stays removed). On PostgreSQL it waits while another process is pruning.";
 
 const STATUS_EXIT_CODES: &str = "\
 Exit codes:
@@ -148,7 +157,8 @@ impl Cli {
                 Command::Submit(_)
                 | Command::Status(_)
                 | Command::Results(_)
-                | Command::Keys { .. },
+                | Command::Keys { .. }
+                | Command::Prune(_),
             ) => telemetry::init_client(),
             _ => telemetry::init(),
         }
@@ -201,6 +211,18 @@ pub enum KeysCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PruneArgs {
+    /// Delete finished jobs whose finish time is older than this: `30d`, `12h`, `90m`, `0s`.
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Duration,
+    /// Before deleting a job, write its results there as gzipped CSV (`job-ID.csv.gz`).
+    #[arg(long, env = "RP_ARCHIVE_DIR")]
+    pub archive_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -306,6 +328,10 @@ pub struct ServeArgs {
     /// monitoring network; the API's own /metrics needs an admin key).
     #[arg(long, env = "RP_METRICS_BIND")]
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// After a webhook secret is rotated, how long the previous one still signs deliveries
+    /// beside the new one: `24h`, `90m`, `0s`.
+    #[arg(long, env = "RP_WEBHOOK_SECRET_OVERLAP", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_secret_overlap: Duration,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -373,10 +399,29 @@ pub struct WorkerArgs {
     /// Seconds shutdown waits for in-flight images before handing them back to the queue.
     #[arg(long, env = "RP_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
     pub shutdown_grace_secs: f64,
+    /// How long after a job finished its webhook event is still retried: `24h`, `90m`.
+    #[arg(long, env = "RP_WEBHOOK_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_max_age: Duration,
+    /// Milliseconds before the first retry of a webhook delivery (doubles per attempt).
+    #[arg(long, env = "RP_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000)]
+    pub webhook_retry_base_ms: u64,
+    /// Longest wait between two attempts of a webhook delivery, in seconds.
+    #[arg(long, env = "RP_WEBHOOK_RETRY_MAX_SECS", default_value_t = 3600.0)]
+    pub webhook_retry_max_secs: f64,
+    /// Delete finished jobs older than this, every so often (`30d`, `12h`); unset: never.
+    #[arg(long, env = "RP_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Before retention deletes a job, write its results there as gzipped CSV.
+    #[arg(long, env = "RP_ARCHIVE_DIR")]
+    pub archive_dir: Option<PathBuf>,
 }
 
 fn parse_allow_hosts(text: &str) -> Result<AllowList, String> {
     AllowList::parse(text)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(text)
 }
 
 fn parse_delay(text: &str) -> Result<DelayRange, String> {
@@ -412,6 +457,14 @@ impl WorkerArgs {
         f.allow_private_networks = self.allow_private_networks;
         f.allow_hosts = self.allow_hosts.clone();
         f.stall_timeout = secs(self.fetch_stall_timeout_secs, "fetch-stall-timeout-secs")?;
+        let h = &mut config.webhooks;
+        h.max_age = self.webhook_max_age;
+        h.retry_base = Duration::from_millis(self.webhook_retry_base_ms);
+        h.retry_max = secs(self.webhook_retry_max_secs, "webhook-retry-max-secs")?;
+        config.retention = crate::config::RetentionConfig {
+            older_than: self.retention,
+            archive_dir: self.archive_dir.clone(),
+        };
         Ok(())
     }
 }
@@ -421,6 +474,7 @@ impl ServeArgs {
         let mut config = Config::default();
         self.worker.apply(&mut config)?;
         config.bind = self.bind;
+        config.webhooks.secret_overlap = self.webhook_secret_overlap;
         config.api.max_body_bytes = self.max_body_bytes;
         let limits = &mut config.api.limits;
         limits.max_images_per_job = self.max_images_per_job;
@@ -504,6 +558,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("imported {count} stores from {}", file.display());
         }
         Command::Keys { command } => crate::auth::command::run(command).await?,
+        Command::Prune(args) => prune(args).await?,
         Command::Submit(args) => {
             let output = Output::detect(args.server.json);
             let options = SubmitOptions {
@@ -538,4 +593,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `retail-pulse prune`: one pass, then what it removed on stdout.
+async fn prune(args: PruneArgs) -> anyhow::Result<()> {
+    use crate::retention::Pruner;
+    let db = Db::connect_with(&args.db.to_config()?).await?;
+    db.migrate().await?;
+    let cutoff = db.now().await? - args.older_than.as_millis() as i64;
+    let pruner = Pruner::new(
+        db.clone(),
+        args.older_than,
+        args.archive_dir.clone(),
+        std::sync::Arc::new(crate::metrics::Metrics::new()),
+    );
+    let never = tokio_util::sync::CancellationToken::new();
+    let mut told = false;
+    let pruned = loop {
+        if let Some(pruned) = pruner.prune(&never).await? {
+            break pruned;
+        }
+        if !told {
+            eprintln!("another process is pruning this database; waiting for it to finish");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    println!(
+        "pruned {} finished before {} ({}, {})",
+        plural(pruned.jobs, "job", "jobs"),
+        crate::db::format_ms(cutoff),
+        plural(pruned.images, "image", "images"),
+        plural(pruned.deliveries, "webhook delivery", "webhook deliveries"),
+    );
+    if let Some(dir) = &args.archive_dir {
+        println!(
+            "archived {} to {}",
+            plural(pruned.archived, "job", "jobs"),
+            dir.display()
+        );
+    }
+    db.close().await;
+    Ok(())
 }

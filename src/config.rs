@@ -36,6 +36,42 @@ pub struct Config {
     pub api: ApiConfig,
     pub worker: WorkerConfig,
     pub fetch: FetchConfig,
+    pub webhooks: WebhookConfig,
+    pub retention: RetentionConfig,
+}
+
+/// Webhook deliveries (made by worker processes) and the signing secrets (rotated through the
+/// API).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// How long after a job finished its event is still retried; then the delivery fails.
+    pub max_age: Duration,
+    /// First wait before retrying a failed delivery; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest wait between two attempts.
+    pub retry_max: Duration,
+    /// How long after a rotation the previous secret still signs, beside the new one.
+    pub secret_overlap: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(24 * 3600),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+            secret_overlap: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Periodic pruning of finished jobs (off unless `older_than` is set).
+#[derive(Debug, Clone, Default)]
+pub struct RetentionConfig {
+    /// Finished jobs whose finish time is older than this are deleted; `None`: never.
+    pub older_than: Option<Duration>,
+    /// Where each pruned job's results are written first (gzipped CSV); `None`: not kept.
+    pub archive_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -179,8 +215,37 @@ impl Default for Config {
                 allow_private_networks: false,
                 allow_hosts: crate::fetch::guard::AllowList::default(),
             },
+            webhooks: WebhookConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
+}
+
+/// Parses a duration written as a whole number and a unit: `45s`, `90m`, `12h`, `30d` (`0s`,
+/// or a bare `0`, is zero).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let problem = || format!("`{text}` is not a duration like 45s, 90m, 12h or 30d");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(problem)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| problem())?;
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(problem()),
+    };
+    number
+        .checked_mul(unit_secs)
+        .filter(|secs| *secs <= 100 * 365 * 86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is longer than a hundred years"))
 }
 
 impl Config {
@@ -197,6 +262,15 @@ impl Config {
         }
         if self.database.max_connections < 2 {
             return Err(invalid("db-max-connections", "must be at least 2"));
+        }
+        if self.webhooks.retry_base.is_zero() {
+            return Err(invalid("webhook-retry-base-ms", "must be above 0"));
+        }
+        if self.webhooks.retry_max < self.webhooks.retry_base {
+            return Err(invalid(
+                "webhook-retry-max-secs",
+                "must not be below --webhook-retry-base-ms",
+            ));
         }
         if self.fetch.max_bytes == 0 {
             return Err(invalid("fetch-max-bytes", "must be above 0"));
@@ -250,6 +324,34 @@ mod tests {
         for _ in 0..1000 {
             let d = range.sample().as_millis();
             assert!((10..=20).contains(&d));
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_their_unit() {
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("12h").unwrap(),
+            Duration::from_secs(12 * 3600)
+        );
+        assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration(" 45s ").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in [
+            "",
+            "12",
+            "h",
+            "1.5h",
+            "-1d",
+            "3w",
+            "1h30m",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 

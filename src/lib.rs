@@ -6,7 +6,8 @@
 //! ([`measure`]) and records the outcome. [`app`] wires the pieces; [`cli`] is the front door;
 //! [`client`] drives a running server over its HTTP API (`submit`, `status`, `results`).
 //! [`auth`] says who is calling: API keys, tenants and their limits. [`ui`] is the dashboard,
-//! served beside the API.
+//! served beside the API. [`webhooks`] tells clients that a job finished; [`retention`]
+//! deletes (and archives) old finished jobs.
 
 pub mod app;
 pub mod auth;
@@ -20,8 +21,10 @@ pub mod http;
 pub mod measure;
 pub mod metrics;
 pub mod queue;
+pub mod retention;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;
 pub mod ui;
+pub mod webhooks;
 pub mod worker;

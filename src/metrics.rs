@@ -42,6 +42,18 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// delivered | retried | failed
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// jobs | images | webhook_deliveries
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
 }
@@ -57,6 +69,8 @@ pub struct Metrics {
     pub processing_seconds: Histogram,
     pub worker_slots: Gauge,
     pub worker_slots_busy: Gauge,
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    pub pruned: Family<TableLabels, Counter>,
     jobs_by_state: Family<StateLabels, Gauge>,
     images_by_state: Family<StateLabels, Gauge>,
     workers_by_state: Family<StateLabels, Gauge>,
@@ -138,6 +152,18 @@ impl Metrics {
             "Images this process has in flight",
             worker_slots_busy.clone(),
         );
+        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook attempts made by this process, by outcome",
+            webhook_deliveries.clone(),
+        );
+        let pruned = Family::<TableLabels, Counter>::default();
+        registry.register(
+            "pruned",
+            "Rows deleted by retention in this process, by table",
+            pruned.clone(),
+        );
         let jobs_by_state = Family::<StateLabels, Gauge>::default();
         registry.register(
             "jobs",
@@ -167,6 +193,8 @@ impl Metrics {
             processing_seconds,
             worker_slots,
             worker_slots_busy,
+            webhook_deliveries,
+            pruned,
             jobs_by_state,
             images_by_state,
             workers_by_state,

@@ -364,6 +364,9 @@ async fn openapi_document_matches_real_responses() {
             vec![images.url("/slow/2000/10x10.png")],
         )]))
         .await;
+    let mut with_webhook = payload(&[("S99999999", vec![images.image(3, 3, "png")])]);
+    with_webhook["webhook"] = serde_json::json!(images.url("/hook"));
+    let hooked = app.submit_ok(&with_webhook).await;
 
     let cases: Vec<(&str, &str, String, Option<String>, u16)> = vec![
         (
@@ -462,6 +465,27 @@ async fn openapi_document_matches_real_responses() {
         ("/api/workers", "get", "/api/workers".into(), None, 200),
         ("/healthz", "get", "/healthz".into(), None, 200),
         ("/readyz", "get", "/readyz".into(), None, 200),
+        (
+            "/api/jobs/{job_id}",
+            "get",
+            format!("/api/jobs/{hooked}"),
+            None,
+            200,
+        ),
+        (
+            "/api/webhooks/secret",
+            "get",
+            "/api/webhooks/secret".into(),
+            None,
+            200,
+        ),
+        (
+            "/api/webhooks/secret/rotate",
+            "post",
+            "/api/webhooks/secret/rotate".into(),
+            None,
+            200,
+        ),
     ];
     for (path, method, url, body, expected) in cases {
         let (code, value) = match body {

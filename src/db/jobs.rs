@@ -1,6 +1,7 @@
 //! Job rows: creating a job with all its images in one transaction, reading it back, and the
 //! bookkeeping that finishes a job exactly once (counters on the job row, which serialise
-//! concurrent finishers through the row lock).
+//! concurrent finishers through the row lock). The transaction that finishes a job also
+//! enqueues its webhook delivery, if it asked for one ([`super::webhooks::enqueue`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -54,6 +55,8 @@ pub struct JobRow {
     pub errors: Vec<StoreError>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// Where the job's `job.finished` event goes, if anywhere.
+    pub webhook_url: Option<String>,
 }
 
 impl JobRow {
@@ -150,8 +153,8 @@ pub async fn create(
     }
     let id: i64 = sqlx::query_scalar(
         AssertSqlSafe(db.with_clock(
-            "INSERT INTO jobs (status, total, succeeded, failed, created_at, idempotency_key, request_hash, tenant) \
-             VALUES ('ongoing', $1, 0, $2, {now}, $3, $4, $5) RETURNING id",
+            "INSERT INTO jobs (status, total, succeeded, failed, created_at, idempotency_key, request_hash, tenant, webhook_url) \
+             VALUES ('ongoing', $1, 0, $2, {now}, $3, $4, $5, $6) RETURNING id",
         )),
     )
     .bind(total)
@@ -159,6 +162,7 @@ pub async fn create(
     .bind(idempotency.map(|i| i.key))
     .bind(idempotency.map(|i| i.body_hash))
     .bind(owner.tenant)
+    .bind(submission.webhook.as_deref())
     .fetch_one(&mut *tx)
     .await
     .map_err(err)?;
@@ -247,7 +251,7 @@ async fn unfinished_images(
 }
 
 pub(super) const JOB_COLUMNS: &str =
-    "id, tenant, status, total, succeeded, failed, errors, created_at, finished_at";
+    "id, tenant, status, total, succeeded, failed, errors, created_at, finished_at, webhook_url";
 
 pub(super) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
     let status: String = row.try_get("status").map_err(err)?;
@@ -267,6 +271,7 @@ pub(super) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
         },
         created_at: row.try_get("created_at").map_err(err)?,
         finished_at: row.try_get("finished_at").map_err(err)?,
+        webhook_url: row.try_get("webhook_url").map_err(err)?,
     })
 }
 
@@ -357,6 +362,7 @@ pub async fn cancel(db: &Db, scope: Scope<'_>, id: i64) -> Result<Cancel, DbErro
             .execute(&mut *tx)
             .await
             .map_err(err)?;
+            super::webhooks::enqueue(db, &mut tx, id).await?;
             tx.commit().await.map_err(err)?;
             tracing::info!(job.id = id, images.cancelled = stopped, "job cancelled");
             let job = get(db, scope, id)
@@ -557,6 +563,7 @@ async fn finalize(
     .execute(&mut *conn)
     .await
     .map_err(err)?;
+    super::webhooks::enqueue(db, conn, job_id).await?;
     tracing::info!(job.id = job_id, status = status.as_str(), "job finished");
     Ok(())
 }

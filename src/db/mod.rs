@@ -1,6 +1,6 @@
 //! The database: one connection pool over SQLite or PostgreSQL, chosen by the URL scheme, with
 //! the migrations of each backend and the queries per area (`jobs`, `images`, `stores`, `keys`,
-//! `workers`, and `dashboard` for the read-only views of the dashboard).
+//! `workers`, `webhooks`, `retention`, and `dashboard` for the read-only views of the dashboard).
 //!
 //! Queries go through sqlx's `Any` driver with `$n` placeholders, which both backends accept,
 //! so there is one query path; the few statements whose SQL must differ (the queue's claim)
@@ -10,8 +10,10 @@ pub mod dashboard;
 pub mod images;
 pub mod jobs;
 pub mod keys;
+pub mod retention;
 pub mod session;
 pub mod stores;
+pub mod webhooks;
 pub mod workers;
 
 use std::sync::Arc;
@@ -135,6 +137,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     ),
     (5, include_str!("../../migrations/sqlite/0005_api_keys.sql")),
     (6, include_str!("../../migrations/sqlite/0006_workers.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_webhooks.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -157,6 +160,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         6,
         include_str!("../../migrations/postgres/0006_workers.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_webhooks.sql"),
     ),
 ];
 

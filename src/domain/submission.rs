@@ -68,6 +68,8 @@ pub struct Visit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submission {
     pub visits: Vec<Visit>,
+    /// Where to POST the `job.finished` event, as the client wrote it (an http(s) URL).
+    pub webhook: Option<String>,
 }
 
 impl Submission {
@@ -82,6 +84,7 @@ impl Submission {
         let object = value
             .as_object()
             .ok_or_else(|| invalid(format!("body must be a JSON object, not {}", kind(value))))?;
+        let webhook = parse_webhook(object.get("webhook"), limits.max_url_len)?;
         let count = match object.get("count") {
             None => return Err(invalid("count: is required")),
             Some(v) => parse_count(v)?,
@@ -124,7 +127,10 @@ impl Submission {
             }
             parsed.push(visit);
         }
-        Ok(Self { visits: parsed })
+        Ok(Self {
+            visits: parsed,
+            webhook,
+        })
     }
 
     pub fn image_count(&self) -> usize {
@@ -155,6 +161,27 @@ fn parse_count(value: &Value) -> Result<u64, ValidationError> {
             kind(other)
         ))),
     }
+}
+
+/// The optional `webhook` field: absent or null is none; otherwise an http(s) URL with a host.
+fn parse_webhook(value: Option<&Value>, max_len: usize) -> Result<Option<String>, ValidationError> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => required_string(Some(v), "webhook", max_len, Text::Identifier)?,
+    };
+    let text = text.trim().to_string();
+    let url =
+        url::Url::parse(&text).map_err(|e| invalid(format!("webhook: is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "webhook: must be an http or https URL, not {}",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("webhook: must name a host"));
+    }
+    Ok(Some(text))
 }
 
 fn parse_visit(i: usize, value: &Value, limits: &Limits) -> Result<Visit, ValidationError> {
@@ -422,6 +449,56 @@ mod tests {
         v["extra"] = json!(true);
         v["visits"][0]["note"] = json!("x");
         assert!(parse(v).is_ok());
+    }
+
+    #[test]
+    fn a_webhook_is_an_optional_http_url() {
+        let mut v = example();
+        assert_eq!(parse(v.clone()).unwrap().webhook, None);
+        v["webhook"] = json!(null);
+        assert_eq!(parse(v.clone()).unwrap().webhook, None);
+        v["webhook"] = json!(" https://hooks.example.com/rp?x=1 ");
+        assert_eq!(
+            parse(v.clone()).unwrap().webhook.as_deref(),
+            Some("https://hooks.example.com/rp?x=1")
+        );
+        v["webhook"] = json!("http://10.0.0.1:8080/in");
+        assert!(
+            parse(v.clone()).is_ok(),
+            "the address guard acts at delivery"
+        );
+    }
+
+    #[test]
+    fn a_bad_webhook_is_refused_naming_the_field() {
+        let cases = [
+            (
+                json!("ftp://example.com/x"),
+                "webhook: must be an http or https URL, not ftp",
+            ),
+            (
+                json!("not a url"),
+                "webhook: is not a URL (relative URL without a base)",
+            ),
+            (json!(""), "webhook: must not be empty"),
+            (json!(42), "webhook: must be a string, not a number"),
+            (
+                json!("https://a/\u{7}"),
+                "webhook: must not contain control characters (found U+0007)",
+            ),
+            (
+                json!("mailto:ops@example.com"),
+                "webhook: must be an http or https URL, not mailto",
+            ),
+        ];
+        for (value, expected) in cases {
+            let mut v = example();
+            v["webhook"] = value;
+            assert_eq!(message(v), expected);
+        }
+        let mut v = example();
+        v["webhook"] = json!(format!("https://example.com/{}", "a".repeat(2100)));
+        assert_eq!(message(v), "webhook: is longer than 2048 bytes");
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The HTTP client for image downloads: connect and total timeouts, a byte cap enforced while
 //! streaming, a redirect cap with loop detection, and the address guard of [`guard`]. Every
 //! failure comes back as a [`FetchError`] whose message is what gets stored for the image.
+//!
+//! Webhook deliveries go out through the same [`Fetcher`] ([`Fetcher::post`]): the same guard,
+//! allow-list and timeouts, but redirects are never followed (a receiver that answers 3xx has
+//! not taken the event, and following it would re-send a signed body somewhere else).
 
 pub mod guard;
 
@@ -129,13 +133,18 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Downloads images. Cheap to clone (the connection pool is shared).
+/// Downloads images and posts webhook events. Cheap to clone (the connection pools are shared).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
+    /// The same configuration, but no redirect is followed: for webhook deliveries.
+    poster: reqwest::Client,
     config: FetchConfig,
     policy: Arc<guard::Policy>,
 }
+
+/// What the total timeout of a download cuts short.
+const DOWNLOAD: &str = "for the whole download";
 
 /// Marker errors a redirect policy returns, recovered from reqwest's error chain.
 #[derive(Debug, Error)]
@@ -174,6 +183,21 @@ impl Fetcher {
             }
             attempt.follow()
         });
+        Ok(Self {
+            client: Self::client(config, &policy, redirects)?,
+            poster: Self::client(config, &policy, redirect::Policy::none())?,
+            config: config.clone(),
+            policy,
+        })
+    }
+
+    /// One client configuration for every request the service makes to a client-chosen URL:
+    /// timeouts, no proxy, and the guarded resolver; only the redirect policy differs.
+    fn client(
+        config: &FetchConfig,
+        policy: &Arc<guard::Policy>,
+        redirects: redirect::Policy,
+    ) -> Result<reqwest::Client, FetchError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("retail-pulse/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)
@@ -186,25 +210,19 @@ impl Fetcher {
         if !config.allow_private_networks {
             builder = builder.dns_resolver(guard::GuardedResolver(policy.clone()));
         }
-        let client = builder
+        builder
             .build()
-            .map_err(|e| FetchError::Network(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self {
-            client,
-            config: config.clone(),
-            policy,
-        })
+            .map_err(|e| FetchError::Network(format!("cannot build HTTP client: {e}")))
     }
 
-    /// Downloads the whole body of `url` but keeps only its beginning: bytes are kept until
-    /// `enough(kept)` is true (for an image, until its header can be read). Memory per download
-    /// is then the header, not the photo, and no body is copied around.
-    #[tracing::instrument(skip_all, fields(url = %url))]
-    pub async fn download(
-        &self,
-        url: &str,
-        enough: impl Fn(&[u8]) -> bool,
-    ) -> Result<Download, FetchError> {
+    /// The longest a request can take (connecting, sending and the answer's headers).
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    /// A client-chosen URL, parsed and checked: http(s), a host, and an IP literal only where
+    /// the guard permits it (names are checked by the resolver when connecting).
+    fn checked_url(&self, url: &str) -> Result<Url, FetchError> {
         let parsed = Url::parse(url.trim()).map_err(|e| FetchError::InvalidUrl(e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(FetchError::InvalidUrl(format!(
@@ -218,13 +236,70 @@ impl Fetcher {
         self.policy
             .check_literal(&parsed)
             .map_err(|b| FetchError::Blocked(b.0))?;
+        Ok(parsed)
+    }
+
+    /// POSTs `body` as JSON with `headers` to a client-chosen URL, following no redirect.
+    /// `Ok` only for a 2xx answer; any other answer is [`FetchError::Status`] (a 3xx says that
+    /// redirects are not followed). The answer's body is not read. (No span names the URL:
+    /// a webhook URL may carry credentials.)
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<(), FetchError> {
+        let parsed = self.checked_url(url)?;
+        let mut request = self
+            .poster
+            .post(parsed)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let started = Instant::now();
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.classify(e, started, "waiting for the answer"))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let reason = status.canonical_reason().unwrap_or("").to_string();
+        Err(FetchError::Status {
+            code: status.as_u16(),
+            reason: if status.is_redirection() {
+                format!("{reason} (redirects are not followed)")
+            } else {
+                reason
+            },
+            retry_after: response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+        })
+    }
+
+    /// Downloads the whole body of `url` but keeps only its beginning: bytes are kept until
+    /// `enough(kept)` is true (for an image, until its header can be read). Memory per download
+    /// is then the header, not the photo, and no body is copied around.
+    #[tracing::instrument(skip_all, fields(url = %url))]
+    pub async fn download(
+        &self,
+        url: &str,
+        enough: impl Fn(&[u8]) -> bool,
+    ) -> Result<Download, FetchError> {
+        let parsed = self.checked_url(url)?;
         let started = Instant::now();
         let mut response = self
             .client
             .get(parsed)
             .send()
             .await
-            .map_err(|e| self.classify(e, started))?;
+            .map_err(|e| self.classify(e, started, DOWNLOAD))?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = response
@@ -254,7 +329,7 @@ impl Fetcher {
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| self.classify(e, started))?
+            .map_err(|e| self.classify(e, started, DOWNLOAD))?
         {
             total += chunk.len() as u64;
             if total > max {
@@ -280,7 +355,9 @@ impl Fetcher {
         })
     }
 
-    fn classify(&self, error: reqwest::Error, started: Instant) -> FetchError {
+    /// Sorts a client error into a [`FetchError`]; `whole` names what the total timeout cut
+    /// short ("for the whole download", "waiting for the answer").
+    fn classify(&self, error: reqwest::Error, started: Instant, whole: &'static str) -> FetchError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         let mut innermost = error.to_string();
         while let Some(e) = source {
@@ -319,7 +396,7 @@ impl Fetcher {
                 }
             } else if started.elapsed() + Duration::from_millis(50) >= self.config.timeout {
                 FetchError::Timeout {
-                    phase: "for the whole download",
+                    phase: whole,
                     after: self.config.timeout,
                 }
             } else {

@@ -1,7 +1,8 @@
 //! The extended API: `GET /api/jobs` (the caller's jobs), `GET /api/jobs/{id}` (a job with its
 //! progress), `GET /api/jobs/{id}/images?limit=&after=` (per-image results, paginated by an
 //! opaque cursor) and `POST /api/jobs/{id}/cancel`. Every query runs in the caller's scope:
-//! another tenant's job is a 404, like a missing one.
+//! another tenant's job is a 404, like a missing one. A job submitted with a webhook shows the
+//! state of its delivery (`webhook`); without one the member is absent.
 
 use std::collections::HashMap;
 
@@ -39,6 +40,23 @@ pub struct JobBody {
     pub finished_at: Option<String>,
     pub images: Progress,
     pub error: Vec<StoreError>,
+    /// Only for a job submitted with a `webhook`: the state of its `job.finished` event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookBody>,
+}
+
+/// The delivery of a job's `job.finished` event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookBody {
+    pub url: String,
+    /// pending (the job is ongoing, or the event is waiting for an attempt or a retry) |
+    /// delivered | failed (410 Gone, a refused address, or still failing after the retry period)
+    #[schema(value_type = String, example = "delivered")]
+    pub state: &'static str,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// Why the last attempt failed; null after a success or before any attempt.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,7 +101,45 @@ async fn job(
     let job = db::jobs::get(&state.db, caller.scope(), id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
-    Ok(Json(JobBody::from(job)))
+    Ok(Json(with_webhooks(&state, vec![job]).await?.remove(0)))
+}
+
+/// The jobs as the API shows them, each with the state of its webhook, if it has one (one
+/// query for all of them, and none when no job has a webhook).
+pub(crate) async fn with_webhooks(
+    state: &AppState,
+    jobs: Vec<db::jobs::JobRow>,
+) -> Result<Vec<JobBody>, ApiError> {
+    let finished: Vec<i64> = jobs
+        .iter()
+        .filter(|j| j.webhook_url.is_some() && j.finished_at.is_some())
+        .map(|j| j.id)
+        .collect();
+    let mut deliveries = db::webhooks::states(&state.db, &finished).await?;
+    Ok(jobs
+        .into_iter()
+        .map(|job| {
+            let delivery = deliveries.remove(&job.id);
+            let webhook = job.webhook_url.clone().map(|url| match delivery {
+                Some(d) => WebhookBody {
+                    url,
+                    state: d.status.as_str(),
+                    attempts: d.attempts,
+                    last_error: d.last_error,
+                },
+                None => WebhookBody {
+                    url,
+                    state: db::webhooks::DeliveryStatus::Pending.as_str(),
+                    attempts: 0,
+                    last_error: None,
+                },
+            });
+            JobBody {
+                webhook,
+                ..JobBody::without_webhook(job)
+            }
+        })
+        .collect())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -153,7 +209,7 @@ async fn list(
         None
     };
     Ok(Json(JobList {
-        jobs: jobs.into_iter().map(JobBody::from).collect(),
+        jobs: with_webhooks(&state, jobs).await?,
         next,
     }))
 }
@@ -188,7 +244,9 @@ async fn cancel(
     JobId(id): JobId,
 ) -> Result<Json<JobBody>, ApiError> {
     match db::jobs::cancel(&state.db, caller.scope(), id).await? {
-        db::jobs::Cancel::Cancelled(job) => Ok(Json(JobBody::from(job))),
+        db::jobs::Cancel::Cancelled(job) => {
+            Ok(Json(with_webhooks(&state, vec![job]).await?.remove(0)))
+        }
         db::jobs::Cancel::Finished(job) => Err(ApiError::Conflict(format!(
             "job {id} has already finished ({}); only an ongoing job can be cancelled",
             job.status.as_str()
@@ -197,8 +255,10 @@ async fn cancel(
     }
 }
 
-impl From<db::jobs::JobRow> for JobBody {
-    fn from(job: db::jobs::JobRow) -> Self {
+impl JobBody {
+    /// The job without the state of its webhook: the `data` of its `job.finished` event,
+    /// which cannot describe its own delivery.
+    pub fn without_webhook(job: db::jobs::JobRow) -> Self {
         let pending = job.pending();
         JobBody {
             job_id: job.id,
@@ -213,6 +273,7 @@ impl From<db::jobs::JobRow> for JobBody {
                 pending,
             },
             error: job.errors,
+            webhook: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP API: the router, the shared state handlers see, and [`ApiError`], the one place
 //! where failures become status codes. One file per area: `submit`, `status` (the assignment's
 //! two endpoints), `jobs` (the extended API), `export` (results as CSV), `workers` (the worker
-//! registry) and `health`. The dashboard's pages ([`crate::ui`]) are mounted here too.
+//! registry), `webhooks` (the signing secret) and `health`. The dashboard's pages
+//! ([`crate::ui`]) are mounted here too.
 //!
 //! Every API route — and every dashboard page — sits behind [`crate::auth::require_caller`];
 //! only `/healthz`, `/readyz`, `/api/openapi.json`, the dashboard's static assets and the `/`
@@ -13,7 +14,10 @@ pub(crate) mod jobs;
 pub mod openapi;
 mod status;
 pub(crate) mod submit;
+mod webhooks;
 mod workers;
+
+pub use jobs::JobBody;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +75,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Keys, tenants and their limits.
     pub auth: Arc<Authenticator>,
+    /// How long a rotated-out webhook secret keeps signing beside the new one.
+    pub webhook_secret_overlap: Duration,
 }
 
 /// Errors a handler can return. Each variant's doc says its status and body.
@@ -296,6 +302,7 @@ pub fn router(state: AppState) -> Router {
         .merge(export::router())
         .merge(workers::router())
         .merge(crate::ui::pages())
+        .merge(webhooks::router())
         .merge(health::admin_metrics_router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),

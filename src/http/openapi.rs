@@ -36,6 +36,10 @@ pub struct SubmitRequest {
     /// Must equal the number of visits.
     pub count: u64,
     pub visits: Vec<VisitRequest>,
+    /// Optional: an http(s) URL that receives a signed `job.finished` event (Standard
+    /// Webhooks) when the job finishes.
+    #[schema(example = "https://hooks.example.com/retail-pulse")]
+    pub webhook: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,6 +92,8 @@ impl Modify for BearerKeys {
         super::jobs::cancel,
         super::export::results_csv,
         super::workers::list,
+        super::webhooks::secret,
+        super::webhooks::rotate,
         super::health::alive,
         super::health::ready,
         super::health::metrics,
@@ -101,12 +107,15 @@ impl Modify for BearerKeys {
         super::submit::Submitted,
         super::status::StatusBody,
         super::jobs::JobBody,
+        super::jobs::WebhookBody,
         super::jobs::Progress,
         super::jobs::JobList,
         super::jobs::ImagesBody,
         super::jobs::ImageBody,
         super::workers::WorkerList,
         super::workers::WorkerBody,
+        super::webhooks::SecretBody,
+        super::webhooks::RotatedBody,
         crate::domain::StoreError,
     ))
 )]

@@ -760,7 +760,7 @@ async fn live_jobs(
         )));
     }
     let jobs = Data::new(&state, &caller).progress(&ids).await?;
-    let jobs: Vec<JobBody> = jobs.into_iter().map(JobBody::from).collect();
+    let jobs: Vec<JobBody> = crate::http::jobs::with_webhooks(&state, jobs).await?;
     Ok((
         [(CACHE_CONTROL, "no-store")],
         axum::Json(json!({ "jobs": jobs })),

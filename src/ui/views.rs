@@ -397,6 +397,7 @@ mod tests {
             errors: Vec::new(),
             created_at: 0,
             finished_at: None,
+            webhook_url: None,
         };
         let line = JobLine::new(&job, 2_000);
         assert_eq!(line.done, 2);

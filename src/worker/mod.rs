@@ -1,7 +1,8 @@
 //! The worker pool of one process: claims images from the queue up to `concurrency` in flight,
 //! processes each in its own task, and hands outcomes to a single writer that records them in
 //! batches. Beside it run the heartbeat (extends this worker's leases), the reaper (takes back
-//! images of dead workers) and, on PostgreSQL, a LISTEN that wakes the pool when work arrives.
+//! images of dead workers), the webhook deliveries ([`crate::webhooks::deliver`]) and, on
+//! PostgreSQL, a LISTEN that wakes the pool when work arrives.
 //!
 //! Shutdown: stop claiming, give in-flight images `shutdown_grace` to finish, record what
 //! finished, and hand the rest back to the queue.
@@ -26,6 +27,7 @@ use crate::domain::ErrorKind;
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 use crate::queue::{ClaimedImage, Outcome, Queue};
+use crate::webhooks::deliver::Deliverer;
 use process::Processor;
 
 /// Most images claimed in one round trip.
@@ -50,6 +52,7 @@ pub struct WorkerPool {
     shutdown_grace: Duration,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    deliverer: Arc<Deliverer>,
 }
 
 /// A worker id unique per process start (not the host name: several workers may share one).
@@ -68,7 +71,15 @@ impl WorkerPool {
         let fetcher = Fetcher::new(&config.fetch)?;
         let queue = Queue::new(db.clone(), new_worker_id(), w.lease, w.max_attempts);
         metrics.worker_slots.set(w.concurrency as i64);
+        let deliverer = Deliverer::new(
+            db.clone(),
+            fetcher.clone(),
+            queue.owner().to_string(),
+            config,
+            metrics.clone(),
+        );
         Ok(Self {
+            deliverer: Arc::new(deliverer),
             queue: Arc::new(queue),
             processor: Arc::new(Processor::new(fetcher, w, metrics.clone())),
             metrics,
@@ -126,6 +137,7 @@ impl WorkerPool {
             self.metrics.clone(),
             background.clone(),
         ));
+        helpers.spawn(self.deliverer.clone().run(background.clone()));
         if self.db.backend() == Backend::Postgres {
             helpers.spawn(listen(
                 self.db.url().to_string(),
