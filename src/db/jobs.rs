@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::{Backend, Db, DbError, err, images};
 use crate::domain::{ErrorKind, FirstFailure, JobStatus, StoreError, StoreFailure, Submission};
@@ -253,26 +253,30 @@ async fn unfinished_images(
 pub(super) const JOB_COLUMNS: &str =
     "id, tenant, status, total, succeeded, failed, errors, created_at, finished_at, webhook_url";
 
+super::from_row!(JobRow {
+    id: i64,
+    tenant: String,
+    status: JobStatus as String,
+    total: i64,
+    succeeded: i64,
+    failed: i64,
+    errors: Vec<StoreError> as Option<String> => decode_store_errors,
+    created_at: i64,
+    finished_at: Option<i64>,
+    webhook_url: Option<String>,
+});
+
+/// The stored per-store error list (JSON; NULL while there is none).
+fn decode_store_errors(stored: Option<String>) -> Result<Vec<StoreError>, String> {
+    match stored {
+        Some(text) => serde_json::from_str(&text).map_err(|e| format!("job errors: {e}")),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// A job row read by a query of its own (`SELECT {JOB_COLUMNS} …`).
 pub(super) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
-    let status: String = row.try_get("status").map_err(err)?;
-    let errors: Option<String> = row.try_get("errors").map_err(err)?;
-    Ok(JobRow {
-        id: row.try_get("id").map_err(err)?,
-        tenant: row.try_get("tenant").map_err(err)?,
-        status: JobStatus::parse(&status)
-            .ok_or_else(|| DbError::Encoding(format!("job status `{status}`")))?,
-        total: row.try_get("total").map_err(err)?,
-        succeeded: row.try_get("succeeded").map_err(err)?,
-        failed: row.try_get("failed").map_err(err)?,
-        errors: match errors {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| DbError::Encoding(format!("job errors: {e}")))?,
-            None => Vec::new(),
-        },
-        created_at: row.try_get("created_at").map_err(err)?,
-        finished_at: row.try_get("finished_at").map_err(err)?,
-        webhook_url: row.try_get("webhook_url").map_err(err)?,
-    })
+    <JobRow as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row(row).map_err(err)
 }
 
 /// The job a tenant created with an idempotency key, and the hash of the body it was created
@@ -282,22 +286,15 @@ pub async fn find_by_idempotency_key(
     tenant: &str,
     key: &str,
 ) -> Result<Option<(i64, String)>, DbError> {
-    let row =
-        sqlx::query("SELECT id, request_hash FROM jobs WHERE tenant = $1 AND idempotency_key = $2")
-            .bind(tenant)
-            .bind(key)
-            .fetch_optional(db.pool())
-            .await
-            .map_err(err)?;
-    row.map(|r| {
-        Ok((
-            r.try_get("id").map_err(err)?,
-            r.try_get::<Option<String>, _>("request_hash")
-                .map_err(err)?
-                .unwrap_or_default(),
-        ))
-    })
-    .transpose()
+    let row: Option<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT id, request_hash FROM jobs WHERE tenant = $1 AND idempotency_key = $2",
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_optional(db.pool())
+    .await
+    .map_err(err)?;
+    Ok(row.map(|(id, hash)| (id, hash.unwrap_or_default())))
 }
 
 /// What a cancel request found.
@@ -431,30 +428,20 @@ pub async fn state_counts(db: &Db) -> Result<StateCounts, DbError> {
         .iter()
         .map(|s| (s.to_string(), 0))
         .collect();
-    let rows = sqlx::query(
-        "SELECT status, CAST(COUNT(*) AS BIGINT) AS n, CAST(SUM(succeeded) AS BIGINT) AS ok, \
-         CAST(SUM(failed) AS BIGINT) AS bad, CAST(SUM(total - succeeded - failed) AS BIGINT) AS open \
+    let rows: Vec<(String, i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT status, CAST(COUNT(*) AS BIGINT), CAST(SUM(succeeded) AS BIGINT), \
+         CAST(SUM(failed) AS BIGINT), CAST(SUM(total - succeeded - failed) AS BIGINT) \
          FROM jobs GROUP BY status",
     )
     .fetch_all(db.pool())
     .await
     .map_err(err)?;
     let (mut succeeded, mut failed, mut unfinished) = (0i64, 0i64, 0i64);
-    for row in &rows {
-        let status: String = row.try_get("status").map_err(err)?;
-        by_status.insert(status, row.try_get("n").map_err(err)?);
-        succeeded += row
-            .try_get::<Option<i64>, _>("ok")
-            .map_err(err)?
-            .unwrap_or(0);
-        failed += row
-            .try_get::<Option<i64>, _>("bad")
-            .map_err(err)?
-            .unwrap_or(0);
-        unfinished += row
-            .try_get::<Option<i64>, _>("open")
-            .map_err(err)?
-            .unwrap_or(0);
+    for (status, n, ok, bad, open) in rows {
+        by_status.insert(status, n);
+        succeeded += ok.unwrap_or(0);
+        failed += bad.unwrap_or(0);
+        unfinished += open.unwrap_or(0);
     }
     let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE status = 'running'")
         .fetch_one(db.pool())

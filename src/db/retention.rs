@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use super::{Backend, Db, DbError, err};
 
@@ -26,20 +26,16 @@ pub async fn expired(db: &Db, older_than: Duration, limit: i64) -> Result<Vec<Ex
              AND d.status IN ('pending', 'running')) \
          ORDER BY finished_at, id LIMIT $2",
     );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows: Vec<(i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(older_than.as_millis() as i64)
         .bind(limit)
         .fetch_all(db.pool())
         .await
         .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            Ok(Expired {
-                id: r.try_get("id").map_err(err)?,
-                finished_at: r.try_get("finished_at").map_err(err)?,
-            })
-        })
-        .collect()
+    Ok(rows
+        .into_iter()
+        .map(|(id, finished_at)| Expired { id, finished_at })
+        .collect())
 }
 
 /// Deletes up to `batch` images of a finished job, in submission order; returns how many.
