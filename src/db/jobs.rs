@@ -428,20 +428,34 @@ pub async fn state_counts(db: &Db) -> Result<StateCounts, DbError> {
         .iter()
         .map(|s| (s.to_string(), 0))
         .collect();
-    let rows: Vec<(String, i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT status, CAST(COUNT(*) AS BIGINT), CAST(SUM(succeeded) AS BIGINT), \
-         CAST(SUM(failed) AS BIGINT), CAST(SUM(total - succeeded - failed) AS BIGINT) \
+    struct Totals {
+        status: String,
+        jobs: i64,
+        succeeded: Option<i64>,
+        failed: Option<i64>,
+        open: Option<i64>,
+    }
+    super::from_row!(Totals {
+        status: String,
+        jobs: i64,
+        succeeded: Option<i64>,
+        failed: Option<i64>,
+        open: Option<i64>,
+    });
+    let rows: Vec<Totals> = sqlx::query_as(
+        "SELECT status, CAST(COUNT(*) AS BIGINT) AS jobs, CAST(SUM(succeeded) AS BIGINT) AS succeeded, \
+         CAST(SUM(failed) AS BIGINT) AS failed, CAST(SUM(total - succeeded - failed) AS BIGINT) AS open \
          FROM jobs GROUP BY status",
     )
     .fetch_all(db.pool())
     .await
     .map_err(err)?;
     let (mut succeeded, mut failed, mut unfinished) = (0i64, 0i64, 0i64);
-    for (status, n, ok, bad, open) in rows {
-        by_status.insert(status, n);
-        succeeded += ok.unwrap_or(0);
-        failed += bad.unwrap_or(0);
-        unfinished += open.unwrap_or(0);
+    for t in rows {
+        by_status.insert(t.status, t.jobs);
+        succeeded += t.succeeded.unwrap_or(0);
+        failed += t.failed.unwrap_or(0);
+        unfinished += t.open.unwrap_or(0);
     }
     let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE status = 'running'")
         .fetch_one(db.pool())
