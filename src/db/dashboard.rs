@@ -4,7 +4,7 @@
 //! small index; none scans the images table.
 
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use super::jobs::{JOB_COLUMNS, JobRow, Scope, job_from_row};
 use super::{Db, DbError, err};
@@ -132,21 +132,13 @@ pub async fn jobs_by_ids(db: &Db, scope: Scope<'_>, ids: &[i64]) -> Result<Vec<J
 
 /// A tenant's jobs by state: its job rows only (no image is read).
 pub async fn tenant_job_states(db: &Db, tenant: &str) -> Result<Vec<(String, i64)>, DbError> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM jobs WHERE tenant = $1 GROUP BY status",
     )
     .bind(tenant)
     .fetch_all(db.pool())
     .await
-    .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("status").map_err(err)?,
-                r.try_get("n").map_err(err)?,
-            ))
-        })
-        .collect()
+    .map_err(err)
 }
 
 /// Images back in the queue after an attempt (a transient failure or a dead worker's lease),
@@ -173,6 +165,19 @@ pub struct ImageView {
     pub error: Option<String>,
     pub attempts: i64,
 }
+
+super::from_row!(ImageView {
+    seq: i64,
+    store_id: String,
+    url: String,
+    visit_time: String,
+    status: ImageStatus as String,
+    width: Option<i64>,
+    height: Option<i64>,
+    perimeter: Option<i64>,
+    error: Option<String>,
+    attempts: i64,
+});
 
 /// Which way a page of images goes from its cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,32 +209,13 @@ pub async fn images_page(
         "SELECT seq, store_id, url, visit_time, status, width, height, perimeter, error, attempts \
          FROM images WHERE job_id = $1 AND {position} {state} ORDER BY seq {order} LIMIT $3"
     );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let mut images: Vec<ImageView> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(job_id)
         .bind(seq)
         .bind(limit)
         .fetch_all(db.pool())
         .await
         .map_err(err)?;
-    let mut images = rows
-        .iter()
-        .map(|r| {
-            let status: String = r.try_get("status").map_err(err)?;
-            Ok(ImageView {
-                seq: r.try_get("seq").map_err(err)?,
-                store_id: r.try_get("store_id").map_err(err)?,
-                url: r.try_get("url").map_err(err)?,
-                visit_time: r.try_get("visit_time").map_err(err)?,
-                status: ImageStatus::parse(&status)
-                    .ok_or_else(|| DbError::Encoding(format!("image status `{status}`")))?,
-                width: r.try_get("width").map_err(err)?,
-                height: r.try_get("height").map_err(err)?,
-                perimeter: r.try_get("perimeter").map_err(err)?,
-                error: r.try_get("error").map_err(err)?,
-                attempts: r.try_get("attempts").map_err(err)?,
-            })
-        })
-        .collect::<Result<Vec<_>, DbError>>()?;
     if matches!(direction, Direction::Before(_)) {
         images.reverse();
     }

@@ -1,8 +1,6 @@
 //! API key rows: created by `retail-pulse keys create`, looked up by the hash of the key a
 //! request presents, listed and revoked. The key itself is never stored (see [`crate::auth`]).
 
-use sqlx::Row;
-
 use super::{Db, DbError, err, now_ms};
 
 /// A key as stored: everything but the secret, which exists only in the creator's hands.
@@ -35,19 +33,17 @@ pub struct NewKey<'a> {
 const COLUMNS: &str = "id, name, tenant, admin, created_at, last_used_at, revoked_at, \
      max_unfinished_images, submits_per_minute";
 
-fn key_from_row(row: &sqlx::any::AnyRow) -> Result<KeyRow, DbError> {
-    Ok(KeyRow {
-        id: row.try_get("id").map_err(err)?,
-        name: row.try_get("name").map_err(err)?,
-        tenant: row.try_get("tenant").map_err(err)?,
-        admin: row.try_get::<i64, _>("admin").map_err(err)? != 0,
-        created_at: row.try_get("created_at").map_err(err)?,
-        last_used_at: row.try_get("last_used_at").map_err(err)?,
-        revoked_at: row.try_get("revoked_at").map_err(err)?,
-        max_unfinished_images: row.try_get("max_unfinished_images").map_err(err)?,
-        submits_per_minute: row.try_get("submits_per_minute").map_err(err)?,
-    })
-}
+super::from_row!(KeyRow {
+    id: i64,
+    name: String,
+    tenant: String,
+    admin: bool as i64 => |raw: i64| Ok(raw != 0),
+    created_at: i64,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+    max_unfinished_images: Option<i64>,
+    submits_per_minute: Option<i64>,
+});
 
 /// Stores a new key. A name already taken (by a live or a revoked key) is
 /// [`DbError::Duplicate`].
@@ -58,7 +54,7 @@ pub async fn insert(db: &Db, key: &NewKey<'_>) -> Result<KeyRow, DbError> {
          RETURNING {COLUMNS}"
     );
     let _turn = db.write_turn().await;
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(key.name)
         .bind(key.tenant)
         .bind(i64::from(key.admin))
@@ -68,18 +64,16 @@ pub async fn insert(db: &Db, key: &NewKey<'_>) -> Result<KeyRow, DbError> {
         .bind(key.submits_per_minute)
         .fetch_one(db.pool())
         .await
-        .map_err(err)?;
-    key_from_row(&row)
+        .map_err(err)
 }
 
 /// Every key, oldest first, revoked ones included.
 pub async fn list(db: &Db) -> Result<Vec<KeyRow>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM api_keys ORDER BY id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .fetch_all(db.pool())
         .await
-        .map_err(err)?;
-    rows.iter().map(key_from_row).collect()
+        .map_err(err)
 }
 
 /// What `revoke` found.
@@ -100,7 +94,7 @@ pub async fn revoke(db: &Db, name: &str) -> Result<Revoke, DbError> {
     );
     let revoked = {
         let _turn = db.write_turn().await;
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as::<_, KeyRow>(sqlx::AssertSqlSafe(sql))
             .bind(name)
             .bind(now_ms())
             .fetch_optional(db.pool())
@@ -108,16 +102,16 @@ pub async fn revoke(db: &Db, name: &str) -> Result<Revoke, DbError> {
             .map_err(err)?
     };
     if let Some(row) = revoked {
-        return Ok(Revoke::Revoked(key_from_row(&row)?));
+        return Ok(Revoke::Revoked(row));
     }
     let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE name = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(name)
         .fetch_optional(db.pool())
         .await
         .map_err(err)?;
     Ok(match row {
-        Some(row) => Revoke::AlreadyRevoked(key_from_row(&row)?),
+        Some(row) => Revoke::AlreadyRevoked(row),
         None => Revoke::NotFound,
     })
 }
@@ -125,12 +119,11 @@ pub async fn revoke(db: &Db, name: &str) -> Result<Revoke, DbError> {
 /// The live (not revoked) key with this hash.
 pub async fn find_live(db: &Db, key_hash: &str) -> Result<Option<KeyRow>, DbError> {
     let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(key_hash)
         .fetch_optional(db.pool())
         .await
-        .map_err(err)?;
-    row.as_ref().map(key_from_row).transpose()
+        .map_err(err)
 }
 
 /// The limit overrides set on a tenant's live keys, one pair per key:
@@ -139,22 +132,14 @@ pub async fn tenant_overrides(
     db: &Db,
     tenant: &str,
 ) -> Result<Vec<(Option<i64>, Option<i64>)>, DbError> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT max_unfinished_images, submits_per_minute FROM api_keys \
          WHERE tenant = $1 AND revoked_at IS NULL",
     )
     .bind(tenant)
     .fetch_all(db.pool())
     .await
-    .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("max_unfinished_images").map_err(err)?,
-                r.try_get("submits_per_minute").map_err(err)?,
-            ))
-        })
-        .collect()
+    .map_err(err)
 }
 
 /// Whether any key was ever created (revoked ones count: revoking every key does not reopen

@@ -4,7 +4,7 @@
 //! read from here is cheap whatever the size of the queue.
 
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use super::{Db, DbError, err};
 
@@ -33,6 +33,18 @@ pub struct WorkerRow {
     /// Set when the process shut down gracefully.
     pub stopped_at: Option<i64>,
 }
+
+super::from_row!(WorkerRow {
+    id: String,
+    host: String,
+    pid: i64,
+    version: String,
+    started_at: i64,
+    last_seen_at: i64,
+    slots: i64,
+    busy: i64,
+    stopped_at: Option<i64>,
+});
 
 /// Images a worker finished (or put back for a retry) since its previous heartbeat, for one
 /// outcome and error kind.
@@ -138,34 +150,19 @@ pub async fn prune(db: &Db, seen_before: i64, minutes_before: i64) -> Result<u64
 /// Every registered worker, most recently started first (the table holds at most an hour's
 /// worth of processes).
 pub async fn list(db: &Db) -> Result<Vec<WorkerRow>, DbError> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, host, pid, version, started_at, last_seen_at, slots, busy, stopped_at \
          FROM workers ORDER BY started_at DESC, id",
     )
     .fetch_all(db.pool())
     .await
-    .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            Ok(WorkerRow {
-                id: r.try_get("id").map_err(err)?,
-                host: r.try_get("host").map_err(err)?,
-                pid: r.try_get("pid").map_err(err)?,
-                version: r.try_get("version").map_err(err)?,
-                started_at: r.try_get("started_at").map_err(err)?,
-                last_seen_at: r.try_get("last_seen_at").map_err(err)?,
-                slots: r.try_get("slots").map_err(err)?,
-                busy: r.try_get("busy").map_err(err)?,
-                stopped_at: r.try_get("stopped_at").map_err(err)?,
-            })
-        })
-        .collect()
+    .map_err(err)
 }
 
 /// Finished images per minute from `since` on, summed over workers: (minute, succeeded,
 /// failed), only minutes with something in them, oldest first.
 pub async fn finished_per_minute(db: &Db, since: i64) -> Result<Vec<(i64, i64, i64)>, DbError> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT minute, \
          CAST(SUM(CASE WHEN outcome = 'succeeded' THEN images ELSE 0 END) AS BIGINT) AS ok, \
          CAST(SUM(CASE WHEN outcome = 'failed' THEN images ELSE 0 END) AS BIGINT) AS bad \
@@ -174,22 +171,13 @@ pub async fn finished_per_minute(db: &Db, since: i64) -> Result<Vec<(i64, i64, i
     .bind(since)
     .fetch_all(db.pool())
     .await
-    .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("minute").map_err(err)?,
-                r.try_get("ok").map_err(err)?,
-                r.try_get("bad").map_err(err)?,
-            ))
-        })
-        .collect()
+    .map_err(err)
 }
 
 /// Failures since `since` by error kind: (kind, failed for good, put back for a retry), the
 /// most frequent first.
 pub async fn failures_by_kind(db: &Db, since: i64) -> Result<Vec<(String, i64, i64)>, DbError> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT error_kind, \
          CAST(SUM(CASE WHEN outcome = 'failed' THEN images ELSE 0 END) AS BIGINT) AS failed, \
          CAST(SUM(CASE WHEN outcome = 'retried' THEN images ELSE 0 END) AS BIGINT) AS retried \
@@ -199,16 +187,7 @@ pub async fn failures_by_kind(db: &Db, since: i64) -> Result<Vec<(String, i64, i
     .bind(since)
     .fetch_all(db.pool())
     .await
-    .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("error_kind").map_err(err)?,
-                r.try_get("failed").map_err(err)?,
-                r.try_get("retried").map_err(err)?,
-            ))
-        })
-        .collect()
+    .map_err(err)
 }
 
 #[cfg(test)]
