@@ -18,6 +18,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::retention::Pruner;
 use crate::stores::{self, StoreMasterError};
+use crate::ui::session::Sessions;
 use crate::worker::WorkerPool;
 
 #[derive(Debug, Error)]
@@ -89,14 +90,22 @@ pub async fn build(
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
     // A listener without the API role serves the operations endpoints only (a worker's metrics).
-    let state = listener.is_some().then(|| AppState {
-        db: db.clone(),
-        wake: wake.clone(),
-        metrics: metrics.clone(),
-        limits: config.api.limits,
-        max_body_bytes: config.api.max_body_bytes,
-        auth: Arc::new(Authenticator::new(db.clone(), config.api.auth.clone())),
-        webhook_secret_overlap: config.webhooks.secret_overlap,
+    let state = listener.is_some().then(|| {
+        let auth = Arc::new(Authenticator::new(db.clone(), config.api.auth.clone()));
+        AppState {
+            db: db.clone(),
+            wake: wake.clone(),
+            metrics: metrics.clone(),
+            limits: config.api.limits,
+            max_body_bytes: config.api.max_body_bytes,
+            sessions: Arc::new(Sessions::new(
+                db.clone(),
+                auth.clone(),
+                config.api.sessions.clone(),
+            )),
+            auth,
+            webhook_secret_overlap: config.webhooks.secret_overlap,
+        }
     });
     let retention = config.retention.older_than.map(|older_than| {
         Pruner::new(

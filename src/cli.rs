@@ -332,6 +332,13 @@ pub struct ServeArgs {
     /// beside the new one: `24h`, `90m`, `0s`.
     #[arg(long, env = "RP_WEBHOOK_SECRET_OVERLAP", default_value = "24h", value_parser = parse_duration)]
     pub webhook_secret_overlap: Duration,
+    /// The address people use to reach this service, e.g. `https://pulse.example.com`; an
+    /// `https://` one makes the dashboard's cookies `Secure`.
+    #[arg(long, env = "RP_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+    /// A dashboard sign-in session unused for this long ends: `12h`, `30m`.
+    #[arg(long, env = "RP_UI_SESSION_IDLE", default_value = "12h", value_parser = parse_duration)]
+    pub ui_session_idle: Duration,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -469,6 +476,18 @@ impl WorkerArgs {
     }
 }
 
+/// `--public-url`: an absolute http(s) URL (kept as text: a parsed URL would make every
+/// command's arguments larger).
+fn parse_public_url(text: &str) -> Result<String, String> {
+    match url::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            Ok(text.to_string())
+        }
+        Ok(_) => Err(format!("`{text}`: must start with http:// or https://")),
+        Err(e) => Err(format!("`{text}`: not a URL: {e}")),
+    }
+}
+
 impl ServeArgs {
     pub fn to_config(&self) -> anyhow::Result<Config> {
         let mut config = Config::default();
@@ -486,6 +505,13 @@ impl ServeArgs {
             mode: self.auth,
             max_unfinished_images: self.tenant_max_unfinished_images,
             submits_per_minute: self.tenant_submits_per_minute,
+        };
+        config.api.sessions = crate::ui::session::SessionConfig {
+            idle: self.ui_session_idle,
+            public_url: self
+                .public_url
+                .as_deref()
+                .map(|u| url::Url::parse(u).expect("checked by parse_public_url")),
         };
         config.validate()?;
         Ok(config)

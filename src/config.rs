@@ -103,6 +103,8 @@ pub struct ApiConfig {
     pub limits: crate::domain::Limits,
     /// When keys are needed, and the per-tenant quota and submit rate.
     pub auth: crate::auth::AuthConfig,
+    /// The dashboard's sign-in sessions.
+    pub sessions: crate::ui::session::SessionConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +194,7 @@ impl Default for Config {
                 max_body_bytes: 32 * 1024 * 1024,
                 limits: crate::domain::Limits::default(),
                 auth: crate::auth::AuthConfig::default(),
+                sessions: crate::ui::session::SessionConfig::default(),
             },
             worker: WorkerConfig {
                 concurrency: 32,
@@ -262,6 +265,14 @@ impl Config {
         }
         if self.database.max_connections < 2 {
             return Err(invalid("db-max-connections", "must be at least 2"));
+        }
+        if self.api.sessions.idle < Duration::from_secs(1) {
+            return Err(invalid("ui-session-idle", "must be at least 1 second"));
+        }
+        if let Some(url) = &self.api.sessions.public_url
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            return Err(invalid("public-url", "must start with http:// or https://"));
         }
         if self.webhooks.retry_base.is_zero() {
             return Err(invalid("webhook-retry-base-ms", "must be above 0"));

@@ -607,9 +607,564 @@ async fn the_dashboard_shows_a_tenant_only_its_own_jobs(backend: Backend) {
     assert_eq!(get("/api/workers".into(), Some(alice)).await.code, 403);
     assert_eq!(get("/api/workers".into(), Some(admin)).await.code, 200);
 
-    // Without a key: the pages are refused like the API; the way in and the assets are open.
-    assert_eq!(get("/ui/jobs".into(), None).await.code, 401);
+    // Without a key: the pages send the browser to sign in, their JSON is refused like the
+    // API; the way in and the assets are open.
+    let res = no_redirects()
+        .get(format!("{}/ui/jobs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 303);
+    assert_eq!(res.headers()["location"], "/ui/login?next=%2Fui%2Fjobs");
+    assert_eq!(get(format!("/ui/live/jobs?ids={a}"), None).await.code, 401);
+    assert_eq!(get("/ui/login".into(), None).await.code, 200);
     assert_eq!(get("/ui/assets/app.css".into(), None).await.code, 200);
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Signing in to the dashboard with a key
+
+/// A browser without JavaScript: it keeps the cookies it is given (by hand, to see them) and
+/// does not follow redirects.
+struct Browser<'a> {
+    app: &'a TestApp,
+    client: reqwest::Client,
+    cookies: std::collections::BTreeMap<String, String>,
+    /// Extra headers sent with every request (e.g. a proxy's X-Forwarded-Proto).
+    headers: Vec<(&'static str, String)>,
+}
+
+/// One answer as a browser sees it.
+struct Page {
+    code: u16,
+    location: Option<String>,
+    set_cookies: Vec<String>,
+    text: String,
+}
+
+impl Page {
+    /// The value of the hidden `csrf` field.
+    fn csrf(&self) -> String {
+        field(&self.text, "csrf").expect("a csrf field")
+    }
+
+    fn session_cookie(&self) -> Option<&String> {
+        self.set_cookies
+            .iter()
+            .find(|c| c.starts_with("rp_session="))
+    }
+}
+
+/// The value of the (first) input named `name` in a page.
+fn field(html: &str, name: &str) -> Option<String> {
+    html.split(&format!("name=\"{name}\" value=\""))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(|v| {
+            v.replace("&#47;", "/")
+                .replace("&#37;", "%")
+                .replace("&amp;", "&")
+        })
+}
+
+impl<'a> Browser<'a> {
+    fn new(app: &'a TestApp) -> Self {
+        Browser {
+            app,
+            client: no_redirects(),
+            cookies: Default::default(),
+            headers: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut req = req;
+        if !cookie.is_empty() {
+            req = req.header("cookie", cookie);
+        }
+        for (name, value) in &self.headers {
+            req = req.header(*name, value);
+        }
+        let res = req.send().await.unwrap();
+        let set_cookies: Vec<String> = res
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        for c in &set_cookies {
+            let pair = c.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() || c.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_string(), value.to_string());
+            }
+        }
+        Page {
+            code: res.status().as_u16(),
+            location: res
+                .headers()
+                .get("location")
+                .map(|v| v.to_str().unwrap().to_string()),
+            set_cookies,
+            text: res.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let req = self.client.get(format!("{}{path}", self.app.base));
+        self.send(req).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let req = self
+            .client
+            .post(format!("{}{path}", self.app.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(req).await
+    }
+
+    /// Signs in through the form with `key`, returning the answer to the POST.
+    async fn sign_in(&mut self, key: &str, next: &str) -> Page {
+        let form = self.get("/ui/login").await;
+        assert_eq!(form.code, 200, "{}", form.text);
+        let csrf = form.csrf();
+        self.post(
+            "/ui/login",
+            &[("csrf", &csrf), ("key", key), ("next", next)],
+        )
+        .await
+    }
+}
+
+/// Ids of the jobs a list page links to.
+fn listed(html: &str) -> Vec<i64> {
+    let mut ids: Vec<i64> = html
+        .split("href=\"/ui/jobs/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next()?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Where keys are needed, a browser signs in once with a key; the session cookie is HttpOnly,
+/// SameSite=Strict and holds no key; the session sees the key's tenant only, in pages, the
+/// CSV and the live JSON; signing out ends it.
+async fn a_browser_signs_in_with_a_key_and_sees_its_tenant_only(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let alice = create_key(&db.url, "alice-app", &["--tenant", "alice"]).await;
+    let bob = create_key(&db.url, "bob-app", &["--tenant", "bob"]).await;
+    let app = TestApp::start_with(test_config(&db), Roles::api_only()).await;
+    let job = |n: u32| payload(&[(STORE_A, vec![format!("http://images.invalid/{n}.png")])]);
+    let submit = |key: String, n: u32| {
+        let app = &app;
+        async move {
+            let answer = app
+                .call("POST", "/api/submit/", Some(&key), Some(job(n).to_string()))
+                .await;
+            assert_eq!(answer.code, 201, "{}", answer.text);
+            answer.json()["job_id"].as_i64().unwrap()
+        }
+    };
+    let a = submit(alice.clone(), 1).await;
+    let b = submit(bob.clone(), 2).await;
+
+    let mut browser = Browser::new(&app);
+    let first = browser.get("/ui/jobs?state=ongoing").await;
+    assert_eq!(first.code, 303);
+    assert_eq!(
+        first.location.as_deref(),
+        Some("/ui/login?next=%2Fui%2Fjobs%3Fstate%3Dongoing")
+    );
+    let form = browser
+        .get("/ui/login?next=%2Fui%2Fjobs%3Fstate%3Dongoing")
+        .await;
+    assert_eq!(form.code, 200);
+    assert!(form.text.contains("<label for=\"key\">API key</label>"));
+    assert!(
+        form.text
+            .contains("type=\"password\" id=\"key\" name=\"key\"")
+    );
+    assert_eq!(field(&form.text, "next").unwrap(), "/ui/jobs?state=ongoing");
+    let csrf = form.csrf();
+
+    // Without the form's token: refused before the key is looked at.
+    let forged = browser
+        .post("/ui/login", &[("key", &alice), ("next", "/ui/")])
+        .await;
+    assert_eq!(forged.code, 403);
+    assert!(forged.session_cookie().is_none());
+
+    // A wrong key, a malformed one and a revoked one get the same 401 and the same words.
+    let revoked = create_key(&db.url, "old-app", &["--tenant", "alice"]).await;
+    common::keys::revoke_key(&db.url, "old-app").await;
+    let mut refusals = Vec::new();
+    for wrong in [format!("rp_{}", "0".repeat(64)), "hunter2".into(), revoked] {
+        let page = browser
+            .post(
+                "/ui/login",
+                &[("csrf", &csrf), ("key", &wrong), ("next", "/ui/")],
+            )
+            .await;
+        assert_eq!(page.code, 401, "{wrong}");
+        assert!(page.session_cookie().is_none());
+        let error = page
+            .text
+            .split("<span id=\"login-error\">")
+            .nth(1)
+            .and_then(|r| r.split("</span>").next())
+            .expect("the error is shown")
+            .to_string();
+        refusals.push(error);
+    }
+    assert!(refusals.windows(2).all(|w| w[0] == w[1]), "{refusals:?}");
+    let empty = browser
+        .post(
+            "/ui/login",
+            &[("csrf", &csrf), ("key", " "), ("next", "/ui/")],
+        )
+        .await;
+    assert_eq!(empty.code, 400);
+    assert!(empty.text.contains("key: paste an API key"));
+
+    let signed = browser
+        .post(
+            "/ui/login",
+            &[
+                ("csrf", &csrf),
+                ("key", &alice),
+                ("next", "/ui/jobs?state=ongoing"),
+            ],
+        )
+        .await;
+    assert_eq!(signed.code, 303, "{}", signed.text);
+    assert_eq!(signed.location.as_deref(), Some("/ui/jobs?state=ongoing"));
+    let cookie = signed.session_cookie().expect("a session cookie").clone();
+    let attributes: Vec<&str> = cookie.split("; ").collect();
+    for wanted in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(attributes.contains(&wanted), "{cookie}");
+    }
+    assert!(!attributes.contains(&"Secure"), "plain HTTP: {cookie}");
+    assert!(
+        !cookie.contains(&alice[3..]),
+        "the key is not in the cookie"
+    );
+
+    // Alice's session: her jobs, in every page and the dashboard's JSON.
+    let list = browser.get("/ui/jobs").await;
+    assert_eq!(list.code, 200);
+    assert_eq!(listed(&list.text), vec![a]);
+    assert!(list.text.contains("id=\"signed-in-key\">alice-app<"));
+    assert_eq!(listed(&browser.get("/ui/").await.text), vec![a]);
+    assert_eq!(browser.get(&format!("/ui/jobs/{a}")).await.code, 200);
+    assert_eq!(browser.get(&format!("/ui/jobs/{b}")).await.code, 404);
+    assert_eq!(browser.get(&format!("/ui/jobs?id={b}")).await.code, 404);
+    let csv = browser.get(&format!("/ui/jobs/{a}/results.csv")).await;
+    assert_eq!(csv.code, 200);
+    assert!(csv.text.starts_with("store_id,url,"));
+    assert_eq!(
+        browser.get(&format!("/ui/jobs/{b}/results.csv")).await.code,
+        404
+    );
+    let live = browser.get(&format!("/ui/live/jobs?ids={a},{b}")).await;
+    let live: Value = serde_json::from_str(&live.text).unwrap();
+    let ids: Vec<i64> = live["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![a]);
+    // The session is the dashboard's only: the API still wants its key.
+    let api = browser.get(&format!("/api/jobs/{a}")).await;
+    assert_eq!(api.code, 401);
+
+    // Bob, in another browser, sees his own.
+    let mut other = Browser::new(&app);
+    assert_eq!(other.sign_in(&bob, "/ui/jobs").await.code, 303);
+    assert_eq!(listed(&other.get("/ui/jobs").await.text), vec![b]);
+    let live = other.get(&format!("/ui/live/jobs?ids={a},{b}")).await;
+    assert!(
+        !live.text.contains(&format!("\"job_id\":{a}")),
+        "{}",
+        live.text
+    );
+
+    // Signing in again while signed in goes straight on.
+    let again = browser.get("/ui/login?next=%2Fui%2Fjobs").await;
+    assert_eq!(again.code, 303);
+    assert_eq!(again.location.as_deref(), Some("/ui/jobs"));
+
+    // Signing out: a form with its token; the old cookie is worth nothing afterwards.
+    let page = browser.get("/ui/jobs").await;
+    let token = field(&page.text, "csrf").unwrap();
+    let stolen = browser.cookies["rp_session"].clone();
+    assert_eq!(browser.post("/ui/logout", &[]).await.code, 403);
+    assert_eq!(browser.get("/ui/jobs").await.code, 200, "still signed in");
+    let out = browser.post("/ui/logout", &[("csrf", &token)]).await;
+    assert_eq!(out.code, 303);
+    assert_eq!(out.location.as_deref(), Some("/ui/login"));
+    assert!(
+        out.set_cookies
+            .iter()
+            .any(|c| c.starts_with("rp_session=;") && c.contains("Max-Age=0"))
+    );
+    assert_eq!(browser.get("/ui/jobs").await.code, 303);
+    browser.cookies.insert("rp_session".into(), stolen);
+    let replay = browser.get("/ui/jobs").await;
+    assert_eq!(replay.code, 303, "a signed-out session stays out");
+    app.stop().await;
+}
+
+/// The page to return to after signing in is a dashboard path on this server, whatever the
+/// query or the form says.
+async fn sign_in_never_redirects_off_the_dashboard(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = create_key(&db.url, "alice-app", &["--tenant", "alice"]).await;
+    let app = TestApp::start_with(test_config(&db), Roles::api_only()).await;
+    for next in [
+        "//evil.example/",
+        "https://evil.example/ui/",
+        "/\\evil.example",
+        "/ui/../api/jobs",
+        "/api/jobs",
+        "javascript:alert(1)",
+    ] {
+        let mut browser = Browser::new(&app);
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("next", next)
+            .finish();
+        let form = browser.get(&format!("/ui/login?{query}")).await;
+        assert_eq!(field(&form.text, "next").unwrap(), "/ui/", "{next}");
+        let csrf = form.csrf();
+        let signed = browser
+            .post(
+                "/ui/login",
+                &[("csrf", &csrf), ("key", &key), ("next", next)],
+            )
+            .await;
+        assert_eq!(signed.code, 303, "{next}");
+        assert_eq!(signed.location.as_deref(), Some("/ui/"), "{next}");
+    }
+    app.stop().await;
+}
+
+/// Behind HTTPS — a public URL that says so, or a proxy's `X-Forwarded-Proto: https` — the
+/// session cookie (and the form token's) is Secure.
+async fn under_https_the_session_cookie_is_secure(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = create_key(&db.url, "alice-app", &["--tenant", "alice"]).await;
+    let app = TestApp::start_with(test_config(&db), Roles::api_only()).await;
+    let mut proxied = Browser::new(&app);
+    proxied.headers.push(("x-forwarded-proto", "https".into()));
+    let signed = proxied.sign_in(&key, "/ui/").await;
+    let cookie = signed.session_cookie().expect("a session cookie");
+    assert!(cookie.split("; ").any(|a| a == "Secure"), "{cookie}");
+    app.stop().await;
+
+    let mut config = test_config(&db);
+    config.api.sessions.public_url = Some("https://pulse.example.com".parse().unwrap());
+    let app = TestApp::start_with(config, Roles::api_only()).await;
+    let mut browser = Browser::new(&app);
+    let form = browser.get("/ui/login").await;
+    assert!(
+        form.set_cookies.iter().all(|c| c.ends_with("; Secure")),
+        "{:?}",
+        form.set_cookies
+    );
+    let csrf = form.csrf();
+    let signed = browser
+        .post(
+            "/ui/login",
+            &[("csrf", &csrf), ("key", &key), ("next", "/ui/")],
+        )
+        .await;
+    let cookie = signed.session_cookie().expect("a session cookie");
+    assert!(cookie.split("; ").any(|a| a == "Secure"), "{cookie}");
+    app.stop().await;
+}
+
+/// Revoking a key ends its sessions within about a second, without signing them out.
+async fn a_revoked_keys_session_is_refused_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = create_key(&db.url, "alice-app", &["--tenant", "alice"]).await;
+    let app = TestApp::start_with(test_config(&db), Roles::api_only()).await;
+    let mut browser = Browser::new(&app);
+    assert_eq!(browser.sign_in(&key, "/ui/").await.code, 303);
+    assert_eq!(browser.get("/ui/jobs").await.code, 200);
+    common::keys::revoke_key(&db.url, "alice-app").await;
+    let revoked = Instant::now();
+    loop {
+        let page = browser.get("/ui/jobs").await;
+        if page.code == 303 {
+            assert_eq!(
+                page.location.as_deref(),
+                Some("/ui/login?next=%2Fui%2Fjobs")
+            );
+            break;
+        }
+        assert_eq!(page.code, 200);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "the session outlived its key by {:?}",
+            revoked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(browser.get("/ui/live/jobs?ids=1").await.code, 401);
+    app.stop().await;
+}
+
+/// A session unused for the idle time ends; one in use stays.
+async fn an_idle_session_expires(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = create_key(&db.url, "alice-app", &["--tenant", "alice"]).await;
+    let mut config = test_config(&db);
+    config.api.sessions.idle = Duration::from_secs(2);
+    let app = TestApp::start_with(config, Roles::api_only()).await;
+    let mut browser = Browser::new(&app);
+    assert_eq!(browser.sign_in(&key, "/ui/").await.code, 303);
+    // In use for twice the idle time: still signed in.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        assert_eq!(browser.get("/ui/jobs").await.code, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Then idle past it (plus the lookup cache's second).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(browser.get("/ui/jobs").await.code, 303);
+    app.stop().await;
+}
+
+/// Refused keys from one address are limited: the eleventh in a minute waits, even with the
+/// right key.
+async fn failed_sign_ins_are_rate_limited(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let key = create_key(&db.url, "alice-app", &["--tenant", "alice"]).await;
+    let app = TestApp::start_with(test_config(&db), Roles::api_only()).await;
+    let mut browser = Browser::new(&app);
+    let csrf = browser.get("/ui/login").await.csrf();
+    let wrong = format!("rp_{}", "1".repeat(64));
+    for i in 0..10 {
+        let page = browser
+            .post(
+                "/ui/login",
+                &[("csrf", &csrf), ("key", &wrong), ("next", "/ui/")],
+            )
+            .await;
+        assert_eq!(page.code, 401, "attempt {i}");
+    }
+    let res = browser
+        .client
+        .post(format!("{}/ui/login", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", format!("rp_csrf={csrf}"))
+        .body(format!("csrf={csrf}&key={key}&next=%2Fui%2F"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 429);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&wait), "{wait}");
+    app.stop().await;
+}
+
+/// Where no key is needed (loopback, no key yet), the dashboard is open and the sign-in page
+/// just leads on.
+async fn without_keys_the_dashboard_needs_no_sign_in(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let app = TestApp::start_with(test_config(&db), Roles::api_only()).await;
+    let mut browser = Browser::new(&app);
+    let overview = browser.get("/ui/").await;
+    assert_eq!(overview.code, 200);
+    assert!(!overview.text.contains("Sign out"));
+    let login = browser.get("/ui/login?next=%2Fui%2Fjobs").await;
+    assert_eq!(login.code, 303);
+    assert_eq!(login.location.as_deref(), Some("/ui/jobs"));
+    app.stop().await;
+}
+
+/// The job page shows the webhook's state as the API has it: none, delivered, failed with
+/// its attempts and last error.
+async fn the_job_page_shows_the_webhooks_state(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let app = TestApp::start(test_config(&db)).await;
+    // Jobs of an unknown store only: finished at submit, so their webhooks go at once.
+    let job = |webhook: Option<String>| {
+        let mut job = payload(&[("S99999999", vec![images.image(4, 4, "png")])]);
+        if let Some(url) = webhook {
+            job["webhook"] = json!(url);
+        }
+        job
+    };
+    let none = app.submit_ok(&job(None)).await;
+    let delivered = app
+        .submit_ok(&job(Some(images.url("/status/200?token=secret"))))
+        .await;
+    let gone = app.submit_ok(&job(Some(images.url("/status/410")))).await;
+    let settle = |id: i64, state: &'static str| {
+        let app = &app;
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let (_, body) = app.get(&format!("/api/jobs/{id}")).await;
+                if body["webhook"]["state"] == state {
+                    return body;
+                }
+                assert!(Instant::now() < deadline, "{body}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    settle(delivered, "delivered").await;
+    let api = settle(gone, "failed").await;
+    let client = no_redirects();
+    let state_of = |html: &str| {
+        html.split("id=\"webhook-state\">")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .unwrap()
+            .to_string()
+    };
+    let (_, html) = page(&client, &app, &format!("/ui/jobs/{none}")).await;
+    assert_eq!(state_of(&html), "none");
+    assert!(html.contains("This job names no webhook."));
+    let (_, html) = page(&client, &app, &format!("/ui/jobs/{delivered}")).await;
+    assert_eq!(state_of(&html), "delivered");
+    assert!(
+        html.contains("<dd id=\"webhook-attempts\">1</dd>"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("token=secret"),
+        "the URL's query is not shown"
+    );
+    let (_, html) = page(&client, &app, &format!("/ui/jobs/{gone}")).await;
+    assert_eq!(state_of(&html), "failed");
+    let error = api["webhook"]["last_error"].as_str().unwrap();
+    assert!(
+        html.contains(&format!("<dd id=\"webhook-error\">{error}</dd>")),
+        "{error}: {html}"
+    );
     app.stop().await;
 }
 
@@ -623,4 +1178,12 @@ on_both_backends!(
     forms_need_their_csrf_token_and_submit_like_the_api,
     job_page_of_a_100000_image_job_renders_within_budget,
     the_dashboard_shows_a_tenant_only_its_own_jobs,
+    a_browser_signs_in_with_a_key_and_sees_its_tenant_only,
+    sign_in_never_redirects_off_the_dashboard,
+    under_https_the_session_cookie_is_secure,
+    a_revoked_keys_session_is_refused_at_once,
+    an_idle_session_expires,
+    failed_sign_ins_are_rate_limited,
+    without_keys_the_dashboard_needs_no_sign_in,
+    the_job_page_shows_the_webhooks_state,
 );

@@ -407,6 +407,127 @@ async fn csv_download_matches_the_api_results(backend: Backend) {
     .await;
 }
 
+/// Where keys are needed, a person signs in once through the form: a wrong key is refused on
+/// the page, the right one leads back to where they were going, and they see their tenant's
+/// jobs only until they sign out.
+async fn signing_in_with_a_key_shows_only_its_tenants_jobs(backend: Backend) {
+    if !browser::available("signing_in_with_a_key_shows_only_its_tenants_jobs") {
+        return;
+    }
+    let (db, images, app) = setup(backend).await;
+    let alice = common::keys::create_key(&db.url, "alice-app", &["--tenant", "alice"]).await;
+    let bob = common::keys::create_key(&db.url, "bob-app", &["--tenant", "bob"]).await;
+    let submit = |key: String, url: String| {
+        let app = &app;
+        async move {
+            let body = payload(&[(STORE_A, vec![url])]).to_string();
+            let answer = app
+                .call("POST", "/api/submit/", Some(&key), Some(body))
+                .await;
+            assert_eq!(answer.code, 201, "{}", answer.text);
+            answer.json()["job_id"].as_i64().unwrap()
+        }
+    };
+    let mine = submit(alice.clone(), images.image(12, 8, "png")).await;
+    let theirs = submit(bob, images.image(9, 9, "png")).await;
+    with_browser(move |b| async move {
+        open(&b, &app.base, "/ui/jobs").await;
+        wait_until(&b, "location.pathname == '/ui/login'", WAIT).await;
+        assert_eq!(b.title().await.unwrap(), "Sign in · Retail Pulse");
+        // The field is labelled, and a password field.
+        let field = b
+            .find(Locator::Css("label[for=key] + input#key"))
+            .await
+            .unwrap();
+        assert_eq!(
+            field.attr("type").await.unwrap().as_deref(),
+            Some("password")
+        );
+        if shots(backend) {
+            screenshot(&b, "login", DESKTOP).await;
+            screenshot(&b, "login-phone", PHONE).await;
+        }
+        field
+            .send_keys(&format!("rp_{}", "7".repeat(64)))
+            .await
+            .unwrap();
+        click(&b, "#login-form button[type=submit]").await;
+        wait_until(&b, "document.getElementById('login-error')", WAIT).await;
+        assert!(text(&b, "#login-error").await.contains("not accepted"));
+
+        let field = b.find(Locator::Id("key")).await.unwrap();
+        field.send_keys(&alice).await.unwrap();
+        click(&b, "#login-form button[type=submit]").await;
+        wait_until(&b, "location.pathname == '/ui/jobs'", WAIT).await;
+        assert_eq!(text(&b, "#signed-in-key").await, "alice-app");
+        b.find(Locator::Css(&format!("a[href='/ui/jobs/{mine}']")))
+            .await
+            .expect("her job is listed");
+        assert!(
+            b.find(Locator::Css(&format!("a[href='/ui/jobs/{theirs}']")))
+                .await
+                .is_err(),
+            "another tenant's job is not"
+        );
+        // Her job's page, live updates included (they read the dashboard's JSON).
+        open(&b, &app.base, &format!("/ui/jobs/{mine}")).await;
+        wait_until(
+            &b,
+            "document.getElementById('job-status').textContent == 'completed'",
+            WAIT,
+        )
+        .await;
+        open(&b, &app.base, &format!("/ui/jobs/{theirs}")).await;
+        assert!(text(&b, "#error-message").await.contains("no job"));
+        // Signing out ends it: the pages ask for a key again.
+        open(&b, &app.base, "/ui/jobs").await;
+        click(&b, "#sign-out button[type=submit]").await;
+        wait_until(&b, "location.pathname == '/ui/login'", WAIT).await;
+        open(&b, &app.base, "/ui/").await;
+        wait_until(&b, "location.pathname == '/ui/login'", WAIT).await;
+        app.stop().await;
+        drop(db);
+    })
+    .await;
+}
+
+/// The job page shows its webhook's state, and follows it to `delivered` without a reload.
+async fn the_job_page_follows_the_webhook_to_delivered(backend: Backend) {
+    if !browser::available("the_job_page_follows_the_webhook_to_delivered") {
+        return;
+    }
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let mut config = test_config(&db);
+    config.fetch.timeout = Duration::from_secs(30);
+    config.fetch.stall_timeout = Duration::from_secs(30);
+    let app = TestApp::start(config).await;
+    // Slow enough that the page opens while the job runs (the browser takes a while to start).
+    let mut job = payload(&[(STORE_A, vec![images.url("/slow/8000/16x9.png")])]);
+    job["webhook"] = json!(images.url("/status/200"));
+    let id = app.submit_ok(&job).await;
+    with_browser(move |b| async move {
+        open(&b, &app.base, &format!("/ui/jobs/{id}")).await;
+        assert_eq!(text(&b, "#webhook-state").await, "PENDING");
+        assert_eq!(text(&b, "#webhook-attempts").await, "0");
+        wait_until(
+            &b,
+            "document.getElementById('webhook-state').textContent == 'delivered'",
+            WAIT,
+        )
+        .await;
+        assert_eq!(text(&b, "#webhook-attempts").await, "1");
+        assert_eq!(text(&b, "#webhook-error").await, "none");
+        assert_eq!(text(&b, "#job-status").await, "COMPLETED");
+        if shots(backend) {
+            screenshot(&b, "job-webhook", DESKTOP).await;
+        }
+        app.stop().await;
+        drop(db);
+    })
+    .await;
+}
+
 /// With RP_SCREENSHOTS=1: a dashboard with some life in it — jobs in every state, retries,
 /// failures, two minutes of throughput — at desktop and phone widths.
 async fn screenshots_of_a_busy_dashboard(backend: Backend) {
@@ -488,5 +609,7 @@ on_both_backends!(
     job_page_shows_a_per_store_error,
     cancel_asks_for_confirmation_then_cancels,
     csv_download_matches_the_api_results,
+    signing_in_with_a_key_shows_only_its_tenants_jobs,
+    the_job_page_follows_the_webhook_to_delivered,
     screenshots_of_a_busy_dashboard,
 );

@@ -315,16 +315,7 @@ impl Authenticator {
         }
         let caller = match db::keys::find_live(&self.db, &hash).await? {
             None => None,
-            Some(row) => {
-                let overrides = db::keys::tenant_overrides(&self.db, &row.tenant).await?;
-                self.record_use(&row);
-                Some(Caller {
-                    limits: TenantLimits::resolve(&self.config, &overrides),
-                    tenant: row.tenant,
-                    admin: row.admin,
-                    key_name: Some(row.name),
-                })
-            }
+            Some(row) => Some(self.caller_for(row).await?),
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_SWEEP_AT {
@@ -338,6 +329,27 @@ impl Authenticator {
             },
         );
         Ok(caller)
+    }
+
+    /// The live key row of `key` (for the dashboard's sign-in), without the cache: a fresh
+    /// answer for a deliberate act. `None` for a malformed, unknown or revoked key.
+    pub async fn live_key(&self, key: &str) -> Result<Option<db::keys::KeyRow>, DbError> {
+        if !keys::looks_like_a_key(key) {
+            return Ok(None);
+        }
+        db::keys::find_live(&self.db, &keys::hash(key)).await
+    }
+
+    /// The caller a live key stands for, with its tenant's limits (and its use recorded).
+    pub async fn caller_for(&self, row: db::keys::KeyRow) -> Result<Caller, DbError> {
+        let overrides = db::keys::tenant_overrides(&self.db, &row.tenant).await?;
+        self.record_use(&row);
+        Ok(Caller {
+            limits: TenantLimits::resolve(&self.config, &overrides),
+            tenant: row.tenant,
+            admin: row.admin,
+            key_name: Some(row.name),
+        })
     }
 
     /// Writes `last used` in the background when the stored value is older than

@@ -8,6 +8,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Buckets above this are swept of full ones (keys from client addresses, as the dashboard's
+/// sign-in uses, are not bounded by anything an operator made).
+const SWEEP_AT: usize = 10_000;
+/// Every bucket refills within a minute (its rate is its capacity per minute).
+const FULL_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
@@ -25,10 +31,31 @@ impl SubmitRate {
     /// Takes one token from `tenant`'s bucket at `now`, for a rate of `per_minute`; when the
     /// bucket is empty, says how long until it holds one again.
     pub fn take(&self, tenant: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
+        self.use_bucket(tenant, per_minute, now, 1.0)
+    }
+
+    /// Whether `key`'s bucket holds a token at `now`, without taking it; when empty, how
+    /// long until it holds one. (The dashboard's sign-in checks first and takes a token only
+    /// for a failed attempt.)
+    pub fn check(&self, key: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
+        self.use_bucket(key, per_minute, now, 0.0)
+    }
+
+    fn use_bucket(
+        &self,
+        key: &str,
+        per_minute: u32,
+        now: Instant,
+        cost: f64,
+    ) -> Result<(), Duration> {
         let capacity = f64::from(per_minute.max(1));
         let per_second = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = buckets.entry(tenant.to_string()).or_insert(Bucket {
+        if buckets.len() >= SWEEP_AT {
+            // A bucket untouched for a minute has refilled: dropping it changes nothing.
+            buckets.retain(|_, b| now.saturating_duration_since(b.updated) < FULL_AFTER);
+        }
+        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
             tokens: capacity,
             updated: now,
         });
@@ -36,7 +63,7 @@ impl SubmitRate {
         bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
         bucket.updated = now.max(bucket.updated);
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            bucket.tokens -= cost;
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
@@ -64,6 +91,17 @@ mod tests {
         assert_eq!(wait.as_secs(), 5);
         assert!(rate.take("a", 6, start + Duration::from_secs(10)).is_ok());
         assert!(rate.take("a", 6, start + Duration::from_secs(10)).is_err());
+    }
+
+    #[test]
+    fn a_check_takes_nothing() {
+        let rate = SubmitRate::default();
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert!(rate.check("a", 1, now).is_ok());
+        }
+        assert!(rate.take("a", 1, now).is_ok());
+        assert!(rate.check("a", 1, now).is_err());
     }
 
     #[test]

@@ -149,6 +149,22 @@ super::from_row!(ImageRow {
     error: Option<String>,
 });
 
+impl ImageRow {
+    /// This image as a row of the results CSV.
+    pub fn result(&self) -> crate::domain::results_csv::ResultRow<'_> {
+        crate::domain::results_csv::ResultRow {
+            store_id: &self.store_id,
+            url: &self.url,
+            visit_time: &self.visit_time,
+            status: self.status,
+            width: self.width,
+            height: self.height,
+            perimeter: self.perimeter,
+            error: self.error.as_deref(),
+        }
+    }
+}
+
 /// Up to `limit` images of a job after position `after`, in submission order. Keyset
 /// pagination on (job_id, seq): the last page costs what the first does.
 pub async fn page(db: &Db, job_id: i64, after: i64, limit: i64) -> Result<Vec<ImageRow>, DbError> {

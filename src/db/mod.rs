@@ -13,6 +13,7 @@ pub mod keys;
 pub mod retention;
 pub mod session;
 pub mod stores;
+pub mod ui_sessions;
 pub mod webhooks;
 pub mod workers;
 
@@ -138,6 +139,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/sqlite/0005_api_keys.sql")),
     (6, include_str!("../../migrations/sqlite/0006_workers.sql")),
     (7, include_str!("../../migrations/sqlite/0007_webhooks.sql")),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_ui_sessions.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -164,6 +169,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/postgres/0007_webhooks.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_ui_sessions.sql"),
     ),
 ];
 

@@ -3,6 +3,7 @@
 //! Validation happens once, here; everything past the HTTP layer holds parsed values.
 
 pub mod job;
+pub mod results_csv;
 pub mod strict_json;
 pub mod submission;
 pub mod worker;

@@ -1,7 +1,7 @@
 //! `GET /api/jobs/{id}/results.csv`: a job's per-image results as RFC 4180 CSV (a header row,
-//! then one row per image in submission order, CRLF line ends), streamed page by page with the
-//! same keyset query as `/api/jobs/{id}/images`, so a 100,000-image job costs one page of
-//! memory at a time.
+//! then one row per image in submission order, CRLF line ends; written by
+//! [`crate::domain::results_csv`]), streamed page by page with the same keyset query as
+//! `/api/jobs/{id}/images`, so a 100,000-image job costs one page of memory at a time.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -10,26 +10,16 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::jobs::{ImageBody, JobId};
+use super::jobs::JobId;
 use super::{ApiError, AppState};
 use crate::auth::Caller;
+use crate::db::images::ImageRow;
 use crate::db::{self, Db};
+use crate::domain::results_csv::ResultsCsv;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/jobs/{job_id}/results.csv", get(results_csv))
 }
-
-/// The columns, in order.
-pub const HEADER: [&str; 8] = [
-    "store_id",
-    "url",
-    "visit_time",
-    "status",
-    "width",
-    "height",
-    "perimeter",
-    "error",
-];
 
 /// Images read per database round trip.
 const PAGE: i64 = 1000;
@@ -46,6 +36,16 @@ async fn results_csv(
     State(state): State<AppState>,
     caller: Caller,
     JobId(id): JobId,
+) -> Result<Response, ApiError> {
+    csv_download(&state, &caller, id).await
+}
+
+/// The CSV of job `id` as a download, if `caller` may see the job (the API's endpoint, and
+/// the dashboard's link, which a signed-in browser can follow without a key).
+pub(crate) async fn csv_download(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
 ) -> Result<Response, ApiError> {
     if db::jobs::get(&state.db, caller.scope(), id)
         .await?
@@ -89,7 +89,7 @@ fn pages(
         let db = db.clone();
         async move {
             match next {
-                Next::Header => Some((write_rows([HEADER.map(String::from)]), Next::After(-1))),
+                Next::Header => Some((header(), Next::After(-1))),
                 Next::After(after) => {
                     let rows = match db::images::page(&db, job_id, after, PAGE).await {
                         Ok(rows) => rows,
@@ -103,7 +103,7 @@ fn pages(
                     if rows.is_empty() {
                         return None;
                     }
-                    let chunk = write_rows(rows.into_iter().map(|r| record(ImageBody::from(r))));
+                    let chunk = write_rows(&rows);
                     let next = match (full, last) {
                         (true, Some(seq)) => Next::After(seq),
                         _ => Next::Done,
@@ -116,53 +116,18 @@ fn pages(
     })
 }
 
-fn record(image: ImageBody) -> [String; 8] {
-    let number = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_default();
-    [
-        image.store_id,
-        image.url,
-        image.visit_time,
-        image.status.to_string(),
-        number(image.width),
-        number(image.height),
-        number(image.perimeter),
-        image.error.unwrap_or_default(),
-    ]
+/// The header row (the stream's first chunk).
+fn header() -> Result<Bytes, std::io::Error> {
+    let mut out = ResultsCsv::new(Vec::new());
+    out.header()?;
+    out.into_inner().map(Bytes::from)
 }
 
-/// Rows as CSV: quoted where RFC 4180 needs it (a comma, a quote, a line break), CRLF ends.
-fn write_rows(rows: impl IntoIterator<Item = [String; 8]>) -> Result<Bytes, std::io::Error> {
-    let mut out = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::new());
+/// One page of images as CSV rows.
+fn write_rows(rows: &[ImageRow]) -> Result<Bytes, std::io::Error> {
+    let mut out = ResultsCsv::new(Vec::new());
     for row in rows {
-        out.write_record(&row).map_err(std::io::Error::other)?;
+        out.row(&row.result())?;
     }
-    out.into_inner()
-        .map(Bytes::from)
-        .map_err(|e| std::io::Error::other(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_are_quoted_only_where_rfc_4180_needs_it() {
-        let row = [
-            "S1".to_string(),
-            "http://h/a,b.png".to_string(),
-            "say \"hi\"".to_string(),
-            "failed".to_string(),
-            String::new(),
-            String::new(),
-            String::new(),
-            "line one\nline two".to_string(),
-        ];
-        let bytes = write_rows([row]).unwrap();
-        assert_eq!(
-            std::str::from_utf8(&bytes).unwrap(),
-            "S1,\"http://h/a,b.png\",\"say \"\"hi\"\"\",failed,,,,\"line one\nline two\"\r\n"
-        );
-    }
+    out.into_inner().map(Bytes::from)
 }

@@ -4,11 +4,12 @@
 //! registry), `webhooks` (the signing secret) and `health`. The dashboard's pages
 //! ([`crate::ui`]) are mounted here too.
 //!
-//! Every API route — and every dashboard page — sits behind [`crate::auth::require_caller`];
-//! only `/healthz`, `/readyz`, `/api/openapi.json`, the dashboard's static assets and the `/`
-//! redirect are open. Handlers take the [`crate::auth::Caller`] extractor.
+//! Every API route sits behind [`crate::auth::require_caller`], every dashboard page behind
+//! [`crate::ui::session::require_viewer`] (the same check, or a sign-in session); only
+//! `/healthz`, `/readyz`, `/api/openapi.json`, the dashboard's sign-in page and static assets
+//! and the `/` redirect are open. Handlers take the [`crate::auth::Caller`] extractor.
 
-mod export;
+pub(crate) mod export;
 mod health;
 pub(crate) mod jobs;
 pub mod openapi;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// How long a rotated-out webhook secret keeps signing beside the new one.
     pub webhook_secret_overlap: Duration,
+    /// The dashboard's sign-in sessions.
+    pub sessions: Arc<crate::ui::session::Sessions>,
 }
 
 /// Errors a handler can return. Each variant's doc says its status and body.
@@ -301,15 +304,20 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(export::router())
         .merge(workers::router())
-        .merge(crate::ui::pages())
         .merge(webhooks::router())
         .merge(health::admin_metrics_router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             crate::auth::require_caller,
         ));
+    // The dashboard's pages take their caller from a key or from a sign-in session.
+    let dashboard = crate::ui::pages().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::ui::session::require_viewer,
+    ));
     let routes = Router::new()
         .merge(protected)
+        .merge(dashboard)
         .merge(health::router())
         .merge(openapi::router())
         .merge(crate::ui::open_routes())

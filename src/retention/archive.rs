@@ -1,8 +1,7 @@
 //! A pruned job's results, kept as a file: `job-<id>.csv.gz` in the archive directory, gzipped
 //! RFC 4180 CSV (CRLF line ends) with the header
 //! `store_id,url,visit_time,status,width,height,perimeter,error` and one row per image in
-//! submission order — the columns and rules of the results endpoint (`width`, `height`,
-//! `perimeter` empty unless succeeded; `error` empty unless failed).
+//! submission order — written by [`crate::domain::results_csv`], as the results endpoint is.
 //!
 //! The file is written beside its final name and linked into place only when complete, and an
 //! existing archive is never replaced: a pass cut short after archiving (some images already
@@ -15,21 +14,8 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use crate::db::images::ImageRow;
 use crate::db::{self, Db, DbError};
-use crate::domain::ImageStatus;
-
-/// The columns, in order.
-pub const HEADER: [&str; 8] = [
-    "store_id",
-    "url",
-    "visit_time",
-    "status",
-    "width",
-    "height",
-    "perimeter",
-    "error",
-];
+use crate::domain::results_csv::ResultsCsv;
 
 /// Images read per database round trip.
 const PAGE: i64 = 1000;
@@ -51,7 +37,7 @@ pub fn path(dir: &Path, job_id: i64) -> PathBuf {
     dir.join(format!("job-{job_id}.csv.gz"))
 }
 
-type CsvGz = csv::Writer<GzEncoder<BufWriter<File>>>;
+type CsvGz = ResultsCsv<GzEncoder<BufWriter<File>>>;
 
 /// Writes the job's archive unless it exists already. Returns whether it wrote one.
 pub async fn write(db: &Db, dir: &Path, job_id: i64) -> Result<bool, ArchiveError> {
@@ -86,10 +72,9 @@ async fn write_file(db: &Db, job_id: i64, partial: &Path) -> Result<(), ArchiveE
         source,
     };
     let file = File::create(partial).map_err(io)?;
-    let mut out: CsvGz = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(GzEncoder::new(BufWriter::new(file), Compression::default()));
-    out.write_record(HEADER).map_err(|e| io(e.into()))?;
+    let mut out: CsvGz =
+        ResultsCsv::new(GzEncoder::new(BufWriter::new(file), Compression::default()));
+    out.header().map_err(io)?;
     let mut after = -1;
     loop {
         let rows = db::images::page(db, job_id, after, PAGE).await?;
@@ -98,20 +83,20 @@ async fn write_file(db: &Db, job_id: i64, partial: &Path) -> Result<(), ArchiveE
         let full = rows.len() as i64 == PAGE;
         // Compressing is CPU work: off the async threads, a page at a time.
         out = tokio::task::spawn_blocking(move || {
-            for row in rows {
-                out.write_record(record(row))?;
+            for row in &rows {
+                out.row(&row.result())?;
             }
-            Ok::<_, csv::Error>(out)
+            Ok::<_, std::io::Error>(out)
         })
         .await
         .map_err(|e| io(std::io::Error::other(e)))?
-        .map_err(|e| io(e.into()))?;
+        .map_err(io)?;
         if !full {
             break;
         }
     }
     tokio::task::spawn_blocking(move || {
-        let gz = out.into_inner().map_err(|e| e.into_error())?;
+        let gz = out.into_inner()?;
         let mut file = gz.finish()?.into_inner().map_err(|e| e.into_error())?;
         file.flush()?;
         file.sync_all()
@@ -119,31 +104,4 @@ async fn write_file(db: &Db, job_id: i64, partial: &Path) -> Result<(), ArchiveE
     .await
     .map_err(|e| io(std::io::Error::other(e)))?
     .map_err(io)
-}
-
-/// One image as a CSV row, by the results endpoint's rules.
-fn record(row: ImageRow) -> [String; 8] {
-    let succeeded = row.status == ImageStatus::Succeeded;
-    let number = |n: Option<i64>| {
-        n.filter(|_| succeeded)
-            .map(|n| n.to_string())
-            .unwrap_or_default()
-    };
-    let status = match row.status {
-        // Leased is still unfinished: the results know pending, succeeded and failed.
-        ImageStatus::Running => ImageStatus::Pending.as_str(),
-        other => other.as_str(),
-    };
-    [
-        row.store_id,
-        row.url,
-        row.visit_time,
-        status.to_string(),
-        number(row.width),
-        number(row.height),
-        number(row.perimeter),
-        row.error
-            .filter(|_| row.status == ImageStatus::Failed)
-            .unwrap_or_default(),
-    ]
 }

@@ -36,8 +36,10 @@ pub enum CsrfError {
     CrossOrigin,
 }
 
-/// The browser's token if it has a well-formed one, else a new one with its cookie.
-pub fn issue(headers: &HeaderMap) -> Csrf {
+/// The browser's token if it has a well-formed one, else a new one with its cookie (`Secure`
+/// when `secure`: the dashboard is reached over HTTPS, see
+/// [`super::session::Sessions::secure`]).
+pub fn issue(headers: &HeaderMap, secure: bool) -> Csrf {
     if let Some(token) = cookie_token(headers) {
         return Csrf {
             token,
@@ -45,9 +47,6 @@ pub fn issue(headers: &HeaderMap) -> Csrf {
         };
     }
     let token = new_token();
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
     let cookie = format!(
         "{COOKIE_NAME}={token}; Path=/ui; HttpOnly; SameSite=Strict{}",
         if secure { "; Secure" } else { "" }
@@ -124,7 +123,7 @@ mod tests {
 
     #[test]
     fn a_new_browser_gets_a_strict_http_only_cookie_and_keeps_it() {
-        let first = issue(&HeaderMap::new());
+        let first = issue(&HeaderMap::new(), false);
         assert_eq!(first.token.len(), 64);
         let (_, cookie) = first.set_cookie.expect("a cookie is set");
         let cookie = cookie.to_str().unwrap();
@@ -133,18 +132,18 @@ mod tests {
             assert!(cookie.contains(attribute), "{cookie}");
         }
         assert!(!cookie.contains("Secure"), "{cookie}");
-        let again = issue(&headers(&[(
-            "cookie",
-            &format!("other=1; rp_csrf={}", first.token),
-        )]));
+        let again = issue(
+            &headers(&[("cookie", &format!("other=1; rp_csrf={}", first.token))]),
+            false,
+        );
         assert_eq!(again.token, first.token);
         assert!(again.set_cookie.is_none());
-        assert_ne!(issue(&HeaderMap::new()).token, first.token);
+        assert_ne!(issue(&HeaderMap::new(), false).token, first.token);
     }
 
     #[test]
     fn behind_https_the_cookie_is_secure() {
-        let csrf = issue(&headers(&[("x-forwarded-proto", "https")]));
+        let csrf = issue(&HeaderMap::new(), true);
         let (_, cookie) = csrf.set_cookie.unwrap();
         assert!(cookie.to_str().unwrap().ends_with("; Secure"));
     }

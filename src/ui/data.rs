@@ -1,9 +1,10 @@
 //! Every read and write the dashboard makes, in one place. Pages get their data only from
 //! [`Data`], which runs the API's own queries (the job row, the keyset pages of images, the
 //! API's submit and cancel) plus the few read-only views of `db::dashboard` and
-//! `db::workers` — all in the scope of the [`Caller`] that the API's key check
-//! ([`crate::auth::require_caller`]) put on the request: a tenant's key sees its own jobs only,
-//! an admin (or the keyless loopback caller) sees every job and the service-wide figures.
+//! `db::workers` — all in the scope of the [`Caller`] that the dashboard's gate
+//! ([`super::session::require_viewer`]: an API key, or a sign-in session) put on the request:
+//! a tenant's key sees its own jobs only, an admin (or the keyless loopback caller) sees every
+//! job and the service-wide figures.
 
 use crate::auth::Caller;
 use crate::db::dashboard::{self, Direction, ImageView, JobCursor, JobFilter};

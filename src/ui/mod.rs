@@ -4,19 +4,22 @@
 //! one job (progress, per-store errors, its images page by page, cancel, CSV) and a submit
 //! form. Templates (`templates/`, askama) and assets (`assets/`: one stylesheet, one small
 //! script) are compiled in; nothing comes from a CDN and every page reads without JavaScript.
-//! The script only polls JSON (`/api/jobs/{id}`, `/ui/live/jobs`) to move progress bars and
-//! re-reads the overview.
+//! The script only polls JSON (`/ui/live/jobs`) to move progress bars and a job's webhook
+//! state, and re-reads the overview.
 //!
-//! The pages sit behind the API's key check, like every API route, and every data access goes
-//! through [`data::Data`] in the caller's scope (the API's own queries, plus the read-only
-//! views of `db::dashboard` and `db::workers`): where keys are required, a browser needs the
-//! API's `Authorization` header until the dashboard gets a login of its own. Forms are
+//! The pages sit behind [`session::require_viewer`]: the API's key check, or — where a key is
+//! needed and the browser sends none — a sign-in session ([`session`], [`login`]: a key pasted
+//! once at `/ui/login`, a session cookie after). Every data access goes through
+//! [`data::Data`] in the caller's scope (the API's own queries, plus the read-only views of
+//! `db::dashboard` and `db::workers`), so a tenant's session sees its own jobs only. Forms are
 //! protected by [`csrf`]; [`views`] turns rows into words and [`chart`] draws the per-minute
 //! chart.
 
 mod chart;
 mod csrf;
 pub mod data;
+mod login;
+pub mod session;
 mod views;
 
 use std::collections::HashMap;
@@ -43,7 +46,8 @@ use crate::http::{ApiError, AppState, FirstParams};
 use data::Data;
 use views::{
     Choice, ConfirmCancelPage, ErrorPage, FailureLine, Figure, ImageLine, JobLine, JobPage,
-    JobsPage, Layout, OperationsView, OverviewPage, StateTile, SubmitPage, WorkersView,
+    JobsPage, Layout, LoginPage, OperationsView, OverviewPage, StateTile, SubmitPage, WebhookView,
+    WorkersView,
 };
 
 /// Jobs per page of the list.
@@ -64,6 +68,8 @@ pub fn open_routes() -> Router<AppState> {
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/assets/app.css", get(|| async { asset(&CSS) }))
         .route("/ui/assets/app.js", get(|| async { asset(&JS) }))
+        .route("/ui/login", get(login::form).post(login::sign_in))
+        .route("/ui/logout", axum::routing::post(login::sign_out))
 }
 
 /// The pages and forms: mounted behind the API's key check.
@@ -73,6 +79,7 @@ pub fn pages() -> Router<AppState> {
         .route("/ui/jobs", get(jobs))
         .route("/ui/jobs/{job_id}", get(job))
         .route("/ui/jobs/{job_id}/cancel", axum::routing::post(cancel))
+        .route("/ui/jobs/{job_id}/results.csv", get(results_csv))
         .route("/ui/submit", get(submit_form).post(submit))
         .route("/ui/live/jobs", get(live_jobs))
 }
@@ -112,7 +119,7 @@ impl IntoResponse for UiError {
         html(
             status,
             &ErrorPage {
-                layout: Layout::new(title, ""),
+                layout: Layout::bare(title),
                 status: status.as_u16(),
                 message,
             },
@@ -204,20 +211,71 @@ fn asset(asset: &Asset) -> Response {
 }
 
 impl Layout {
-    fn new(title: impl Into<String>, active: &'static str) -> Self {
+    fn new(title: impl Into<String>, active: &'static str, viewer: &Viewer) -> Self {
         Layout {
             title: title.into(),
             active,
             css: CSS.url.clone(),
             js: JS.url.clone(),
+            signed_in: viewer.signed_in.clone(),
+            csrf: viewer.csrf.token.clone(),
         }
+    }
+
+    /// The frame of a page shown without a viewer (an error): no sign-out button.
+    fn bare(title: impl Into<String>) -> Self {
+        Layout {
+            title: title.into(),
+            active: "",
+            css: CSS.url.clone(),
+            js: JS.url.clone(),
+            signed_in: None,
+            csrf: String::new(),
+        }
+    }
+}
+
+/// Who is looking, as every page needs it: the key a sign-in session acts for (shown, with a
+/// sign-out button), and the CSRF token the page's forms carry (with its cookie if the
+/// browser has none yet).
+struct Viewer {
+    signed_in: Option<String>,
+    csrf: csrf::Csrf,
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let secure = state.sessions.secure(&parts.headers);
+        Ok(Viewer {
+            signed_in: parts
+                .extensions
+                .get::<session::SignedIn>()
+                .map(|s| s.key_name.clone()),
+            csrf: csrf::issue(&parts.headers, secure),
+        })
+    }
+}
+
+impl Viewer {
+    /// The `Set-Cookie` of the CSRF token, if the page must send one.
+    fn cookie(&self) -> Option<(HeaderName, HeaderValue)> {
+        self.csrf.set_cookie.clone()
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // Pages
 
-async fn overview(State(state): State<AppState>, caller: Caller) -> Result<Response, UiError> {
+async fn overview(
+    State(state): State<AppState>,
+    caller: Caller,
+    viewer: Viewer,
+) -> Result<Response, UiError> {
     let o = Data::new(&state, &caller).overview(RECENT_JOBS).await?;
     let states = o
         .jobs_by_state
@@ -260,12 +318,12 @@ async fn overview(State(state): State<AppState>, caller: Caller) -> Result<Respo
             .collect(),
     });
     let page = OverviewPage {
-        layout: Layout::new("Overview", "overview"),
+        layout: Layout::new("Overview", "overview", &viewer),
         states,
         ops,
         recent: o.recent.iter().map(|j| JobLine::new(j, now)).collect(),
     };
-    Ok(html(StatusCode::OK, &page, None))
+    Ok(html(StatusCode::OK, &page, viewer.cookie()))
 }
 
 fn state_label(status: JobStatus) -> &'static str {
@@ -307,6 +365,7 @@ fn query(pairs: &[(&str, &str)]) -> String {
 async fn jobs(
     State(state): State<AppState>,
     caller: Caller,
+    viewer: Viewer,
     FirstParams(params): FirstParams,
 ) -> Result<Response, UiError> {
     let data = Data::new(&state, &caller);
@@ -395,7 +454,7 @@ async fn jobs(
         .collect();
     let here = [("state", state_text), keep[0], keep[1]];
     let page = JobsPage {
-        layout: Layout::new("Jobs", "jobs"),
+        layout: Layout::new("Jobs", "jobs", &viewer),
         jobs: rows.iter().map(|j| JobLine::new(j, now)).collect(),
         states,
         from: from_text.into(),
@@ -412,7 +471,7 @@ async fn jobs(
         first_url: cursor.map(|_| format!("/ui/jobs{}", query(&here))),
         notice,
     };
-    Ok(html(status, &page, None))
+    Ok(html(status, &page, viewer.cookie()))
 }
 
 /// The `{job_id}` of a dashboard path: anything else is no job (an HTML 404).
@@ -445,9 +504,9 @@ fn job_notice(key: &str) -> Option<&'static str> {
 async fn job(
     State(state): State<AppState>,
     caller: Caller,
+    viewer: Viewer,
     UiJobId(id): UiJobId,
     FirstParams(params): FirstParams,
-    headers: HeaderMap,
 ) -> Result<Response, UiError> {
     let data = Data::new(&state, &caller);
     let job = data
@@ -527,10 +586,14 @@ async fn job(
     })
     .into_iter()
     .collect();
-    let csrf = csrf::issue(&headers);
+    let webhook = crate::http::jobs::with_webhooks(&state, vec![job.clone()])
+        .await
+        .map_err(UiError::Api)?
+        .pop()
+        .and_then(|body| body.webhook);
     let now = crate::db::now_ms();
     let page = JobPage {
-        layout: Layout::new(format!("Job {id}"), "jobs"),
+        layout: Layout::new(format!("Job {id}"), "jobs", &viewer),
         job: JobLine::new(&job, now),
         errors: job.errors.clone(),
         images: rows.iter().map(ImageLine::new).collect(),
@@ -542,15 +605,26 @@ async fn job(
         prev_url,
         next_url,
         first_url,
-        csrf: csrf.token,
+        csrf: viewer.csrf.token.clone(),
         notice: params
             .get("done")
             .and_then(|k| job_notice(k))
             .map(String::from),
-        csv_url: format!("/api/jobs/{id}/results.csv"),
+        webhook: WebhookView::new(webhook.as_ref()),
+        csv_url: format!("/ui/jobs/{id}/results.csv"),
         api_url: format!("/api/jobs/{id}"),
     };
-    Ok(html(StatusCode::OK, &page, csrf.set_cookie))
+    Ok(html(StatusCode::OK, &page, viewer.cookie()))
+}
+
+/// `GET /ui/jobs/{id}/results.csv`: the API's CSV export, for a browser signed in to the
+/// dashboard (the API's own URL needs a key in a header).
+async fn results_csv(
+    State(state): State<AppState>,
+    caller: Caller,
+    UiJobId(id): UiJobId,
+) -> Result<Response, ApiError> {
+    crate::http::export::csv_download(&state, &caller, id).await
 }
 
 /// Reads a small urlencoded form body.
@@ -569,6 +643,7 @@ async fn small_form(body: Body) -> Result<HashMap<String, String>, UiError> {
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
+    viewer: Viewer,
     UiJobId(id): UiJobId,
     headers: HeaderMap,
     body: Body,
@@ -582,13 +657,12 @@ async fn cancel(
         .await?
         .ok_or_else(|| UiError::NotFound(format!("There is no job {id}.")))?;
     if form.get("confirm").map(String::as_str) != Some("yes") {
-        let csrf = csrf::issue(&headers);
         let page = ConfirmCancelPage {
-            layout: Layout::new(format!("Cancel job {id}?"), "jobs"),
+            layout: Layout::new(format!("Cancel job {id}?"), "jobs", &viewer),
             job: JobLine::new(&job, crate::db::now_ms()),
-            csrf: csrf.token,
+            csrf: viewer.csrf.token.clone(),
         };
-        return Ok(html(StatusCode::OK, &page, csrf.set_cookie));
+        return Ok(html(StatusCode::OK, &page, viewer.cookie()));
     }
     let done = match data.cancel(&job).await? {
         Cancel::Cancelled(_) => "cancelled",
@@ -616,30 +690,25 @@ const ECHO_MAX_BYTES: usize = 256 * 1024;
 
 fn submit_page(
     state: &AppState,
-    headers: &HeaderMap,
+    viewer: &Viewer,
     status: StatusCode,
     text: String,
     error: Option<String>,
 ) -> Response {
-    let csrf = csrf::issue(headers);
     let page = SubmitPage {
-        layout: Layout::new("Submit a job", "submit"),
-        csrf: csrf.token,
+        layout: Layout::new("Submit a job", "submit", viewer),
+        csrf: viewer.csrf.token.clone(),
         text,
         status: error.as_ref().map(|_| status.as_u16()),
         error,
         example: EXAMPLE_JOB,
         max_images: views::thousands(state.limits.max_images_per_job as i64),
     };
-    html(status, &page, csrf.set_cookie)
+    html(status, &page, viewer.cookie())
 }
 
-async fn submit_form(
-    State(state): State<AppState>,
-    _caller: Caller,
-    headers: HeaderMap,
-) -> Response {
-    submit_page(&state, &headers, StatusCode::OK, String::new(), None)
+async fn submit_form(State(state): State<AppState>, _caller: Caller, viewer: Viewer) -> Response {
+    submit_page(&state, &viewer, StatusCode::OK, String::new(), None)
 }
 
 /// The fields of the submit form: the token, and the job pasted or uploaded.
@@ -694,6 +763,7 @@ async fn read_submit_form(
 async fn submit(
     State(state): State<AppState>,
     caller: Caller,
+    viewer: Viewer,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -702,7 +772,7 @@ async fn submit(
         Err(error) => {
             let (status, body, _) = error.parts();
             let message = body["error"].as_str().map(String::from);
-            return submit_page(&state, &headers, status, String::new(), message);
+            return submit_page(&state, &viewer, status, String::new(), message);
         }
     };
     if let Err(e) = csrf::check(&headers, form.csrf.as_deref()) {
@@ -722,7 +792,7 @@ async fn submit(
     if job.iter().all(u8::is_ascii_whitespace) {
         return submit_page(
             &state,
-            &headers,
+            &viewer,
             StatusCode::BAD_REQUEST,
             echo,
             Some("job: paste a job's JSON or choose a file".into()),
@@ -733,7 +803,7 @@ async fn submit(
         Err(error) => {
             let (status, body, _) = error.parts();
             let message = body["error"].as_str().map(String::from);
-            submit_page(&state, &headers, status, echo, message)
+            submit_page(&state, &viewer, status, echo, message)
         }
     }
 }

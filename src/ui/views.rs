@@ -19,6 +19,10 @@ pub struct Layout {
     /// The stylesheet's and the script's URLs (named by content, so cacheable).
     pub css: String,
     pub js: String,
+    /// The name of the key a sign-in session acts for: shown with a sign-out button.
+    pub signed_in: Option<String>,
+    /// The CSRF token of the sign-out form.
+    pub csrf: String,
 }
 
 #[derive(Template)]
@@ -70,6 +74,7 @@ pub struct JobPage {
     pub first_url: Option<String>,
     pub csrf: String,
     pub notice: Option<String>,
+    pub webhook: WebhookView,
     pub csv_url: String,
     pub api_url: String,
 }
@@ -94,6 +99,19 @@ pub struct SubmitPage {
     pub status: Option<u16>,
     pub example: &'static str,
     pub max_images: String,
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub layout: Layout,
+    pub csrf: String,
+    /// Where to go after signing in (already checked to be a dashboard path).
+    pub next: String,
+    pub error: Option<String>,
+    /// The session's idle time and longest life, in words.
+    pub idle: String,
+    pub lifetime: String,
 }
 
 #[derive(Template)]
@@ -154,6 +172,51 @@ pub struct FailureLine {
     pub label: &'static str,
     pub failed: String,
     pub retried: String,
+}
+
+/// A job's webhook as its page shows it: the state the API gives (`GET /api/jobs/{id}`), or
+/// `none` for a job that names no webhook.
+pub struct WebhookView {
+    /// none | pending | delivered | failed
+    pub state: &'static str,
+    /// The receiver's scheme, host and port: the path and query of a webhook URL may hold
+    /// credentials, so the page leaves them out.
+    pub target: Option<String>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+impl WebhookView {
+    pub fn new(webhook: Option<&crate::http::jobs::WebhookBody>) -> Self {
+        match webhook {
+            None => WebhookView {
+                state: "none",
+                target: None,
+                attempts: 0,
+                last_error: None,
+            },
+            Some(w) => WebhookView {
+                state: w.state,
+                target: Some(webhook_target(&w.url)),
+                attempts: w.attempts,
+                last_error: w.last_error.clone(),
+            },
+        }
+    }
+}
+
+/// `https://hooks.example:8443` of `https://user:pw@hooks.example:8443/path?token=…`.
+pub fn webhook_target(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or_default();
+            match u.port() {
+                Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            }
+        }
+        Err(_) => "(not a URL)".into(),
+    }
 }
 
 /// A job as lists and the job page show it.

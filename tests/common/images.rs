@@ -3,7 +3,7 @@
 //!
 //! Routes:
 //! - `/img/{w}x{h}.{png|jpg|gif|bmp|webp|tiff}` — an image of that size and format
-//! - `/status/{code}` — answers that status with an HTML body
+//! - `/status/{code}` — answers that status with an HTML body (GET or POST: a webhook target too)
 //! - `/html` — an HTML error page served with 200
 //! - `/flaky/{key}/{fails}/{w}x{h}.png` — 503 for the first `fails` requests of `key`, then the image
 //! - `/slow/{ms}/{w}x{h}.png` — waits `ms` before answering
@@ -68,7 +68,7 @@ impl ImageServer {
         let inner = Arc::new(Inner::default());
         let app = Router::new()
             .route("/img/{file}", get(image_route))
-            .route("/status/{code}", get(status_route))
+            .route("/status/{code}", get(status_route).post(status_route))
             .route(
                 "/html",
                 get(|| async {

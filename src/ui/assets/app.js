@@ -1,6 +1,7 @@
 // Retail Pulse dashboard: live updates on top of pages that are complete without script.
-// - A job page polls GET /api/jobs/{id} and moves its progress bar, counts, status, finish time
-//   and per-store errors in place until the job is done.
+// - A job page polls GET /ui/live/jobs?ids={id} (the /api/jobs/{id} body, readable with the
+//   dashboard's sign-in) and moves its progress bar, counts, status, finish time and per-store
+//   errors in place until the job is done, and its webhook's state until that is settled.
 // - Lists poll GET /ui/live/jobs?ids=… for the ongoing jobs they show.
 // - The overview re-reads itself and swaps its sections.
 // - The cancel button asks for confirmation in a dialog before it posts.
@@ -8,6 +9,7 @@
 
 (function () {
   const JOB_POLL_MS = 1000;
+  const WEBHOOK_POLL_MS = 2000;
   const LIST_POLL_MS = 2000;
   const OVERVIEW_POLL_MS = 5000;
 
@@ -49,7 +51,19 @@
     let timer = null;
     const byId = (x) => document.getElementById(x);
 
+    function renderWebhook(webhook) {
+      const box = byId("job-webhook");
+      if (!box || !webhook) return;
+      box.dataset.state = webhook.state;
+      setBadge(byId("webhook-state"), webhook.state);
+      const attempts = byId("webhook-attempts");
+      if (attempts) attempts.textContent = n(webhook.attempts);
+      const error = byId("webhook-error");
+      if (error) error.textContent = webhook.last_error || "none";
+    }
+
     function render(job) {
+      renderWebhook(job.webhook);
       const img = job.images;
       const bar = byId("job-progress");
       bar.max = img.total;
@@ -92,17 +106,33 @@
       byId("images-stale").hidden = false;
     }
 
+    // Worth asking again: the job is running, or its webhook is still to be delivered.
+    function unsettled(status, webhookState) {
+      return status === "ongoing" || webhookState === "pending";
+    }
+
     async function tick() {
+      let wait = JOB_POLL_MS;
       try {
-        const job = await getJson("/api/jobs/" + id);
-        render(job);
-        if (job.status !== "ongoing") return;
+        const body = await getJson("/ui/live/jobs?ids=" + id);
+        const job = body.jobs[0];
+        if (!job) return;
+        const wasOngoing = section.dataset.status === "ongoing";
+        if (wasOngoing || job.status === "ongoing") render(job);
+        else renderWebhook(job.webhook);
+        const hook = job.webhook ? job.webhook.state : "none";
+        if (!unsettled(job.status, hook)) return;
+        // After the job, a webhook retries on a backoff of seconds: no need to ask as often.
+        if (job.status !== "ongoing") wait = WEBHOOK_POLL_MS;
       } catch (err) {
         // A restart or a blip: keep trying.
       }
+      timer = setTimeout(tick, wait);
+    }
+    const hook = byId("job-webhook");
+    if (unsettled(section.dataset.status, hook ? hook.dataset.state : "none")) {
       timer = setTimeout(tick, JOB_POLL_MS);
     }
-    if (section.dataset.status === "ongoing") timer = setTimeout(tick, JOB_POLL_MS);
     return () => clearTimeout(timer);
   }
 
