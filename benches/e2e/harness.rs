@@ -176,7 +176,10 @@ pub fn settings(workers: usize, delay: &str) -> Vec<(&'static str, String)> {
         ("RP_PROCESSING_DELAY_MS", delay.to_string()),
         (
             "RUST_LOG",
-            "warn,retail_pulse::app=info,retail_pulse::worker=info".to_string(),
+            // RP_BENCH_RUST_LOG: another filter, to look inside one run (e.g. sqlx::query=debug).
+            std::env::var("RP_BENCH_RUST_LOG").unwrap_or_else(|_| {
+                "warn,retail_pulse::app=info,retail_pulse::worker=info".to_string()
+            }),
         ),
         // The benchmark is one client submitting thousands of jobs: not a rate to limit.
         ("RP_TENANT_SUBMITS_PER_MINUTE", "0".to_string()),

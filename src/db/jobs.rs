@@ -511,14 +511,15 @@ pub async fn record_finished(
         Backend::Sqlite => ("", ""),
     };
     let sql = format!(
-        "WITH v AS (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, \
+        "WITH v AS MATERIALIZED (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, \
              CAST(t.value ->> 'succeeded' AS BIGINT) AS succeeded, \
              CAST(t.value ->> 'failed' AS BIGINT) AS failed FROM {rows}), \
-         locked AS {fence}(SELECT id FROM jobs WHERE id IN (SELECT id FROM v) {lock}) \
+         locked AS {fence}(SELECT id FROM jobs WHERE {ours} {lock}) \
          UPDATE jobs SET succeeded = jobs.succeeded + v.succeeded, failed = jobs.failed + v.failed \
          FROM v WHERE jobs.id = v.id AND jobs.id IN (SELECT id FROM locked) \
          RETURNING jobs.id, jobs.status, jobs.total, jobs.succeeded, jobs.failed",
-        rows = db.json_rows("$1")
+        rows = db.json_rows("$1"),
+        ours = db.any_of("id", "SELECT id FROM v")
     );
     let updated: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(serde_json::Value::Array(rows).to_string())

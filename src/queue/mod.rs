@@ -315,8 +315,11 @@ impl Queue {
         let sql = self.db.with_clock(&format!(
             "UPDATE images SET lease_expires_at = {{now}} + $1 WHERE id IN ( \
                SELECT id FROM images WHERE lease_owner = $2 AND status = 'running' \
-               AND id IN (SELECT CAST(t.value AS BIGINT) FROM {rows}) {lock})",
-            rows = self.db.json_rows("$3")
+               AND {held} {lock})",
+            held = self.db.any_of(
+                "id",
+                &format!("SELECT CAST(t.value AS BIGINT) FROM {}", self.db.json_rows("$3"))
+            )
         ));
         let ids = json!(ids).to_string();
         let _turn = self.db.write_turn().await;
@@ -348,24 +351,28 @@ impl Queue {
         let rows = Value::Array(rows.into_iter().map(|(_, row)| row).collect()).to_string();
         let (fence, lock) = match self.db.backend() {
             // Lock the rows first, in id order (see the module doc), in a CTE of its own.
+            // `v` is MATERIALIZED on both: SQLite would otherwise flatten it into the join and
+            // parse the whole JSON parameter again for every row (measured: 145 ms instead of
+            // 6 ms for 274 outcomes beside 4,000 leased images).
             Backend::Postgres => ("MATERIALIZED ", "ORDER BY id FOR UPDATE"),
             Backend::Sqlite => ("", ""),
         };
         let sql = self.db.with_clock(&format!(
-            "WITH v AS (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, t.value ->> 'status' AS status, \
+            "WITH v AS MATERIALIZED (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, t.value ->> 'status' AS status, \
                  CAST(t.value ->> 'width' AS BIGINT) AS width, CAST(t.value ->> 'height' AS BIGINT) AS height, \
                  CAST(t.value ->> 'perimeter' AS BIGINT) AS perimeter, t.value ->> 'error' AS error, \
                  t.value ->> 'kind' AS error_kind, CAST(t.value ->> 'delay_ms' AS BIGINT) AS delay_ms \
                FROM {rows}), \
              mine AS {fence}(SELECT id FROM images WHERE lease_owner = $1 AND status = 'running' \
-               AND id IN (SELECT id FROM v) {lock}) \
+               AND {ours} {lock}) \
              UPDATE images SET status = v.status, width = v.width, height = v.height, \
                perimeter = v.perimeter, error = v.error, error_kind = v.error_kind, \
                available_at = {{now}} + v.delay_ms, lease_owner = NULL, lease_expires_at = NULL, \
                updated_at = {{now}}, processed_by = $1 \
              FROM v WHERE images.id = v.id AND images.id IN (SELECT id FROM mine) \
              RETURNING images.job_id, images.status",
-            rows = self.db.json_rows("$2")
+            rows = self.db.json_rows("$2"),
+            ours = self.db.any_of("id", "SELECT id FROM v")
         ));
         let _turn = self.db.write_turn().await;
         let recorded = self

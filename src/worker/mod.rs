@@ -328,9 +328,12 @@ impl WorkerPool {
                     .observe(started.elapsed().as_secs_f64());
                 metrics.worker_slots_busy.dec();
                 count_outcome(&metrics, &outcome);
-                drop(permit);
+                // The slot is given back only once the outcome is queued for the writer: when
+                // the writer falls behind, claiming slows with it, instead of leasing ever more
+                // images whose outcomes wait (and whose leases must be renewed) unbounded.
                 // The writer only stops after every sender is dropped, so this succeeds.
                 let _ = results.send((image.id, outcome)).await;
+                drop(permit);
             }
             .instrument(span),
         );
