@@ -766,6 +766,10 @@ async fn a_hanging_origin_does_not_hold_up_a_good_one() {
         .await
         .unwrap();
         if good_done == 30 {
+            eprintln!(
+                "the 30 good images finished {:?} after the submit",
+                submitted.elapsed()
+            );
             break;
         }
         assert!(
