@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench e2e` (or `scripts/bench`, which also finds the local PostgreSQL).
 //! Prints one table and writes it to `docs/BENCHMARKS.md`. One file per figure: throughput.rs
-//! (P1, P2), latency.rs (P3, P4), memory.rs (P5 and flatness), scale.rs (P6), shapes.rs (P7–P9);
+//! (P1, P2), latency.rs (P3, P4), memory.rs (P5 and flatness), scale.rs (P6), shapes.rs (P7–P9),
+//! scaleout.rs (S1, for docs/SCALING.md);
 //! harness.rs holds what they share.
 //!
 //! Knobs (environment): RP_BENCH_IMAGES (10000), RP_BENCH_BIG_IMAGES (100000),
@@ -21,6 +22,7 @@ mod image_host;
 mod latency;
 mod memory;
 mod scale;
+mod scaleout;
 mod shapes;
 mod throughput;
 
@@ -92,6 +94,7 @@ pub struct Figures {
     pub p6: Option<(f64, f64)>,
     pub shapes: Vec<shapes::Shape>,
     pub p8: Option<(f64, u64)>,
+    pub scale_out: Vec<scaleout::ScaleOut>,
     pub dashboard: dashboard::JobPageTime,
 }
 
@@ -102,6 +105,7 @@ async fn run_backend(backend: Backend, host: &ImageHost, o: &Opts) -> Figures {
     memory::run(backend, host, o, &mut f).await;
     scale::run(backend, host, o, &mut f).await;
     shapes::run(backend, host, o, &mut f).await;
+    scaleout::run(backend, host, o, &mut f).await;
     dashboard::run(backend, host, o, &mut f).await;
     f
 }
@@ -317,6 +321,21 @@ async fn main() {
                     s.worker_cpu_us
                 ),
                 None => "not run".into(),
+            },
+        );
+    }
+    for (i, processes) in scaleout::PROCESSES.iter().enumerate() {
+        row(
+            &format!(
+                "S1 {processes} worker process(es) × 32 slots, 2,000 × 10, delay 0: images/s; PostgreSQL CPU µs per image, cores busy"
+            ),
+            "reported (docs/SCALING.md)",
+            &|f| match f.scale_out.get(i) {
+                Some(s) => format!(
+                    "{:.0}; {:.0} µs, {:.2} cores",
+                    s.rate, s.postgres_cpu_us, s.postgres_cores
+                ),
+                None => "n/a (PostgreSQL only)".into(),
             },
         );
     }

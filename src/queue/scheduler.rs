@@ -168,12 +168,16 @@ impl Scheduler {
         Ok(())
     }
 
+    /// "Has an image due now" is a scalar subquery on purpose: written as `EXISTS`, the
+    /// PostgreSQL planner may turn it into a semi-join that scans every pending image (it
+    /// did, with statistics a bulk submit had not refreshed yet: 100 ms a read); a scalar
+    /// subquery is always one probe of the pending index per job.
     async fn window(&self, tenant: &str, after: i64) -> Result<Vec<Candidate>, DbError> {
         let sql = self.db.with_clock(
             "SELECT id, total - succeeded - failed AS remaining FROM jobs j \
              WHERE status = 'ongoing' AND tenant = $1 AND id {op} $2 \
-             AND EXISTS (SELECT 1 FROM images i WHERE i.job_id = j.id AND i.status = 'pending' \
-               AND i.available_at <= {now}) \
+             AND (SELECT i.id FROM images i WHERE i.job_id = j.id AND i.status = 'pending' \
+               AND i.available_at <= {now} LIMIT 1) IS NOT NULL \
              ORDER BY id LIMIT $3",
         );
         let read = async |op: &str, limit: i64| -> Result<Vec<Candidate>, DbError> {
