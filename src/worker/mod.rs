@@ -35,60 +35,60 @@ use process::Processor;
 const MAX_CLAIM: usize = 256;
 /// Most outcomes recorded in one transaction.
 const MAX_WRITE_BATCH: usize = 512;
-/// How long an image of a busy origin is handed back to the queue for when the local parking
-/// is full (with ±25 % jitter).
-const BUSY_DEFERRAL: Duration = Duration::from_secs(5);
 
-/// Images parked for busy origins, per slot: the parked images are leased and heartbeated like
-/// running ones, so the parking is bounded.
+/// Parked images per slot past which a worker claims no more until some start: parked images
+/// are leased and heartbeated like running ones.
 const PARK_PER_SLOT: usize = 4;
 
 /// Images claimed and not started: in claim order, and parked per busy origin.
 struct Waiting {
     ready: VecDeque<ClaimedImage>,
-    parked: HashMap<String, VecDeque<ClaimedImage>>,
+    parked: HashMap<String, Parked>,
     parked_count: usize,
     park_cap: usize,
 }
 
+/// One busy origin's parked images, started in the order they were claimed: the claims
+/// already share fairly across tenants and jobs (see [`crate::queue::scheduler`]), so their
+/// order is kept.
+#[derive(Default)]
+struct Parked {
+    images: VecDeque<ClaimedImage>,
+}
+
+impl Parked {
+    fn push(&mut self, image: ClaimedImage) {
+        self.images.push_back(image);
+    }
+
+    fn pop(&mut self) -> Option<ClaimedImage> {
+        self.images.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+}
+
 impl Waiting {
-    /// Whether to claim more: the claimed buffer is low, and either a slot is free (perhaps
-    /// for an origin not seen yet) or nothing at all is waiting here.
+    /// Whether to claim more: the claimed buffer is low, the parking not full, and either a
+    /// slot is free (perhaps for an origin not seen yet) or nothing at all is waiting here.
     fn wants_more(&self, target: usize, slots: &Semaphore) -> bool {
         self.ready.len() <= target / 2
+            && self.parked_count < self.park_cap
             && (slots.available_permits() > 0 || (self.ready.is_empty() && self.parked_count == 0))
     }
 
-    /// Parks `image` until its origin has room. When the parking is full, the image to hand
-    /// back to the queue instead: the last parked of the origin with the most parked images,
-    /// if that origin has more than this one (so one slow origin cannot fill the parking and
-    /// push the others' images out), else `image` itself.
-    fn park(&mut self, origin: String, image: ClaimedImage) -> Option<ClaimedImage> {
-        if self.parked_count >= self.park_cap {
-            let mine = self.parked.get(&origin).map_or(0, VecDeque::len);
-            let largest = self
-                .parked
-                .iter()
-                .max_by_key(|(_, q)| q.len())
-                .map(|(o, q)| (o.clone(), q.len()));
-            let Some((largest, n)) = largest.filter(|(_, n)| *n > mine + 1) else {
-                return Some(image);
-            };
-            let queue = self.parked.get_mut(&largest).expect("origin just seen");
-            let evicted = queue.pop_back();
-            debug_assert!(n > 0);
-            self.parked.entry(origin).or_default().push_back(image);
-            return evicted;
-        }
-        self.parked.entry(origin).or_default().push_back(image);
+    /// Parks `image` until its origin has room.
+    fn park(&mut self, origin: String, image: ClaimedImage) {
+        self.parked.entry(origin).or_default().push(image);
         self.parked_count += 1;
-        None
     }
 
     fn unpark(&mut self, origin: &str) -> Option<ClaimedImage> {
-        let queue = self.parked.get_mut(origin)?;
-        let image = queue.pop_front();
-        if queue.is_empty() {
+        let parked = self.parked.get_mut(origin)?;
+        let image = parked.pop();
+        if parked.is_empty() {
             self.parked.remove(origin);
         }
         if image.is_some() {
@@ -98,16 +98,12 @@ impl Waiting {
     }
 }
 
-/// The wait before claiming again after `n` claims in a row of which nothing could start:
-/// none for the first few (to reach other origins further down the queue quickly), then
-/// doubling from 100 ms to 1 s.
+/// The wait before claiming again after `n` claims in a row of which nothing could start
+/// (everything waits for a busy origin): doubling from 50 ms to 1 s, so images of other
+/// origins further down the queue are reached soon, without claiming in a tight loop.
 fn fruitless_pause(n: u32) -> Duration {
-    const FREE: u32 = 8;
-    if n <= FREE {
-        return Duration::ZERO;
-    }
-    Duration::from_millis(100)
-        .saturating_mul(2u32.saturating_pow((n - FREE - 1).min(10)))
+    Duration::from_millis(50)
+        .saturating_mul(2u32.saturating_pow(n.clamp(1, 16) - 1))
         .min(Duration::from_secs(1))
 }
 
@@ -314,10 +310,10 @@ impl WorkerPool {
     /// heartbeated like running ones, and handed back at shutdown.
     ///
     /// An image whose origin already has its most downloads in flight does not take a slot:
-    /// it is parked (leased and heartbeated, up to 4 × `concurrency` parked images in all) and
-    /// starts when that origin frees up, while images of other origins go ahead. Past that
-    /// many, or when the origin's breaker is open, it is handed back to the queue with a
-    /// delay, its attempt not spent ([`Outcome::Deferred`]).
+    /// it is parked (leased and heartbeated; no more is claimed while 4 × `concurrency` are
+    /// parked) and starts when that origin frees up, in claim order, while
+    /// images of other origins go ahead. When the origin's breaker is open, it is handed back
+    /// to the queue with a delay, its attempt not spent ([`Outcome::Deferred`]).
     async fn claim_loop(
         &self,
         shutdown: &CancellationToken,
@@ -458,13 +454,7 @@ impl WorkerPool {
                 Admission::Go(permit) => return Some((image, Some(permit))),
                 Admission::Busy => {
                     self.metrics.fetch_origin_waits.inc();
-                    if let Some(evicted) = waiting.park(origin, image) {
-                        let after = BUSY_DEFERRAL.mul_f64(0.75 + fastrand::f64() * 0.5);
-                        tracing::debug!(image.id = evicted.id, retry_in = ?after, "origin busy and no room to park; deferring the image");
-                        let _ = results
-                            .send((evicted.id, Outcome::Deferred { after }))
-                            .await;
-                    }
+                    waiting.park(origin, image);
                 }
                 Admission::Open { retry_in } => {
                     self.defer_for_breaker(image, retry_in, results).await
