@@ -235,7 +235,7 @@ pub struct DbArgs {
     pub db_max_connections: u32,
     /// Seconds a query waits for a free connection; while the database is away, how long the
     /// API takes to answer 503.
-    #[arg(long, env = "RP_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 2.0)]
+    #[arg(long, env = "RP_DB_ACQUIRE_TIMEOUT_SECS", default_value_t = 1.5)]
     pub db_acquire_timeout_secs: f64,
     /// PostgreSQL: seconds a session may sit idle inside a transaction before the server ends
     /// it and frees its locks (0: the server's default).
@@ -381,6 +381,22 @@ pub struct WorkerArgs {
     /// Seconds without a byte from an image host before the download counts as stalled.
     #[arg(long, env = "RP_FETCH_STALL_TIMEOUT_SECS", default_value_t = 10.0)]
     pub fetch_stall_timeout_secs: f64,
+    /// Slowest accepted image download, in bytes/s averaged over each stall-timeout window;
+    /// slower fails as "too slow" (and is retried). 0: no limit.
+    #[arg(long, env = "RP_FETCH_MIN_SPEED_BYTES", default_value_t = 1024)]
+    pub fetch_min_speed_bytes: u64,
+    /// Most downloads in flight per origin (scheme, host, port) in this process; images of a
+    /// busy origin wait without holding a slot. Default: half of --workers (at least 1).
+    #[arg(long, env = "RP_FETCH_MAX_PER_ORIGIN")]
+    pub fetch_max_per_origin: Option<usize>,
+    /// Consecutive connect failures or timeouts of one origin after which its images are
+    /// deferred for the cool-down (its circuit breaker opens). 0: no breaker.
+    #[arg(long, env = "RP_FETCH_BREAKER_FAILURES", default_value_t = 5)]
+    pub fetch_breaker_failures: u32,
+    /// Seconds an open breaker defers its origin's images before one probe download is let
+    /// through (success closes it, failure opens it again).
+    #[arg(long, env = "RP_FETCH_BREAKER_COOLDOWN_SECS", default_value_t = 30.0)]
+    pub fetch_breaker_cooldown_secs: f64,
     /// Private hosts and networks image URLs may reach even without --allow-private-networks:
     /// comma-separated host names (`intranet.local`, `*.corp.example`), addresses and CIDRs.
     #[arg(long, env = "RP_ALLOW_HOSTS", default_value = "", value_parser = parse_allow_hosts)]
@@ -464,6 +480,13 @@ impl WorkerArgs {
         f.allow_private_networks = self.allow_private_networks;
         f.allow_hosts = self.allow_hosts.clone();
         f.stall_timeout = secs(self.fetch_stall_timeout_secs, "fetch-stall-timeout-secs")?;
+        f.min_speed_bytes = self.fetch_min_speed_bytes;
+        f.max_per_origin = self.fetch_max_per_origin;
+        f.breaker_failures = self.fetch_breaker_failures;
+        f.breaker_cooldown = secs(
+            self.fetch_breaker_cooldown_secs,
+            "fetch-breaker-cooldown-secs",
+        )?;
         let h = &mut config.webhooks;
         h.max_age = self.webhook_max_age;
         h.retry_base = Duration::from_millis(self.webhook_retry_base_ms);

@@ -135,6 +135,17 @@ pub struct FetchConfig {
     pub max_redirects: usize,
     /// Longest wait for the next bytes of a response before the download counts as stalled.
     pub stall_timeout: Duration,
+    /// Slowest accepted transfer, in bytes/s averaged over each stall-timeout window (curl's
+    /// low-speed limit); 0: off.
+    pub min_speed_bytes: u64,
+    /// Most downloads in flight per origin (scheme, host, port) in one process; `None`: half
+    /// the worker slots (at least 1), so one origin never holds every slot.
+    pub max_per_origin: Option<usize>,
+    /// Consecutive connect failures or timeouts of one origin that open its circuit breaker
+    /// (0: no breaker).
+    pub breaker_failures: u32,
+    /// How long an open breaker defers the origin's images before a probe is let through.
+    pub breaker_cooldown: Duration,
     pub allow_private_networks: bool,
     /// Private hosts and networks reachable even when private networks are not.
     pub allow_hosts: crate::fetch::guard::AllowList,
@@ -215,6 +226,10 @@ impl Default for Config {
                 max_bytes: 50 * 1024 * 1024,
                 max_redirects: 5,
                 stall_timeout: Duration::from_secs(10),
+                min_speed_bytes: 1024,
+                max_per_origin: None,
+                breaker_failures: 5,
+                breaker_cooldown: Duration::from_secs(30),
                 allow_private_networks: false,
                 allow_hosts: crate::fetch::guard::AllowList::default(),
             },
@@ -252,6 +267,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// Downloads one origin may have in flight in this process: the configured number, or
+    /// half the worker slots (at least 1).
+    pub fn max_per_origin(&self) -> usize {
+        self.fetch
+            .max_per_origin
+            .unwrap_or((self.worker.concurrency / 2).max(1))
+    }
+
     /// Checks the relations between settings that the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.worker.concurrency == 0 {
@@ -282,6 +305,12 @@ impl Config {
                 "webhook-retry-max-secs",
                 "must not be below --webhook-retry-base-ms",
             ));
+        }
+        if self.fetch.max_per_origin == Some(0) {
+            return Err(invalid("fetch-max-per-origin", "must be at least 1"));
+        }
+        if self.fetch.breaker_failures > 0 && self.fetch.breaker_cooldown.is_zero() {
+            return Err(invalid("fetch-breaker-cooldown-secs", "must be above 0"));
         }
         if self.fetch.max_bytes == 0 {
             return Err(invalid("fetch-max-bytes", "must be above 0"));
@@ -364,6 +393,33 @@ mod tests {
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_trickling_host_ends_within_a_minute_retries_included_by_default() {
+        let c = Config::default();
+        assert!(c.fetch.min_speed_bytes > 0);
+        // Each attempt ends one speed window (the stall timeout) after the answer's headers;
+        // between attempts, the longest backoff of each retry.
+        let attempts = c.worker.max_attempts;
+        let mut worst = c.fetch.stall_timeout * attempts;
+        for retry in 1..attempts {
+            worst += (c.worker.retry_base * 2u32.pow(retry - 1)).min(c.worker.retry_max);
+        }
+        assert!(worst < Duration::from_secs(60), "{worst:?}");
+    }
+
+    #[test]
+    fn one_origin_gets_half_the_slots_unless_told_otherwise() {
+        let mut c = Config::default();
+        c.worker.concurrency = 32;
+        assert_eq!(c.max_per_origin(), 16);
+        c.worker.concurrency = 1;
+        assert_eq!(c.max_per_origin(), 1);
+        c.fetch.max_per_origin = Some(3);
+        assert_eq!(c.max_per_origin(), 3);
+        c.fetch.max_per_origin = Some(0);
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub struct Metrics {
     pub worker_slots: Gauge,
     pub worker_slots_busy: Gauge,
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    pub fetch_origin_waits: Counter,
+    pub fetch_breaker_deferrals: Counter,
+    pub fetch_breaker_opened: Counter,
+    pub fetch_breakers_open: Gauge,
+    pub late_results_refused: Counter,
     pub pruned: Family<TableLabels, Counter>,
     jobs_by_state: Family<StateLabels, Gauge>,
     images_by_state: Family<StateLabels, Gauge>,
@@ -158,6 +163,36 @@ impl Metrics {
             "Webhook attempts made by this process, by outcome",
             webhook_deliveries.clone(),
         );
+        let fetch_origin_waits = Counter::default();
+        registry.register(
+            "fetch_origin_waits",
+            "Images that could not start because their origin had its most downloads in flight (parked without a slot, or deferred)",
+            fetch_origin_waits.clone(),
+        );
+        let fetch_breaker_deferrals = Counter::default();
+        registry.register(
+            "fetch_breaker_deferrals",
+            "Images handed back to the queue, no attempt spent, because their origin's circuit breaker was open",
+            fetch_breaker_deferrals.clone(),
+        );
+        let fetch_breaker_opened = Counter::default();
+        registry.register(
+            "fetch_breaker_open",
+            "Times an origin's circuit breaker opened (or a failed probe opened it again)",
+            fetch_breaker_opened.clone(),
+        );
+        let fetch_breakers_open = Gauge::default();
+        registry.register(
+            "fetch_breakers_open",
+            "Origins whose circuit breaker is open in this process",
+            fetch_breakers_open.clone(),
+        );
+        let late_results_refused = Counter::default();
+        registry.register(
+            "late_results_refused",
+            "Outcomes this process could not record because it had lost the image's lease (it was cut off past the lease, the image was taken over) or the job was cancelled",
+            late_results_refused.clone(),
+        );
         let pruned = Family::<TableLabels, Counter>::default();
         registry.register(
             "pruned",
@@ -194,6 +229,11 @@ impl Metrics {
             worker_slots,
             worker_slots_busy,
             webhook_deliveries,
+            fetch_origin_waits,
+            fetch_breaker_deferrals,
+            fetch_breaker_opened,
+            fetch_breakers_open,
+            late_results_refused,
             pruned,
             jobs_by_state,
             images_by_state,

@@ -183,7 +183,7 @@ async fn misbehaving_hosts_fail_in_time_and_free_the_slot(backend: Backend) {
         (format!("http://{hang}/x.png"), "stalled: no data for 0.5 s"),
         (
             images.url("/drip"),
-            "timed out after 1.5 s for the whole download",
+            "too slow: under 1024 bytes/s for 0.5 s",
         ),
         (images.url("/endless"), "larger than 2097152 bytes"),
         (
@@ -217,6 +217,33 @@ async fn misbehaving_hosts_fail_in_time_and_free_the_slot(backend: Backend) {
         }
     }
     // hang 0.5 + drip 1.5 + the rest quick, one at a time.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    app.stop().await;
+}
+
+/// A host that trickles (a byte every 200 ms) keeps sending, so the stall timeout never
+/// fires; the minimum speed ends each attempt after one window, and the retries with it.
+async fn a_trickling_host_fails_as_too_slow_retries_included(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let images = ImageServer::start().await;
+    let mut config = test_config(&db);
+    config.worker.max_attempts = 3;
+    config.fetch.timeout = Duration::from_secs(30);
+    config.fetch.stall_timeout = Duration::from_secs(1);
+    let app = TestApp::start(config).await;
+    let started = Instant::now();
+    let job = app
+        .submit_ok(&payload(&[(STORE_A, vec![images.url("/drip")])]))
+        .await;
+    app.wait_finished(job, WAIT).await;
+    let took = started.elapsed();
+    let results = app.all_images(job, 10).await;
+    let error = results[0]["error"].as_str().unwrap_or_default();
+    assert_eq!(
+        error, "too slow: under 1024 bytes/s for 1 s (after 3 attempts)",
+        "{results:?}"
+    );
+    // Three windows of 1 s and two short backoffs, not three total timeouts of 30 s.
     assert!(took < Duration::from_secs(10), "took {took:?}");
     app.stop().await;
 }
@@ -378,6 +405,7 @@ async fn a_refused_host_name_never_reveals_its_addresses(backend: Backend) {
 }
 
 on_both_backends!(
+    a_trickling_host_fails_as_too_slow_retries_included,
     every_control_character_in_every_string_field_is_refused_or_kept_exactly,
     a_refused_host_name_never_reveals_its_addresses,
     an_oversized_declared_body_is_refused_before_it_is_sent,

@@ -7,6 +7,7 @@
 //! not taken the event, and following it would re-send a signed body somewhere else).
 
 pub mod guard;
+pub mod origins;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,10 @@ pub enum FetchError {
     },
     #[error("stalled: no data for {} s", secs(*.0))]
     Stalled(Duration),
+    /// Bytes arrive, but fewer than `min` per second over a whole `window` (curl's
+    /// low-speed limit): a trickling host would otherwise hold a slot until the total timeout.
+    #[error("too slow: under {min} bytes/s for {} s", secs(*.window))]
+    TooSlow { min: u64, window: Duration },
     #[error("larger than {0} bytes")]
     TooLarge(u64),
     #[error("more than {0} redirects")]
@@ -70,7 +75,9 @@ impl FetchError {
             FetchError::InvalidUrl(_) => ErrorKind::InvalidUrl,
             FetchError::Blocked(_) => ErrorKind::BlockedAddress,
             FetchError::Status { .. } => ErrorKind::HttpStatus,
-            FetchError::Timeout { .. } | FetchError::Stalled(_) => ErrorKind::Timeout,
+            FetchError::Timeout { .. } | FetchError::Stalled(_) | FetchError::TooSlow { .. } => {
+                ErrorKind::Timeout
+            }
             FetchError::TooLarge(_) => ErrorKind::TooLarge,
             FetchError::TooManyRedirects(_) | FetchError::RedirectLoop(_) => {
                 ErrorKind::TooManyRedirects
@@ -84,10 +91,26 @@ impl FetchError {
     /// Transient failures worth another try: timeouts, connection trouble, 408, 429 and 5xx.
     pub fn is_transient(&self) -> bool {
         match self {
-            FetchError::Timeout { .. } | FetchError::Stalled(_) | FetchError::Network(_) => true,
+            FetchError::Timeout { .. }
+            | FetchError::Stalled(_)
+            | FetchError::TooSlow { .. }
+            | FetchError::Network(_) => true,
             FetchError::Status { code, .. } => *code == 408 || *code == 429 || *code >= 500,
             _ => false,
         }
+    }
+
+    /// Whether this failure says the origin itself is unreachable or unresponsive (it could
+    /// not be connected to, or it stopped sending): what the circuit breaker counts. An
+    /// answer of any status, a bad body or a refused address says nothing of the kind.
+    pub fn is_origin_failure(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Timeout { .. }
+                | FetchError::Stalled(_)
+                | FetchError::TooSlow { .. }
+                | FetchError::Network(_)
+        )
     }
 
     /// The server's `Retry-After`, when it sent one with a 429 or 503.
@@ -124,6 +147,72 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
         .num_milliseconds()
         .max(0);
     Some(Duration::from_millis(wait as u64))
+}
+
+/// The low-speed limit of one download: the bytes received in consecutive windows of the
+/// stall timeout's length; a window that ends with fewer than `min × window` bytes fails the
+/// download as [`FetchError::TooSlow`] (or [`FetchError::Stalled`] when nothing came at all).
+struct SpeedCheck {
+    min: u64,
+    window: Duration,
+    needed: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl SpeedCheck {
+    fn new(min: u64, window: Duration) -> Self {
+        Self {
+            min,
+            window,
+            needed: (min as f64 * window.as_secs_f64()).ceil() as u64,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// When the current window ends; `None` when the limit is off.
+    fn window_end(&self) -> Option<Instant> {
+        (self.min > 0 && !self.window.is_zero()).then(|| self.started + self.window)
+    }
+
+    /// Counts `bytes` just received; at the end of a window, judges it and starts the next.
+    fn check(&mut self, bytes: u64) -> Result<(), FetchError> {
+        let Some(end) = self.window_end() else {
+            return Ok(());
+        };
+        self.bytes += bytes;
+        let now = Instant::now();
+        if now < end {
+            return Ok(());
+        }
+        if self.bytes == 0 {
+            return Err(FetchError::Stalled(self.window));
+        }
+        if self.bytes < self.needed {
+            return Err(FetchError::TooSlow {
+                min: self.min,
+                window: self.window,
+            });
+        }
+        self.started = now;
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// The origin of a URL as the per-origin limits see it: scheme, host and port (the scheme's
+/// default port written out), lower-cased; `None` for a URL that does not parse or has no host
+/// (it fails at once anyway).
+pub fn origin_of(url: &str) -> Option<String> {
+    let parsed = Url::parse(url.trim()).ok()?;
+    let host = parsed.host_str()?;
+    let port = parsed.port_or_known_default()?;
+    Some(format!(
+        "{}://{}:{port}",
+        parsed.scheme(),
+        host.to_ascii_lowercase()
+    ))
 }
 
 /// reqwest is built without a bundled crypto provider; this installs ring (already in the
@@ -326,11 +415,24 @@ impl Fetcher {
         let mut next_check = 0usize;
         let mut head_capped = false;
         let mut total: u64 = 0;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.classify(e, started, DOWNLOAD))?
-        {
+        let mut speed = SpeedCheck::new(self.config.min_speed_bytes, self.config.stall_timeout);
+        loop {
+            // Reading waits no longer than the end of the current speed window, so a host that
+            // sends nothing at all is judged there too (reqwest's `chunk` is cancel-safe).
+            let next = match speed.window_end() {
+                Some(end) => match tokio::time::timeout_at(end.into(), response.chunk()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        speed.check(0)?;
+                        continue;
+                    }
+                },
+                None => response.chunk().await,
+            };
+            let Some(chunk) = next.map_err(|e| self.classify(e, started, DOWNLOAD))? else {
+                break;
+            };
+            speed.check(chunk.len() as u64)?;
             total += chunk.len() as u64;
             if total > max {
                 return Err(FetchError::TooLarge(max));

@@ -72,6 +72,12 @@ pub enum Outcome {
         kind: ErrorKind,
         message: String,
     },
+    /// Not tried at all (its host was busy or its circuit breaker open): back to the queue no
+    /// earlier than `after`, without spending the attempt its claim counted, its last error
+    /// kept.
+    Deferred {
+        after: Duration,
+    },
 }
 
 impl Outcome {
@@ -83,15 +89,17 @@ impl Outcome {
                 height,
                 perimeter,
             } => json!({"id": id, "status": "succeeded", "width": width, "height": height,
-                        "perimeter": perimeter, "delay_ms": 0}),
+                        "perimeter": perimeter, "delay_ms": 0, "refund": 0}),
             Outcome::Failed { kind, message } => json!({"id": id, "status": "failed",
-                        "error": message, "kind": kind.as_str(), "delay_ms": 0}),
+                        "error": message, "kind": kind.as_str(), "delay_ms": 0, "refund": 0}),
             Outcome::Retry {
                 after,
                 kind,
                 message,
             } => json!({"id": id, "status": "pending", "error": message, "kind": kind.as_str(),
-                        "delay_ms": after.as_millis() as i64}),
+                        "delay_ms": after.as_millis() as i64, "refund": 0}),
+            Outcome::Deferred { after } => json!({"id": id, "status": "pending",
+                        "delay_ms": after.as_millis() as i64, "refund": 1}),
         }
     }
 }
@@ -318,7 +326,10 @@ impl Queue {
                AND {held} {lock})",
             held = self.db.any_of(
                 "id",
-                &format!("SELECT CAST(t.value AS BIGINT) FROM {}", self.db.json_rows("$3"))
+                &format!(
+                    "SELECT CAST(t.value AS BIGINT) FROM {}",
+                    self.db.json_rows("$3")
+                )
             )
         ));
         let ids = json!(ids).to_string();
@@ -361,14 +372,18 @@ impl Queue {
             "WITH v AS MATERIALIZED (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, t.value ->> 'status' AS status, \
                  CAST(t.value ->> 'width' AS BIGINT) AS width, CAST(t.value ->> 'height' AS BIGINT) AS height, \
                  CAST(t.value ->> 'perimeter' AS BIGINT) AS perimeter, t.value ->> 'error' AS error, \
-                 t.value ->> 'kind' AS error_kind, CAST(t.value ->> 'delay_ms' AS BIGINT) AS delay_ms \
+                 t.value ->> 'kind' AS error_kind, CAST(t.value ->> 'delay_ms' AS BIGINT) AS delay_ms, \
+                 CAST(t.value ->> 'refund' AS BIGINT) AS refund \
                FROM {rows}), \
              mine AS {fence}(SELECT id FROM images WHERE lease_owner = $1 AND status = 'running' \
                AND {ours} {lock}) \
              UPDATE images SET status = v.status, width = v.width, height = v.height, \
-               perimeter = v.perimeter, error = v.error, error_kind = v.error_kind, \
+               perimeter = v.perimeter, attempts = images.attempts - v.refund, \
+               error = CASE WHEN v.refund = 1 THEN images.error ELSE v.error END, \
+               error_kind = CASE WHEN v.refund = 1 THEN images.error_kind ELSE v.error_kind END, \
                available_at = {{now}} + v.delay_ms, lease_owner = NULL, lease_expires_at = NULL, \
-               updated_at = {{now}}, processed_by = $1 \
+               updated_at = {{now}}, \
+               processed_by = CASE WHEN v.refund = 1 THEN images.processed_by ELSE $1 END \
              FROM v WHERE images.id = v.id AND images.id IN (SELECT id FROM mine) \
              RETURNING images.job_id, images.status",
             rows = self.db.json_rows("$2"),

@@ -10,7 +10,7 @@
 pub mod process;
 pub mod registry;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,8 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::db::{Backend, Db, jobs::WORK_CHANNEL};
 use crate::domain::ErrorKind;
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::origins::{Admission, OriginPermit, Origins};
+use crate::fetch::{FetchError, Fetcher, origin_of};
 use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 use crate::queue::{ClaimedImage, Outcome, Queue};
 use crate::webhooks::deliver::Deliverer;
@@ -34,6 +35,77 @@ use process::Processor;
 const MAX_CLAIM: usize = 256;
 /// Most outcomes recorded in one transaction.
 const MAX_WRITE_BATCH: usize = 512;
+
+/// Parked images per slot past which a worker claims no more until some start: parked images
+/// are leased and heartbeated like running ones.
+const PARK_PER_SLOT: usize = 4;
+
+/// Images claimed and not started: in claim order, and parked per busy origin.
+struct Waiting {
+    ready: VecDeque<ClaimedImage>,
+    parked: HashMap<String, Parked>,
+    parked_count: usize,
+    park_cap: usize,
+}
+
+/// One busy origin's parked images, started in the order they were claimed: the claims
+/// already share fairly across tenants and jobs (see [`crate::queue::scheduler`]), so their
+/// order is kept.
+#[derive(Default)]
+struct Parked {
+    images: VecDeque<ClaimedImage>,
+}
+
+impl Parked {
+    fn push(&mut self, image: ClaimedImage) {
+        self.images.push_back(image);
+    }
+
+    fn pop(&mut self) -> Option<ClaimedImage> {
+        self.images.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+}
+
+impl Waiting {
+    /// Whether to claim more: the claimed buffer is low, the parking not full, and either a
+    /// slot is free (perhaps for an origin not seen yet) or nothing at all is waiting here.
+    fn wants_more(&self, target: usize, slots: &Semaphore) -> bool {
+        self.ready.len() <= target / 2
+            && self.parked_count < self.park_cap
+            && (slots.available_permits() > 0 || (self.ready.is_empty() && self.parked_count == 0))
+    }
+
+    /// Parks `image` until its origin has room.
+    fn park(&mut self, origin: String, image: ClaimedImage) {
+        self.parked.entry(origin).or_default().push(image);
+        self.parked_count += 1;
+    }
+
+    fn unpark(&mut self, origin: &str) -> Option<ClaimedImage> {
+        let parked = self.parked.get_mut(origin)?;
+        let image = parked.pop();
+        if parked.is_empty() {
+            self.parked.remove(origin);
+        }
+        if image.is_some() {
+            self.parked_count -= 1;
+        }
+        image
+    }
+}
+
+/// The wait before claiming again after `n` claims in a row of which nothing could start
+/// (everything waits for a busy origin): doubling from 50 ms to 1 s, so images of other
+/// origins further down the queue are reached soon, without claiming in a tight loop.
+fn fruitless_pause(n: u32) -> Duration {
+    Duration::from_millis(50)
+        .saturating_mul(2u32.saturating_pow(n.clamp(1, 16) - 1))
+        .min(Duration::from_secs(1))
+}
 
 /// Why a worker pool stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +125,9 @@ pub struct WorkerPool {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     deliverer: Arc<Deliverer>,
+    origins: Arc<Origins>,
+    /// Signalled whenever an image task ends (a slot and an origin permit were freed).
+    freed: Arc<Notify>,
 }
 
 /// A worker id unique per process start (not the host name: several workers may share one).
@@ -78,7 +153,15 @@ impl WorkerPool {
             config,
             metrics.clone(),
         );
+        let origins = Arc::new(Origins::new(
+            config.max_per_origin(),
+            config.fetch.breaker_failures,
+            config.fetch.breaker_cooldown,
+            metrics.clone(),
+        ));
         Ok(Self {
+            origins,
+            freed: Arc::new(Notify::new()),
             deliverer: Arc::new(deliverer),
             queue: Arc::new(queue),
             processor: Arc::new(Processor::new(fetcher, w, metrics.clone())),
@@ -110,12 +193,13 @@ impl WorkerPool {
         writer: W,
     ) -> Result<(), WorkerError>
     where
-        W: FnOnce(Arc<Queue>, mpsc::Receiver<(i64, Outcome)>, Duration) -> F,
+        W: FnOnce(Arc<Queue>, mpsc::Receiver<(i64, Outcome)>, Duration, Arc<Metrics>) -> F,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         tracing::info!(
             worker.id = self.id(),
             concurrency = self.concurrency,
+            max_per_origin = self.origins.limit(),
             "worker pool started"
         );
         let background = CancellationToken::new();
@@ -152,7 +236,12 @@ impl WorkerPool {
         let stop_claiming = CancellationToken::new();
         let writer = {
             let down = writer_down.clone();
-            let writing = writer(self.queue.clone(), results_rx, self.lease);
+            let writing = writer(
+                self.queue.clone(),
+                results_rx,
+                self.lease,
+                self.metrics.clone(),
+            );
             tokio::spawn(async move {
                 let ended = AssertUnwindSafe(writing).catch_unwind().await;
                 down.cancel();
@@ -219,6 +308,12 @@ impl WorkerPool {
     /// that a slot freed by a finished image starts the next one at once, while the claim
     /// round trip for the following batch overlaps with work. Buffered images are leased and
     /// heartbeated like running ones, and handed back at shutdown.
+    ///
+    /// An image whose origin already has its most downloads in flight does not take a slot:
+    /// it is parked (leased and heartbeated; no more is claimed while 4 × `concurrency` are
+    /// parked) and starts when that origin frees up, in claim order, while
+    /// images of other origins go ahead. When the origin's breaker is open, it is handed back
+    /// to the queue with a delay, its attempt not spent ([`Outcome::Deferred`]).
     async fn claim_loop(
         &self,
         shutdown: &CancellationToken,
@@ -226,9 +321,16 @@ impl WorkerPool {
     ) -> JoinSet<()> {
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let target = self.concurrency.min(MAX_CLAIM);
-        let mut ready: VecDeque<ClaimedImage> = VecDeque::with_capacity(target);
+        let mut waiting = Waiting {
+            ready: VecDeque::with_capacity(target),
+            parked: HashMap::new(),
+            parked_count: 0,
+            park_cap: self.concurrency * PARK_PER_SLOT,
+        };
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
+        // Claims in a row none of whose images could start (all of busy or broken origins).
+        let mut fruitless = 0u32;
         // After a claim that found nothing or failed, the next waits for this moment (or for
         // new work to be announced), instead of asking again at every freed slot.
         let mut next_claim = tokio::time::Instant::now();
@@ -241,14 +343,16 @@ impl WorkerPool {
                 self.queue.scheduler().forget();
                 next_claim = tokio::time::Instant::now();
             }
-            if ready.len() <= target / 2 && tokio::time::Instant::now() >= next_claim {
-                match self.queue.claim(target - ready.len()).await {
+            let mut claimed_now = 0;
+            if waiting.wants_more(target, &slots) && tokio::time::Instant::now() >= next_claim {
+                match self.queue.claim(target - waiting.ready.len()).await {
                     Ok(claimed) => {
                         failures = 0;
                         if claimed.is_empty() {
                             next_claim = tokio::time::Instant::now() + self.poll_interval;
                         }
-                        ready.extend(claimed);
+                        claimed_now = claimed.len();
+                        waiting.ready.extend(claimed);
                     }
                     Err(error) => {
                         failures += 1;
@@ -259,53 +363,133 @@ impl WorkerPool {
                         );
                         next_claim = tokio::time::Instant::now() + wait;
                         tracing::warn!(%error, retry_in = ?wait, "cannot claim images");
-                        if ready.is_empty() {
-                            tokio::select! {
-                                _ = tokio::time::sleep(wait) => continue,
-                                _ = shutdown.cancelled() => break,
-                            }
-                        }
                     }
                 }
             }
-            if ready.is_empty() {
-                tokio::select! {
-                    _ = self.wake.notified() => self.queue.scheduler().forget(),
-                    _ = tokio::time::sleep_until(next_claim.max(tokio::time::Instant::now() + Duration::from_millis(1))) => {}
-                    _ = shutdown.cancelled() => break,
+            let started = self
+                .dispatch(&slots, &mut waiting, &mut tasks, results)
+                .await;
+            if claimed_now > 0 {
+                if started == 0 && waiting.ready.is_empty() {
+                    // Everything claimed waits for a busy origin or was deferred: look further
+                    // down the queue for other origins, a few times at once, then more slowly.
+                    fruitless += 1;
+                    next_claim = tokio::time::Instant::now() + fruitless_pause(fruitless);
+                } else {
+                    fruitless = 0;
                 }
-                next_claim = tokio::time::Instant::now();
-                continue;
             }
-            let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-                _ = shutdown.cancelled() => break,
-            };
-            let mut permit = Some(permit);
-            while let Some(p) = permit
-                .take()
-                .or_else(|| slots.clone().try_acquire_owned().ok())
-            {
-                let Some(image) = ready.pop_front() else {
-                    drop(p);
-                    break;
-                };
-                if !self.queue.scheduler().may_be_ongoing(image.job_id).await {
-                    // Its job was cancelled while the image waited here: its row is already
-                    // failed and its lease gone, so there is nothing to do or record.
-                    tracing::debug!(
-                        image.id = image.id,
-                        job.id = image.job_id,
-                        "skipping an image of a finished job"
-                    );
-                    self.queue.let_go([image.id]);
-                    permit = Some(p);
-                    continue;
+            let claim_due = waiting.wants_more(target, &slots);
+            let until = next_claim.max(tokio::time::Instant::now() + Duration::from_millis(1));
+            tokio::select! {
+                _ = self.wake.notified() => {
+                    self.queue.scheduler().forget();
+                    next_claim = tokio::time::Instant::now();
                 }
-                self.start(&mut tasks, image, p, results.clone());
+                _ = tokio::time::sleep_until(until), if claim_due => {}
+                _ = self.freed.notified() => {}
+                _ = self.origins.released().notified() => {}
+                _ = shutdown.cancelled() => break,
             }
         }
         tasks
+    }
+
+    /// Starts images while slots are free: parked images whose origin has room first, then
+    /// the claimed ones in order (parking or deferring those that cannot start). Returns how
+    /// many it started.
+    async fn dispatch(
+        &self,
+        slots: &Arc<Semaphore>,
+        waiting: &mut Waiting,
+        tasks: &mut JoinSet<()>,
+        results: &mpsc::Sender<(i64, Outcome)>,
+    ) -> usize {
+        let mut started = 0;
+        loop {
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                return started;
+            };
+            let Some((image, origin)) = self.next_startable(waiting, results).await else {
+                return started;
+            };
+            self.start(tasks, image, slot, origin, results.clone());
+            started += 1;
+        }
+    }
+
+    /// The next image that may start now, with its origin permit (`None`: no origin, the URL
+    /// does not parse; it fails at once).
+    async fn next_startable(
+        &self,
+        waiting: &mut Waiting,
+        results: &mpsc::Sender<(i64, Outcome)>,
+    ) -> Option<(ClaimedImage, Option<OriginPermit>)> {
+        // Parked images first: they were claimed earlier.
+        let origins: Vec<String> = waiting.parked.keys().cloned().collect();
+        for origin in origins {
+            match self.origins.admit(&origin) {
+                Admission::Busy => continue,
+                Admission::Go(permit) => {
+                    while let Some(image) = waiting.unpark(&origin) {
+                        if self.still_wanted(&image).await {
+                            return Some((image, Some(permit)));
+                        }
+                    }
+                }
+                Admission::Open { retry_in } => {
+                    while let Some(image) = waiting.unpark(&origin) {
+                        self.defer_for_breaker(image, retry_in, results).await;
+                    }
+                }
+            }
+        }
+        while let Some(image) = waiting.ready.pop_front() {
+            if !self.still_wanted(&image).await {
+                continue;
+            }
+            let Some(origin) = origin_of(&image.url) else {
+                return Some((image, None));
+            };
+            match self.origins.admit(&origin) {
+                Admission::Go(permit) => return Some((image, Some(permit))),
+                Admission::Busy => {
+                    self.metrics.fetch_origin_waits.inc();
+                    waiting.park(origin, image);
+                }
+                Admission::Open { retry_in } => {
+                    self.defer_for_breaker(image, retry_in, results).await
+                }
+            }
+        }
+        None
+    }
+
+    /// False (and the image let go) when its job was cancelled while the image waited here:
+    /// its row is already failed and its lease gone, so there is nothing to do or record.
+    async fn still_wanted(&self, image: &ClaimedImage) -> bool {
+        if self.queue.scheduler().may_be_ongoing(image.job_id).await {
+            return true;
+        }
+        tracing::debug!(
+            image.id = image.id,
+            job.id = image.job_id,
+            "skipping an image of a finished job"
+        );
+        self.queue.let_go([image.id]);
+        false
+    }
+
+    async fn defer_for_breaker(
+        &self,
+        image: ClaimedImage,
+        retry_in: Duration,
+        results: &mpsc::Sender<(i64, Outcome)>,
+    ) {
+        self.metrics.fetch_breaker_deferrals.inc();
+        // A little jitter, so the deferred images do not all come back in the same instant.
+        let after = retry_in + Duration::from_millis(fastrand::u64(0..=500));
+        let _ = results.send((image.id, Outcome::Deferred { after })).await;
     }
 
     fn start(
@@ -313,16 +497,18 @@ impl WorkerPool {
         tasks: &mut JoinSet<()>,
         image: ClaimedImage,
         permit: OwnedSemaphorePermit,
+        origin: Option<OriginPermit>,
         results: mpsc::Sender<(i64, Outcome)>,
     ) {
         let processor = self.processor.clone();
         let metrics = self.metrics.clone();
+        let freed = self.freed.clone();
         let span = tracing::info_span!("image", image.id = image.id, job.id = image.job_id, store.id = %image.store_id);
         tasks.spawn(
             async move {
                 metrics.worker_slots_busy.inc();
                 let started = std::time::Instant::now();
-                let outcome = run_one(&processor, &image).await;
+                let outcome = run_one(&processor, &image, origin).await;
                 metrics
                     .processing_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -334,6 +520,7 @@ impl WorkerPool {
                 // The writer only stops after every sender is dropped, so this succeeds.
                 let _ = results.send((image.id, outcome)).await;
                 drop(permit);
+                freed.notify_one();
             }
             .instrument(span),
         );
@@ -362,8 +549,12 @@ impl WorkerPool {
 }
 
 /// Processes one image; a panic becomes a failed image instead of a dead worker.
-async fn run_one(processor: &Processor, image: &ClaimedImage) -> Outcome {
-    let outcome = contain_panics(processor.process(image)).await;
+async fn run_one(
+    processor: &Processor,
+    image: &ClaimedImage,
+    origin: Option<OriginPermit>,
+) -> Outcome {
+    let outcome = contain_panics(processor.process(image, origin)).await;
     match &outcome {
         Outcome::Succeeded { perimeter, .. } => tracing::debug!(perimeter, "image measured"),
         Outcome::Failed { kind, message } => {
@@ -372,6 +563,7 @@ async fn run_one(processor: &Processor, image: &ClaimedImage) -> Outcome {
         Outcome::Retry { after, message, .. } => {
             tracing::info!(retry_in = ?after, error = %message, "image will be retried")
         }
+        Outcome::Deferred { .. } => {}
     }
     outcome
 }
@@ -399,6 +591,8 @@ fn count_outcome(metrics: &Metrics, outcome: &Outcome) {
                 error_kind: kind.as_str().into(),
             })
             .inc(),
+        // Not tried: nothing to count here (the wait was counted where it was decided).
+        Outcome::Deferred { .. } => 0,
     };
 }
 
@@ -423,6 +617,7 @@ async fn write_outcomes(
     queue: Arc<Queue>,
     mut rx: mpsc::Receiver<(i64, Outcome)>,
     lease: Duration,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
     while rx.recv_many(&mut batch, MAX_WRITE_BATCH).await > 0 {
@@ -432,6 +627,9 @@ async fn write_outcomes(
             match queue.complete(&batch).await {
                 Ok(recorded) => {
                     if recorded < batch.len() {
+                        metrics
+                            .late_results_refused
+                            .inc_by((batch.len() - recorded) as u64);
                         tracing::warn!(
                             lost = batch.len() - recorded,
                             "outcomes not recorded: their lease was taken over or their job cancelled"
@@ -573,7 +771,8 @@ mod tests {
         let (_dir, db, pool) = pool_with_a_job(40).await;
         let writer = |_queue: Arc<Queue>,
                       mut rx: mpsc::Receiver<(i64, Outcome)>,
-                      _lease: Duration| async move {
+                      _lease: Duration,
+                      _metrics: Arc<Metrics>| async move {
             rx.recv().await;
             panic!("disk on fire");
         };
@@ -603,7 +802,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_writer_that_ends_early_also_stops_the_pool() {
         let (_dir, _db, pool) = pool_with_a_job(10).await;
-        let writer = |_queue: Arc<Queue>, rx: mpsc::Receiver<(i64, Outcome)>, _lease: Duration| async move {
+        let writer = |_queue: Arc<Queue>,
+                      rx: mpsc::Receiver<(i64, Outcome)>,
+                      _lease: Duration,
+                      _metrics: Arc<Metrics>| async move {
             drop(rx);
         };
         let stopped = tokio::time::timeout(

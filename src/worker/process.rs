@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DelayRange, WorkerConfig};
+use crate::fetch::origins::OriginPermit;
 use crate::fetch::{FetchError, Fetcher};
 use crate::measure;
 use crate::metrics::Metrics;
@@ -35,13 +36,24 @@ impl Processor {
         }
     }
 
-    pub async fn process(&self, image: &ClaimedImage) -> Outcome {
+    /// Processes `image`, telling its origin's breaker (through `origin`, when the image has
+    /// one) whether the host could be reached.
+    /// The origin's permit is given back as soon as the download ends: the limit is on
+    /// downloads in flight, not on images being processed.
+    pub async fn process(&self, image: &ClaimedImage, origin: Option<OriginPermit>) -> Outcome {
         let started = std::time::Instant::now();
-        let download = match self
+        let downloaded = self
             .fetcher
             .download(&image.url, measure::is_readable)
-            .await
-        {
+            .await;
+        if let Some(origin) = origin {
+            origin.report(match &downloaded {
+                Ok(_) => true,
+                Err(error) => !error.is_origin_failure(),
+            });
+            drop(origin);
+        }
+        let download = match downloaded {
             Ok(download) => {
                 self.metrics
                     .download_seconds

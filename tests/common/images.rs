@@ -65,6 +65,11 @@ pub fn encode(width: u32, height: u32, ext: &str) -> Vec<u8> {
 
 impl ImageServer {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// The same server bound to `bind` (`0.0.0.0:0`: reachable from network namespaces).
+    pub async fn start_on(bind: &str) -> Self {
         let inner = Arc::new(Inner::default());
         let app = Router::new()
             .route("/img/{file}", get(image_route))
@@ -91,7 +96,7 @@ impl ImageServer {
             .route("/truncated", get(truncated_route))
             .layer(axum::middleware::from_fn_with_state(inner.clone(), count))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
             .expect("bind image server");
         let addr = listener.local_addr().unwrap();
@@ -266,7 +271,12 @@ async fn truncated_route() -> Response {
 /// A TCP server that misbehaves below HTTP: `hang` accepts and never answers; `reset` reads
 /// the request, sends half a status line and resets the connection.
 pub async fn raw_server(behaviour: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    raw_server_on(behaviour, "127.0.0.1:0").await
+}
+
+/// [`raw_server`] bound to `bind`.
+pub async fn raw_server_on(behaviour: &'static str, bind: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(bind)
         .await
         .expect("bind raw server");
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,289 @@
+//! Per-origin limits and circuit breakers for image downloads. An origin is scheme, host and
+//! port ([`super::origin_of`]).
+//!
+//! - **Limit**: at most `limit` downloads of one origin are in flight in this process, so a
+//!   host that hangs can hold at most that many worker slots, never all of them.
+//! - **Breaker**: after `failures` consecutive connect failures or timeouts of an origin (see
+//!   [`super::FetchError::is_origin_failure`]), the breaker opens: for `cooldown` the origin's
+//!   images are not downloaded but deferred (the worker hands them back to the queue, no
+//!   attempt spent). Then one probe download is let through: success closes the breaker,
+//!   failure opens it for another cool-down.
+//!
+//! [`Origins::admit`] answers "may this image start now?"; the [`OriginPermit`] it hands out
+//! is held for the download and told how it went ([`OriginPermit::report`]). This module only
+//! counts and decides; waiting (parking or deferring an image) is the worker's business.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::metrics::Metrics;
+
+/// How long other images of an origin are deferred while its probe download is under way.
+const WHILE_PROBING: Duration = Duration::from_secs(2);
+
+/// The decision for one image.
+#[derive(Debug)]
+pub enum Admission {
+    /// Start it, holding this permit until the download ends.
+    Go(OriginPermit),
+    /// The origin has `limit` downloads in flight: wait for one to end.
+    Busy,
+    /// The origin's breaker is open: try again in `retry_in`.
+    Open { retry_in: Duration },
+}
+
+#[derive(Debug, Default)]
+struct Origin {
+    in_flight: usize,
+    /// Consecutive origin failures (reset by any answer).
+    failures: u32,
+    /// Set while the breaker is open (after that instant a probe may go).
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+impl Origin {
+    fn idle(&self) -> bool {
+        self.in_flight == 0 && self.failures == 0 && self.open_until.is_none()
+    }
+}
+
+/// The limits and breakers of every origin this process downloads from.
+#[derive(Debug)]
+pub struct Origins {
+    limit: usize,
+    breaker_failures: u32,
+    cooldown: Duration,
+    state: Mutex<HashMap<String, Origin>>,
+    metrics: Arc<Metrics>,
+    /// Signalled whenever a download ends, so images parked for its origin may start.
+    released: tokio::sync::Notify,
+}
+
+impl Origins {
+    /// `breaker_failures == 0` turns the breaker off.
+    pub fn new(
+        limit: usize,
+        breaker_failures: u32,
+        cooldown: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            limit: limit.max(1),
+            breaker_failures,
+            cooldown,
+            state: Mutex::new(HashMap::new()),
+            metrics,
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Notified when a download of some origin ends (a permit was dropped).
+    pub fn released(&self) -> &tokio::sync::Notify {
+        &self.released
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// May a download of `origin` start now?
+    pub fn admit(self: &Arc<Self>, origin: &str) -> Admission {
+        let mut state = self.state.lock().expect("origins lock");
+        let entry = state.entry(origin.to_string()).or_default();
+        let mut probe = false;
+        if let Some(until) = entry.open_until {
+            let now = Instant::now();
+            if now < until {
+                return Admission::Open {
+                    retry_in: until - now,
+                };
+            }
+            if entry.probing {
+                return Admission::Open {
+                    retry_in: WHILE_PROBING.min(self.cooldown),
+                };
+            }
+            // Cool-down over: this image is the probe, whatever else is in flight.
+            probe = true;
+            entry.probing = true;
+        } else if entry.in_flight >= self.limit {
+            return Admission::Busy;
+        }
+        entry.in_flight += 1;
+        Admission::Go(OriginPermit {
+            origins: self.clone(),
+            origin: origin.to_string(),
+            probe,
+        })
+    }
+
+    /// How many breakers are open right now.
+    pub fn open_breakers(&self) -> usize {
+        let state = self.state.lock().expect("origins lock");
+        state.values().filter(|o| o.open_until.is_some()).count()
+    }
+
+    fn report(&self, origin: &str, probe: bool, reachable: bool) {
+        let mut state = self.state.lock().expect("origins lock");
+        let Some(entry) = state.get_mut(origin) else {
+            return;
+        };
+        if probe {
+            entry.probing = false;
+        }
+        if reachable {
+            entry.failures = 0;
+            if entry.open_until.take().is_some() {
+                self.metrics.fetch_breakers_open.dec();
+                tracing::info!(origin, "circuit breaker closed: the origin answers again");
+            }
+            return;
+        }
+        entry.failures = entry.failures.saturating_add(1);
+        if self.breaker_failures == 0 {
+            return;
+        }
+        let opens = if entry.open_until.is_some() {
+            // A failed probe opens it again; a download started before it opened changes nothing.
+            probe
+        } else {
+            entry.failures >= self.breaker_failures
+        };
+        if opens {
+            if entry.open_until.is_none() {
+                self.metrics.fetch_breakers_open.inc();
+            }
+            entry.open_until = Some(Instant::now() + self.cooldown);
+            self.metrics.fetch_breaker_opened.inc();
+            tracing::warn!(
+                origin,
+                failures = entry.failures,
+                cooldown = ?self.cooldown,
+                "circuit breaker open: the origin's images are deferred"
+            );
+        }
+    }
+
+    fn release(&self, origin: &str, probe: bool) {
+        let mut state = self.state.lock().expect("origins lock");
+        if let Some(entry) = state.get_mut(origin) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            if probe {
+                // A probe that ended without a report (its task was aborted) lets the next go.
+                entry.probing = false;
+            }
+            if entry.idle() {
+                state.remove(origin);
+            }
+        }
+        drop(state);
+        self.released.notify_one();
+    }
+}
+
+/// One download of an origin in flight; released on drop.
+#[derive(Debug)]
+pub struct OriginPermit {
+    origins: Arc<Origins>,
+    origin: String,
+    probe: bool,
+}
+
+impl OriginPermit {
+    /// How the download went: `reachable` unless it failed as an origin failure.
+    pub fn report(&self, reachable: bool) {
+        self.origins.report(&self.origin, self.probe, reachable);
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+impl Drop for OriginPermit {
+    fn drop(&mut self) {
+        self.origins.release(&self.origin, self.probe);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origins(limit: usize, failures: u32, cooldown: Duration) -> Arc<Origins> {
+        Arc::new(Origins::new(
+            limit,
+            failures,
+            cooldown,
+            Arc::new(Metrics::new()),
+        ))
+    }
+
+    fn go(a: Admission) -> OriginPermit {
+        match a {
+            Admission::Go(p) => p,
+            other => panic!("expected Go, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_origin_gets_at_most_its_limit_and_others_are_not_held_up() {
+        let o = origins(2, 0, Duration::from_secs(1));
+        let a1 = go(o.admit("http://a:80"));
+        let _a2 = go(o.admit("http://a:80"));
+        assert!(matches!(o.admit("http://a:80"), Admission::Busy));
+        let _b = go(o.admit("http://b:80"));
+        drop(a1);
+        let _a3 = go(o.admit("http://a:80"));
+    }
+
+    #[test]
+    fn consecutive_failures_open_the_breaker_and_a_probe_closes_it() {
+        let o = origins(10, 3, Duration::from_millis(200));
+        for _ in 0..2 {
+            go(o.admit("http://a:80")).report(false);
+        }
+        // An answer in between resets the count.
+        go(o.admit("http://a:80")).report(true);
+        for _ in 0..3 {
+            go(o.admit("http://a:80")).report(false);
+        }
+        assert_eq!(o.open_breakers(), 1);
+        assert_eq!(o.metrics.fetch_breaker_opened.get(), 1);
+        assert!(
+            matches!(o.admit("http://a:80"), Admission::Open { retry_in } if retry_in <= Duration::from_millis(200))
+        );
+        // Other origins are not affected.
+        go(o.admit("http://b:80")).report(false);
+        std::thread::sleep(Duration::from_millis(250));
+        let probe = go(o.admit("http://a:80"));
+        // Only one probe at a time.
+        assert!(matches!(o.admit("http://a:80"), Admission::Open { .. }));
+        probe.report(false);
+        drop(probe);
+        assert_eq!(
+            o.metrics.fetch_breaker_opened.get(),
+            2,
+            "a failed probe reopens"
+        );
+        assert!(matches!(o.admit("http://a:80"), Admission::Open { .. }));
+        std::thread::sleep(Duration::from_millis(250));
+        let probe = go(o.admit("http://a:80"));
+        probe.report(true);
+        drop(probe);
+        assert_eq!(o.open_breakers(), 0);
+        assert_eq!(o.metrics.fetch_breakers_open.get(), 0);
+        let _again = go(o.admit("http://a:80"));
+    }
+
+    #[test]
+    fn an_aborted_probe_lets_the_next_one_go() {
+        let o = origins(10, 1, Duration::from_millis(50));
+        go(o.admit("http://a:80")).report(false);
+        std::thread::sleep(Duration::from_millis(80));
+        drop(go(o.admit("http://a:80")));
+        let _next = go(o.admit("http://a:80"));
+    }
+}
