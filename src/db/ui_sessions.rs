@@ -14,31 +14,16 @@ pub struct LiveSession {
     pub last_seen_at: i64,
 }
 
-struct Joined {
-    id: i64,
-    name: String,
-    tenant: String,
-    admin: bool,
-    created_at: i64,
-    last_used_at: Option<i64>,
-    revoked_at: Option<i64>,
-    max_unfinished_images: Option<i64>,
-    submits_per_minute: Option<i64>,
-    session_last_seen_at: i64,
+/// The key's columns as [`KeyRow`] reads them, and the session's last sighting beside them.
+impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for LiveSession {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Self {
+            key: KeyRow::from_row(row)?,
+            last_seen_at: row.try_get("session_last_seen_at")?,
+        })
+    }
 }
-
-super::from_row!(Joined {
-    id: i64,
-    name: String,
-    tenant: String,
-    admin: bool as i64 => |raw: i64| Ok(raw != 0),
-    created_at: i64,
-    last_used_at: Option<i64>,
-    revoked_at: Option<i64>,
-    max_unfinished_images: Option<i64>,
-    submits_per_minute: Option<i64>,
-    session_last_seen_at: i64,
-});
 
 /// Stores a new session for key `key_id`, ending at `expires_at` at the latest.
 pub async fn insert(
@@ -71,7 +56,7 @@ pub async fn find_live(
     now: i64,
     idle_since: i64,
 ) -> Result<Option<LiveSession>, DbError> {
-    let found: Option<Joined> = sqlx::query_as(
+    let found: Option<LiveSession> = sqlx::query_as(
         "SELECT k.id, k.name, k.tenant, k.admin, k.created_at, k.last_used_at, k.revoked_at, \
          k.max_unfinished_images, k.submits_per_minute, s.last_seen_at AS session_last_seen_at \
          FROM ui_sessions s JOIN api_keys k ON k.id = s.key_id \
@@ -84,20 +69,7 @@ pub async fn find_live(
     .fetch_optional(db.pool())
     .await
     .map_err(err)?;
-    Ok(found.map(|j| LiveSession {
-        last_seen_at: j.session_last_seen_at,
-        key: KeyRow {
-            id: j.id,
-            name: j.name,
-            tenant: j.tenant,
-            admin: j.admin,
-            created_at: j.created_at,
-            last_used_at: j.last_used_at,
-            revoked_at: j.revoked_at,
-            max_unfinished_images: j.max_unfinished_images,
-            submits_per_minute: j.submits_per_minute,
-        },
-    }))
+    Ok(found)
 }
 
 /// Records that the session was used at `now`, unless that was recorded after `unless_after`
