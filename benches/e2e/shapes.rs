@@ -78,9 +78,11 @@ pub async fn run(backend: Backend, host: &ImageHost, o: &Opts, f: &mut Figures) 
         let svc = start("serve", &db, &settings(slots, "100-400"));
         let c = Client::new(&svc.base);
         let body = payload(host, n, 0);
+        let profile = Profile::attach(svc.child.id(), &format!("{name}-p8"));
         let t0 = Instant::now();
         let (id, _) = c.submit(&body).await;
         let t = c.wait(id, t0).await;
+        drop(profile);
         let rate = n as f64 / t.as_secs_f64();
         let rss = svc.peak_rss_bytes().unwrap_or(0);
         f.p8 = Some((rate, rss));
@@ -134,7 +136,8 @@ async fn drain(backend: Backend, host: &ImageHost, o: &Opts, jobs: usize, per_jo
 }
 
 /// With `RP_BENCH_PERF_DIR=DIR`, records a `perf` profile of a process while a figure runs
-/// (`DIR/NAME.data`; read it with `perf report -i`). Stopped (SIGINT) when dropped.
+/// (`DIR/NAME.data`, DWARF call graphs: the release build has no frame pointers; read it with
+/// `perf report -i`). Stopped (SIGINT) when dropped.
 pub struct Profile(Option<std::process::Child>);
 
 impl Profile {
@@ -143,7 +146,16 @@ impl Profile {
             return Profile(None);
         };
         let child = std::process::Command::new("perf")
-            .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+            .args([
+                "record",
+                "-F",
+                "199",
+                "--call-graph",
+                "dwarf,32768",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
             .arg(format!("{dir}/{name}.data"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

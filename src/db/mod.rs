@@ -375,6 +375,30 @@ impl Db {
         }
     }
 
+    /// "Leased to `owner` and still running", for statements that already pick their rows
+    /// by primary key ([`Db::any_of`]). On PostgreSQL the status test is written so that it
+    /// cannot match the predicate of the partial indexes of running images: statistics read
+    /// before the claims began say that almost no image runs, and the planner would then
+    /// walk every running image of the partial index (thousands, with thousands of slots)
+    /// and compare each with every value of the `ANY` instead of probing the primary key
+    /// (measured: a 500-outcome write beside 2,000 leased images took 20 ms, a heartbeat of
+    /// 2,000 leases 0.5 s).
+    pub(crate) fn held_by(&self, owner: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("lease_owner = {owner} AND status = 'running'"),
+            Backend::Postgres => format!("lease_owner = {owner} AND status || '' = 'running'"),
+        }
+    }
+
+    /// The text value under the key `key` (an SQL text expression) of the JSON object in
+    /// parameter `param`, or NULL.
+    pub(crate) fn json_key(&self, param: &str, key: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("({param} ->> {key})"),
+            Backend::Postgres => format!("(CAST({param} AS jsonb) ->> {key})"),
+        }
+    }
+
     pub(crate) fn json_rows(&self, param: &str) -> String {
         match self.backend {
             Backend::Sqlite => format!("json_each({param}) AS t"),

@@ -135,6 +135,9 @@ pub struct Download {
 /// well inside the first 100 KB, even behind large EXIF blocks.
 pub const HEAD_CAP: usize = 1024 * 1024;
 
+/// The first prefix of a body offered to a download's `enough` (see [`Fetcher::download`]).
+const FIRST_LOOK: usize = 4 * 1024;
+
 /// `Retry-After` as seconds (`120`) or as an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`).
 fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -416,11 +419,13 @@ impl Fetcher {
         }
         // Keep bytes only until `enough` says the prefix held is sufficient, and never more
         // than HEAD_CAP; the rest of the body is still read (the download completes and the cap
-        // applies) but not stored. `enough` is asked again only when the prefix has doubled,
-        // so a body that never yields a header costs O(n log n), not O(n²).
+        // applies) but not stored. The prefix is copied in steps that double from
+        // FIRST_LOOK (`enough` is asked after each), so an image whose header sits in its first
+        // few KB costs a few KB of copying and memory, whatever size of chunk the connection
+        // hands over, and a body that never yields a header costs O(n log n), not O(n²).
         let mut head = BytesMut::new();
         let mut keeping = true;
-        let mut next_check = 0usize;
+        let mut want = FIRST_LOOK;
         let mut head_capped = false;
         let mut total: u64 = 0;
         let mut speed = SpeedCheck::new(self.config.min_speed_bytes, self.config.stall_timeout);
@@ -455,17 +460,20 @@ impl Fetcher {
             if total > max {
                 return Err(FetchError::TooLarge(max));
             }
-            if keeping {
-                let room = HEAD_CAP - head.len();
-                head.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if head.len() >= next_check || head.len() == HEAD_CAP {
-                    keeping = !enough(&head);
-                    next_check = head.len() * 2;
+            let mut rest: &[u8] = &chunk;
+            while keeping && !rest.is_empty() {
+                let take = rest.len().min(want - head.len());
+                head.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if head.len() < want {
+                    break;
                 }
+                keeping = !enough(&head);
                 if keeping && head.len() == HEAD_CAP {
                     keeping = false;
                     head_capped = true;
                 }
+                want = (want * 2).min(HEAD_CAP);
             }
         }
         Ok(Download {

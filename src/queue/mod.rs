@@ -31,7 +31,7 @@ use sqlx::{AssertSqlSafe, Connection};
 use crate::db::{Backend, Db, DbError, err, jobs};
 use crate::domain::ErrorKind;
 pub use scheduler::Scheduler;
-use scheduler::Take;
+use scheduler::{Got, Take};
 
 /// An image leased to this worker.
 #[derive(Debug, Clone)]
@@ -168,16 +168,22 @@ impl Queue {
                 break;
             }
             let got = self.lease(&plan).await?;
-            let mut per_job: HashMap<i64, i64> = HashMap::new();
+            let mut per_job: HashMap<i64, Got> = HashMap::new();
             for image in &got {
-                *per_job.entry(image.job_id).or_default() += 1;
+                let g = per_job.entry(image.job_id).or_default();
+                g.count += 1;
+                g.max_seq = g.max_seq.max(image.seq);
             }
-            self.scheduler.served(&plan, &per_job);
+            let rewound = self.scheduler.served(&plan, &per_job);
             let full = plan
                 .iter()
-                .any(|t| per_job.get(&t.job_id).copied().unwrap_or(0) >= t.take);
+                .any(|t| per_job.get(&t.job_id).is_some_and(|g| g.count >= t.take));
             let empty = got.is_empty();
             claimed.extend(got);
+            if rewound {
+                // A job came up short after its claim cursor: ask it again from its start.
+                continue;
+            }
             if empty && cached && !fresh {
                 fresh = true;
                 continue;
@@ -209,10 +215,12 @@ impl Queue {
             Backend::Postgres => self.db.with_clock(&format!(
                 "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)), \
                  plan AS (SELECT CAST(t.value ->> 'job' AS BIGINT) AS job_id, \
-                                 CAST(t.value ->> 'take' AS BIGINT) AS take FROM {rows}), \
+                                 CAST(t.value ->> 'take' AS BIGINT) AS take, \
+                                 CAST(t.value ->> 'after' AS BIGINT) AS after FROM {rows}), \
                  picked AS MATERIALIZED ( \
                    SELECT i.id FROM plan CROSS JOIN LATERAL ( \
-                     SELECT id FROM images WHERE job_id = plan.job_id AND status = 'pending' \
+                     SELECT id FROM images WHERE job_id = plan.job_id AND seq > plan.after \
+                       AND status = 'pending' \
                        AND available_at <= {{now}} ORDER BY seq LIMIT plan.take \
                      FOR UPDATE SKIP LOCKED) AS i) \
                  UPDATE images SET status = 'running', lease_owner = $2, \
@@ -231,10 +239,11 @@ impl Queue {
                     .map(|i| {
                         format!(
                             "SELECT * FROM (SELECT id FROM images WHERE job_id = ${} \
-                             AND status = 'pending' AND available_at <= {{now}} \
+                             AND seq > ${} AND status = 'pending' AND available_at <= {{now}} \
                              ORDER BY seq LIMIT ${})",
-                            4 + 2 * i,
-                            5 + 2 * i
+                            4 + 3 * i,
+                            5 + 3 * i,
+                            6 + 3 * i
                         )
                     })
                     .collect();
@@ -249,7 +258,7 @@ impl Queue {
         };
         let plan_json = Value::Array(
             plan.iter()
-                .map(|t| json!({"job": t.job_id, "take": t.take}))
+                .map(|t| json!({"job": t.job_id, "take": t.take, "after": t.after}))
                 .collect(),
         )
         .to_string();
@@ -261,6 +270,7 @@ impl Queue {
                     Take {
                         job_id: -1,
                         take: 0,
+                        after: -1,
                     },
                 );
                 all
@@ -275,7 +285,7 @@ impl Queue {
                     .bind(&self.owner)
                     .bind(self.lease_ms());
                 for t in &padded {
-                    query = query.bind(t.job_id).bind(t.take);
+                    query = query.bind(t.job_id).bind(t.after).bind(t.take);
                 }
                 query.fetch_all(&mut *conn).await.map_err(err)
             })
@@ -322,8 +332,8 @@ impl Queue {
         };
         let sql = self.db.with_clock(&format!(
             "UPDATE images SET lease_expires_at = {{now}} + $1 WHERE id IN ( \
-               SELECT id FROM images WHERE lease_owner = $2 AND status = 'running' \
-               AND {held} {lock})",
+               SELECT id FROM images WHERE {mine} AND {held} {lock})",
+            mine = self.db.held_by("$2"),
             held = self.db.any_of(
                 "id",
                 &format!(
@@ -375,8 +385,7 @@ impl Queue {
                  t.value ->> 'kind' AS error_kind, CAST(t.value ->> 'delay_ms' AS BIGINT) AS delay_ms, \
                  CAST(t.value ->> 'refund' AS BIGINT) AS refund \
                FROM {rows}), \
-             mine AS {fence}(SELECT id FROM images WHERE lease_owner = $1 AND status = 'running' \
-               AND {ours} {lock}) \
+             mine AS {fence}(SELECT id FROM images WHERE {held} AND {ours} {lock}) \
              UPDATE images SET status = v.status, width = v.width, height = v.height, \
                perimeter = v.perimeter, attempts = images.attempts - v.refund, \
                error = CASE WHEN v.refund = 1 THEN images.error ELSE v.error END, \
@@ -387,6 +396,7 @@ impl Queue {
              FROM v WHERE images.id = v.id AND images.id IN (SELECT id FROM mine) \
              RETURNING images.job_id, images.status",
             rows = self.db.json_rows("$2"),
+            held = self.db.held_by("$1"),
             ours = self.db.any_of("id", "SELECT id FROM v")
         ));
         let _turn = self.db.write_turn().await;

@@ -12,6 +12,13 @@
 //! [`WINDOW_TTL`] and re-read sooner when new work is announced or a window runs dry, so a
 //! claim usually costs one statement, whatever the number of jobs sharing the queue.
 //!
+//! Each job also has a **claim cursor** here: the highest `seq` this process has claimed from
+//! it. A claim reads a job's pending images after its cursor, so it never walks the job's
+//! already-claimed head (on PostgreSQL those are index entries and row versions a claim would
+//! otherwise visit one by one: a 100,000-image job slowed down as it progressed). Images put
+//! back behind the cursor (a retry, a deferral, a lease taken back) are reached when a claim
+//! after the cursor comes up short: the cursor then goes back to the start of the job.
+//!
 //! It decides; [`super::Queue::claim`] leases. It never writes.
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,11 +41,20 @@ pub struct Candidate {
     pub remaining: i64,
 }
 
-/// How many images to take from one job.
+/// How many images to take from one job, and from where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Take {
     pub job_id: i64,
     pub take: i64,
+    /// Only images with a higher `seq` (the job's claim cursor; -1: from the start).
+    pub after: i64,
+}
+
+/// What one job gave a claim: how many images, and the highest `seq` among them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Got {
+    pub count: i64,
+    pub max_seq: i64,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +66,8 @@ struct State {
     job_cursor: HashMap<String, i64>,
     /// The last tenant served: the next split starts after it.
     tenant_cursor: Option<String>,
+    /// Per job, the highest `seq` claimed here (see the module doc).
+    claim_cursor: HashMap<i64, i64>,
 }
 
 /// The scheduler of one worker process.
@@ -94,33 +112,51 @@ impl Scheduler {
             .iter()
             .map(|t| state.windows.get(t).cloned().unwrap_or_default())
             .collect();
-        Ok((split(n as i64, &windows), cached))
+        let mut plan = split(n as i64, &windows);
+        for take in &mut plan {
+            take.after = state.claim_cursor.get(&take.job_id).copied().unwrap_or(-1);
+        }
+        Ok((plan, cached))
     }
 
-    /// Learns from a claim: jobs that gave fewer images than asked have none claimable now
-    /// (leave the window until the next read); the cursors move past the jobs and the tenant
-    /// that were served.
-    pub fn served(&self, plan: &[Take], got: &HashMap<i64, i64>) {
+    /// Learns from a claim: a job that gave fewer images than asked after its claim cursor
+    /// is asked again from its start (images may have been put back behind the cursor); one
+    /// that came up short from its start has none claimable now (it leaves the window until
+    /// the next read). The cursors move past the jobs and the tenant that were served.
+    /// Returns whether a job is to be asked again from its start.
+    pub fn served(&self, plan: &[Take], got: &HashMap<i64, Got>) -> bool {
         let mut state = self.state.lock().expect("scheduler lock");
         let State {
             windows,
             job_cursor,
             tenant_cursor,
+            claim_cursor,
             ..
         } = &mut *state;
+        let mut rewound = false;
         for (tenant, window) in windows.iter_mut() {
             let mut last_served = None;
             window.retain_mut(|c| {
                 let Some(asked) = plan.iter().find(|t| t.job_id == c.job_id) else {
                     return true;
                 };
-                let n = got.get(&c.job_id).copied().unwrap_or(0);
-                if n > 0 {
+                let g = got.get(&c.job_id).copied().unwrap_or_default();
+                if g.count > 0 {
                     last_served = Some(c.job_id);
                     *tenant_cursor = Some(tenant.clone());
+                    let cursor = claim_cursor.entry(c.job_id).or_insert(-1);
+                    *cursor = (*cursor).max(g.max_seq);
                 }
-                c.remaining -= n;
-                n >= asked.take && c.remaining > 0
+                c.remaining -= g.count;
+                if g.count >= asked.take {
+                    return c.remaining > 0;
+                }
+                if asked.after >= 0 && c.remaining > 0 {
+                    claim_cursor.insert(c.job_id, -1);
+                    rewound = true;
+                    return true;
+                }
+                false
             });
             if let Some(job) = last_served {
                 job_cursor.insert(tenant.clone(), job);
@@ -130,6 +166,7 @@ impl Scheduler {
             }
         }
         windows.retain(|_, w| !w.is_empty());
+        rewound
     }
 
     /// Reads every tenant's window of candidate jobs: the tenants with ongoing jobs (an index
@@ -147,22 +184,31 @@ impl Scheduler {
         .fetch_all(self.db.pool())
         .await
         .map_err(err)?;
-        let cursors = self
-            .state
-            .lock()
-            .expect("scheduler lock")
-            .job_cursor
-            .clone();
+        let (cursors, claimed_up_to) = {
+            let state = self.state.lock().expect("scheduler lock");
+            let claimed: serde_json::Map<String, serde_json::Value> = state
+                .claim_cursor
+                .iter()
+                .map(|(job, seq)| (job.to_string(), (*seq).into()))
+                .collect();
+            (
+                state.job_cursor.clone(),
+                serde_json::Value::Object(claimed).to_string(),
+            )
+        };
         let mut windows = BTreeMap::new();
         for tenant in tenants {
             let after = cursors.get(&tenant).copied().unwrap_or(0);
-            let window = self.window(&tenant, after).await?;
+            let window = self.window(&tenant, after, &claimed_up_to).await?;
             if !window.is_empty() {
                 windows.insert(tenant, window);
             }
         }
         let mut state = self.state.lock().expect("scheduler lock");
         state.job_cursor.retain(|t, _| windows.contains_key(t));
+        let listed: std::collections::HashSet<i64> =
+            windows.values().flatten().map(|c| c.job_id).collect();
+        state.claim_cursor.retain(|job, _| listed.contains(job));
         state.windows = windows;
         state.read_at = Some(Instant::now());
         Ok(())
@@ -170,22 +216,32 @@ impl Scheduler {
 
     /// "Has an image due now" is a scalar subquery on purpose: written as `EXISTS`, the
     /// PostgreSQL planner may turn it into a semi-join that scans every pending image (it
-    /// did, with statistics a bulk submit had not refreshed yet: 100 ms a read); a scalar
-    /// subquery is always one probe of the pending index per job.
-    async fn window(&self, tenant: &str, after: i64) -> Result<Vec<Candidate>, DbError> {
-        let sql = self.db.with_clock(
+    /// did, with statistics a bulk submit had not refreshed yet: 100 ms a read). It looks
+    /// after the job's claim cursor (`$4`, job id → seq), in `seq` order: without the cursor
+    /// the probe walks every image already claimed, and without the order the planner may
+    /// choose to scan the table for the first match (seen: 44 ms a read late in a big job).
+    async fn window(
+        &self,
+        tenant: &str,
+        after: i64,
+        cursors: &str,
+    ) -> Result<Vec<Candidate>, DbError> {
+        let sql = self.db.with_clock(&format!(
             "SELECT id, total - succeeded - failed AS remaining FROM jobs j \
-             WHERE status = 'ongoing' AND tenant = $1 AND id {op} $2 \
-             AND (SELECT i.id FROM images i WHERE i.job_id = j.id AND i.status = 'pending' \
-               AND i.available_at <= {now} LIMIT 1) IS NOT NULL \
+             WHERE status = 'ongoing' AND tenant = $1 AND id {{op}} $2 \
+             AND (SELECT i.id FROM images i WHERE i.job_id = j.id \
+               AND i.seq > COALESCE(CAST({cursor} AS BIGINT), -1) AND i.status = 'pending' \
+               AND i.available_at <= {{now}} ORDER BY i.seq LIMIT 1) IS NOT NULL \
              ORDER BY id LIMIT $3",
-        );
+            cursor = self.db.json_key("$4", "CAST(j.id AS TEXT)")
+        ));
         let read = async |op: &str, limit: i64| -> Result<Vec<Candidate>, DbError> {
             let rows: Vec<(i64, i64)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("{op}", op)))
                     .bind(tenant)
                     .bind(after)
                     .bind(limit)
+                    .bind(cursors)
                     .fetch_all(self.db.pool())
                     .await
                     .map_err(err)?;
@@ -252,6 +308,7 @@ pub fn split(n: i64, tenants: &[Vec<Candidate>]) -> Vec<Take> {
                 plan.push(Take {
                     job_id: job.job_id,
                     take,
+                    after: -1,
                 });
             }
         }

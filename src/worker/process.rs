@@ -81,6 +81,9 @@ impl Processor {
                 };
             }
         };
+        // The body's kept head is not needed any more: freed before the (long) GPU time, so
+        // memory per slot is the task alone while it waits.
+        drop(download);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay.sample()).await;
         }
