@@ -125,6 +125,19 @@ impl Scheduler {
     /// the next read). The cursors move past the jobs and the tenant that were served.
     /// Returns whether a job is to be asked again from its start.
     pub fn served(&self, plan: &[Take], got: &HashMap<i64, Got>) -> bool {
+        {
+            // A job that just gave pending images was ongoing a moment ago (a cancel fails
+            // its pending images in the transaction that cancels it): no need to ask again
+            // before its images start.
+            let now = Instant::now();
+            let mut states = self.job_states.lock().expect("states lock");
+            if states.len() > 4096 {
+                states.retain(|_, (at, _)| at.elapsed() < WINDOW_TTL);
+            }
+            for job in got.keys() {
+                states.insert(*job, (now, true));
+            }
+        }
         let mut state = self.state.lock().expect("scheduler lock");
         let State {
             windows,
