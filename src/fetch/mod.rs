@@ -250,7 +250,7 @@ enum RedirectRefused {
 }
 
 /// Idle connections kept per host (see [`Fetcher::client`]).
-const IDLE_CONNECTIONS_PER_HOST: usize = 64;
+const IDLE_CONNECTIONS_PER_HOST: usize = 256;
 
 impl Fetcher {
     pub fn new(config: &FetchConfig) -> Result<Self, FetchError> {
@@ -301,7 +301,10 @@ impl Fetcher {
             // An idle pooled connection keeps the read buffer its last body grew (up to
             // ~400 KB in hyper): with thousands of slots resting between downloads, an
             // unbounded pool held most of a process's memory. Past this many per host, a
-            // finished connection is closed instead of kept.
+            // finished connection is closed instead of kept. Too few, and every burst of
+            // downloads opens new connections whose buffers grow again (at 64, connecting
+            // and regrowing took a sixth of P8's CPU: 0.58x of 8,000 images/s, against 0.74x
+            // at 256, for ~50 MB more at its peak).
             .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
             // Proxy variables in the environment would send requests through a proxy that
             // resolves and connects on our behalf, out of the guard's sight.
