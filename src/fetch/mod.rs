@@ -389,7 +389,7 @@ impl Fetcher {
     /// Downloads the whole body of `url` but keeps only its beginning: bytes are kept until
     /// `enough(kept)` is true (for an image, until its header can be read). Memory per download
     /// is then the header, not the photo, and no body is copied around.
-    #[tracing::instrument(skip_all, fields(url = %url))]
+    #[tracing::instrument(level = "debug", skip_all, fields(url = %url))]
     pub async fn download(
         &self,
         url: &str,
