@@ -537,3 +537,83 @@ impl Fetcher {
         FetchError::Network(innermost)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `body` once per connection, in one write, on 127.0.0.1; returns its URL.
+    async fn serve_once(body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let mut answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    answer.extend_from_slice(&body);
+                    let _ = socket.write_all(&answer).await;
+                });
+            }
+        });
+        format!("http://{addr}/image.png")
+    }
+
+    fn fetcher() -> Fetcher {
+        let mut config = crate::config::Config::default().fetch;
+        config.allow_private_networks = true;
+        Fetcher::new(&config).unwrap()
+    }
+
+    /// A PNG header (IHDR with the given size) and no pixels.
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        v.extend_from_slice(&width.to_be_bytes());
+        v.extend_from_slice(&height.to_be_bytes());
+        v.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+        v
+    }
+
+    #[tokio::test]
+    async fn a_download_keeps_a_few_kb_of_a_large_body_whose_header_comes_first() {
+        let mut body = png_header(640, 480);
+        body.resize(3 * 1024 * 1024, 0x55);
+        let url = serve_once(body).await;
+        let download = fetcher()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap();
+        assert_eq!(
+            download.total_bytes,
+            3 * 1024 * 1024,
+            "the whole body is read"
+        );
+        assert!(
+            download.head.len() <= FIRST_LOOK,
+            "kept {} bytes of a body whose header is in its first 33",
+            download.head.len()
+        );
+        assert!(!download.head_capped);
+        let dims = crate::measure::measure(&download.head).unwrap();
+        assert_eq!((dims.width, dims.height), (640, 480));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_yields_a_header_is_kept_up_to_the_cap_only() {
+        // Starts like a PNG (so more bytes could help) but its header never comes.
+        let mut body = b"\x89PNG\r\n\x1a\n".to_vec();
+        body.resize(HEAD_CAP + 512 * 1024, 0);
+        let url = serve_once(body).await;
+        let download = fetcher().download(&url, |_| false).await.unwrap();
+        assert_eq!(download.head.len(), HEAD_CAP);
+        assert!(download.head_capped);
+        assert_eq!(download.total_bytes, (HEAD_CAP + 512 * 1024) as u64);
+    }
+}
