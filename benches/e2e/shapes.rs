@@ -15,6 +15,20 @@ use super::harness::*;
 use super::image_host::ImageHost;
 use super::{Figures, Opts};
 
+/// P8: one process with many slots.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct P8 {
+    pub rate: f64,
+    pub rss: u64,
+    /// CPU µs per image: the service, the PostgreSQL server (0 on SQLite), and this benchmark
+    /// process (the image host and the load generator, on the same cores).
+    pub service_us: f64,
+    pub postgres_us: f64,
+    pub bench_us: f64,
+    /// All of that CPU over the wall time: how many of the machine's cores were busy.
+    pub cores: f64,
+}
+
 /// One P7 drain.
 #[derive(Debug, Clone, Default)]
 pub struct Shape {
@@ -79,18 +93,43 @@ pub async fn run(backend: Backend, host: &ImageHost, o: &Opts, f: &mut Figures) 
         let c = Client::new(&svc.base);
         let body = payload(host, n, 0);
         let profile = Profile::attach(svc.child.id(), &format!("{name}-p8"));
+        let cpu_before = (
+            cpu_of(svc.child.id()),
+            postgres_cpu(),
+            cpu_of(std::process::id()),
+        );
         let t0 = Instant::now();
         let (id, _) = c.submit(&body).await;
         let t = c.wait(id, t0).await;
         drop(profile);
-        let rate = n as f64 / t.as_secs_f64();
-        let rss = svc.peak_rss_bytes().unwrap_or(0);
-        f.p8 = Some((rate, rss));
+        let per_image = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        let service = cpu_of(svc.child.id()) - cpu_before.0;
+        let postgres = postgres_cpu().saturating_sub(cpu_before.1);
+        let bench = cpu_of(std::process::id()) - cpu_before.2;
+        let p8 = P8 {
+            rate: n as f64 / t.as_secs_f64(),
+            rss: svc.peak_rss_bytes().unwrap_or(0),
+            service_us: per_image(service),
+            postgres_us: if backend == Backend::Postgres {
+                per_image(postgres)
+            } else {
+                0.0
+            },
+            bench_us: per_image(bench),
+            cores: (service + postgres + bench).as_secs_f64() / t.as_secs_f64(),
+        };
         eprintln!(
-            "[{name}] P8 {slots} slots: {rate:.0} images/s ({:.2}× of 8000), peak RSS {} MB",
-            rate / 8000.0,
-            rss / 1_000_000
+            "[{name}] P8 {slots} slots: {:.0} images/s ({:.2}× of 8000), peak RSS {} MB; CPU/image: \
+             service {:.0} µs, postgres {:.0} µs, image host + load generator {:.0} µs; {:.2} cores busy",
+            p8.rate,
+            p8.rate / 8000.0,
+            p8.rss / 1_000_000,
+            p8.service_us,
+            p8.postgres_us,
+            p8.bench_us,
+            p8.cores
         );
+        f.p8 = Some(p8);
         svc.terminate();
         db.remove().await;
     }
