@@ -7,7 +7,10 @@
 //!   [`super::FetchError::is_origin_failure`]), the breaker opens: for `cooldown` the origin's
 //!   images are not downloaded but deferred (the worker hands them back to the queue, no
 //!   attempt spent). Then one probe download is let through: success closes the breaker,
-//!   failure opens it for another cool-down.
+//!   failure opens it for another cool-down. From then on the origin counts as down, not
+//!   merely struggling ([`Admission::Open`]'s `failed_probes`): the worker then spends an
+//!   attempt on each deferral, so a host that never comes back fails its images in a few
+//!   cool-downs however many there are, instead of deferring them one probe at a time.
 //!
 //! [`Origins::admit`] answers "may this image start now?"; the [`OriginPermit`] it hands out
 //! is held for the download and told how it went ([`OriginPermit::report`]). This module only
@@ -29,8 +32,12 @@ pub enum Admission {
     Go(OriginPermit),
     /// The origin has `limit` downloads in flight: wait for one to end.
     Busy,
-    /// The origin's breaker is open: try again in `retry_in`.
-    Open { retry_in: Duration },
+    /// The origin's breaker is open: try again in `retry_in`. `failed_probes`: how many probe
+    /// downloads after a cool-down have failed since the origin last answered.
+    Open {
+        retry_in: Duration,
+        failed_probes: u32,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +48,8 @@ struct Origin {
     /// Set while the breaker is open (after that instant a probe may go).
     open_until: Option<Instant>,
     probing: bool,
+    /// Probes that failed since the origin last answered.
+    failed_probes: u32,
 }
 
 impl Origin {
@@ -98,11 +107,13 @@ impl Origins {
             if now < until {
                 return Admission::Open {
                     retry_in: until - now,
+                    failed_probes: entry.failed_probes,
                 };
             }
             if entry.probing {
                 return Admission::Open {
                     retry_in: WHILE_PROBING.min(self.cooldown),
+                    failed_probes: entry.failed_probes,
                 };
             }
             // Cool-down over: this image is the probe, whatever else is in flight.
@@ -135,6 +146,7 @@ impl Origins {
         }
         if reachable {
             entry.failures = 0;
+            entry.failed_probes = 0;
             if entry.open_until.take().is_some() {
                 self.metrics.fetch_breakers_open.dec();
                 tracing::info!(origin, "circuit breaker closed: the origin answers again");
@@ -147,6 +159,9 @@ impl Origins {
         }
         let opens = if entry.open_until.is_some() {
             // A failed probe opens it again; a download started before it opened changes nothing.
+            if probe {
+                entry.failed_probes = entry.failed_probes.saturating_add(1);
+            }
             probe
         } else {
             entry.failures >= self.breaker_failures
@@ -253,7 +268,7 @@ mod tests {
         assert_eq!(o.open_breakers(), 1);
         assert_eq!(o.metrics.fetch_breaker_opened.get(), 1);
         assert!(
-            matches!(o.admit("http://a:80"), Admission::Open { retry_in } if retry_in <= Duration::from_millis(200))
+            matches!(o.admit("http://a:80"), Admission::Open { retry_in, failed_probes: 0 } if retry_in <= Duration::from_millis(200))
         );
         // Other origins are not affected.
         go(o.admit("http://b:80")).report(false);
@@ -268,12 +283,33 @@ mod tests {
             2,
             "a failed probe reopens"
         );
-        assert!(matches!(o.admit("http://a:80"), Admission::Open { .. }));
+        assert!(matches!(
+            o.admit("http://a:80"),
+            Admission::Open {
+                failed_probes: 1,
+                ..
+            }
+        ));
         std::thread::sleep(Duration::from_millis(250));
         let probe = go(o.admit("http://a:80"));
         probe.report(true);
         drop(probe);
         assert_eq!(o.open_breakers(), 0);
+        // An answer forgets the failed probes: the next opening defers for free again.
+        for _ in 0..3 {
+            go(o.admit("http://a:80")).report(false);
+        }
+        assert!(matches!(
+            o.admit("http://a:80"),
+            Admission::Open {
+                failed_probes: 0,
+                ..
+            }
+        ));
+        std::thread::sleep(Duration::from_millis(250));
+        let probe = go(o.admit("http://a:80"));
+        probe.report(true);
+        drop(probe);
         assert_eq!(o.metrics.fetch_breakers_open.get(), 0);
         let _again = go(o.admit("http://a:80"));
     }

@@ -437,9 +437,13 @@ impl WorkerPool {
                         }
                     }
                 }
-                Admission::Open { retry_in } => {
+                Admission::Open {
+                    retry_in,
+                    failed_probes,
+                } => {
                     while let Some(image) = waiting.unpark(&origin) {
-                        self.defer_for_breaker(image, retry_in, results).await;
+                        self.defer_for_breaker(image, &origin, retry_in, failed_probes, results)
+                            .await;
                     }
                 }
             }
@@ -457,8 +461,12 @@ impl WorkerPool {
                     self.metrics.fetch_origin_waits.inc();
                     waiting.park(origin, image);
                 }
-                Admission::Open { retry_in } => {
-                    self.defer_for_breaker(image, retry_in, results).await
+                Admission::Open {
+                    retry_in,
+                    failed_probes,
+                } => {
+                    self.defer_for_breaker(image, &origin, retry_in, failed_probes, results)
+                        .await
                 }
             }
         }
@@ -483,13 +491,18 @@ impl WorkerPool {
     async fn defer_for_breaker(
         &self,
         image: ClaimedImage,
+        origin: &str,
         retry_in: Duration,
+        failed_probes: u32,
         results: &mpsc::Sender<(i64, Outcome)>,
     ) {
         self.metrics.fetch_breaker_deferrals.inc();
         // A little jitter, so the deferred images do not all come back in the same instant.
         let after = retry_in + Duration::from_millis(fastrand::u64(0..=500));
-        let _ = results.send((image.id, Outcome::Deferred { after })).await;
+        let outcome = self
+            .processor
+            .breaker_open(&image, origin, after, failed_probes);
+        let _ = results.send((image.id, outcome)).await;
     }
 
     fn start(

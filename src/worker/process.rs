@@ -94,6 +94,42 @@ impl Processor {
         }
     }
 
+    /// What becomes of an image whose origin's circuit breaker is open: deferred by `after`
+    /// without spending an attempt while the origin is merely struggling; once a probe after a
+    /// cool-down has failed too (`failed_probes > 0`), the host counts as down and the
+    /// deferral spends the attempt its claim counted, so the image fails after its attempts
+    /// rather than waiting for the host indefinitely.
+    pub fn breaker_open(
+        &self,
+        image: &ClaimedImage,
+        origin: &str,
+        after: Duration,
+        failed_probes: u32,
+    ) -> Outcome {
+        if failed_probes == 0 {
+            return Outcome::Deferred { after };
+        }
+        let why = format!(
+            "host not answering: {origin} failed repeatedly, and again after a cool-down \
+             (circuit breaker open)"
+        );
+        if image.attempts < self.max_attempts {
+            Outcome::Retry {
+                after,
+                kind: crate::domain::ErrorKind::Network,
+                message: format!(
+                    "{why} (attempt {} of {}, retrying)",
+                    image.attempts, self.max_attempts
+                ),
+            }
+        } else {
+            Outcome::Failed {
+                kind: crate::domain::ErrorKind::Network,
+                message: format!("{why} (after {} attempts)", image.attempts),
+            }
+        }
+    }
+
     fn fetch_failed(&self, image: &ClaimedImage, error: FetchError) -> Outcome {
         let kind = error.kind();
         if error.is_transient() && image.attempts < self.max_attempts {
@@ -131,6 +167,41 @@ pub fn backoff(attempt: i64, base: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image(attempts: i64) -> ClaimedImage {
+        ClaimedImage {
+            id: 1,
+            job_id: 1,
+            seq: 0,
+            store_id: "S".into(),
+            url: "http://a/1.png".into(),
+            attempts,
+        }
+    }
+
+    #[test]
+    fn an_open_breaker_defers_for_free_until_a_probe_fails_then_spends_attempts() {
+        let config = crate::config::Config::default();
+        let fetcher = Fetcher::new(&config.fetch).unwrap();
+        let p = Processor::new(fetcher, &config.worker, Arc::new(Metrics::new()));
+        let after = Duration::from_secs(30);
+        assert_eq!(
+            p.breaker_open(&image(1), "http://a:80", after, 0),
+            Outcome::Deferred { after }
+        );
+        assert!(matches!(
+            p.breaker_open(&image(1), "http://a:80", after, 1),
+            Outcome::Retry { after: a, .. } if a == after
+        ));
+        let last = i64::from(config.worker.max_attempts);
+        match p.breaker_open(&image(last), "http://a:80", after, 2) {
+            Outcome::Failed { message, .. } => {
+                assert!(message.contains("http://a:80"), "{message}");
+                assert!(message.contains("circuit breaker open"), "{message}");
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_stays_under_the_cap() {
