@@ -493,6 +493,25 @@ async fn idempotency_key_returns_the_original_job(backend: Backend) {
         })
         .collect();
     assert_eq!(ids.len(), 1, "{answers:?}");
+    // A key given twice, or with a control character, is refused rather than guessed at.
+    let res = app
+        .client
+        .post(format!("{}/api/submit/", app.base))
+        .header("Idempotency-Key", "order-3")
+        .header("Idempotency-Key", "order-4")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let (code, refused) = post("order\t5", body.to_string()).await;
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Idempotency-Key")
+    );
     // Without a key, every submit is a new job.
     let a = app.submit_ok(&body).await;
     let b = app.submit_ok(&body).await;

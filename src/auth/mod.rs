@@ -372,9 +372,14 @@ impl Authenticator {
 
 /// The key of an `Authorization: Bearer <key>` header; `None` without the header.
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
-    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        // Two credentials: which one counts would be a guess (proxies and clients disagree).
+        return Err(AuthError::Malformed);
+    }
     let text = value.to_str().map_err(|_| AuthError::Malformed)?.trim();
     let (scheme, key) = text.split_once(' ').ok_or(AuthError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") || key.trim().is_empty() {
@@ -432,6 +437,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert!(matches!(bearer(&headers), Ok(None)));
         headers.insert("authorization", "Bearer rp_x".parse().unwrap());
+        let mut twice = headers.clone();
+        twice.append("authorization", "Bearer rp_y".parse().unwrap());
+        assert!(
+            bearer(&twice).is_err(),
+            "two Authorization headers are refused"
+        );
         assert_eq!(bearer(&headers).unwrap(), Some("rp_x"));
         headers.insert("authorization", "bearer   rp_x ".parse().unwrap());
         assert_eq!(bearer(&headers).unwrap(), Some("rp_x"));

@@ -155,14 +155,22 @@ pub(crate) async fn accept(
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+    let mut all = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "Idempotency-Key: given more than once".into(),
+        ));
+    }
     let key = value
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .filter(|k| {
+            !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (b' '..=b'~').contains(&b))
+        })
         .ok_or_else(|| {
             ApiError::BadRequest(
                 "Idempotency-Key: must be 1 to 255 visible ASCII characters".into(),
