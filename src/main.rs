@@ -16,15 +16,16 @@ async fn run() -> anyhow::Result<ExitCode> {
     retail_pulse::cli::run(cli).await
 }
 
-/// glibc's malloc raises its mmap threshold each time a large block is freed, after which
-/// large blocks (an HTTP connection's read buffer grows to ~400 KB) come from the arenas and
-/// their memory stays with the process once freed. A fixed threshold keeps every block of
-/// 256 KB and more in its own mapping, given back to the system when it is freed (P8, 2,000
-/// slots: see docs/BENCHMARKS.md).
+/// glibc's malloc gives each thread that contends for it an arena of its own (up to 8 per
+/// core) and keeps freed blocks in them: with thousands of downloads in flight, their HTTP
+/// read buffers (up to ~400 KB each) ended up spread over many arenas. Two arenas held P8's
+/// peak (2,000 slots) at 209–221 MB against 233 MB, at the same speed. A fixed mmap threshold
+/// (256 KB) held it at 175–200 MB but cost every new buffer a fresh mapping: 2–3× the CPU per
+/// image with 32 slots, so it was not kept.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

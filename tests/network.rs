@@ -16,6 +16,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,7 +54,9 @@ fn ip(args: &[&str]) {
     must(Command::new("ip").args(args));
 }
 
-/// A child process whose output goes to a log file; killed on drop.
+/// A child process whose output goes to a log file; killed on drop, with its process group:
+/// `faketime` runs the worker as a child of its own, which killing `faketime` alone left
+/// running after the test (seen: two workers still polling an hour later).
 struct Proc {
     name: String,
     child: Child,
@@ -67,6 +70,7 @@ impl Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -101,8 +105,8 @@ impl Proc {
 
     /// SIGTERM, then waits up to `within` for it to exit.
     fn terminate(&mut self, within: Duration) {
-        // SAFETY: kill has no memory preconditions; the pid is our child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // SAFETY: kill has no memory preconditions; the group is our child's (see `spawn`).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
@@ -126,6 +130,8 @@ impl Drop for Proc {
             // SAFETY: as above; the postmaster this test started.
             unsafe { libc::kill(pid, libc::SIGQUIT) };
         }
+        // SAFETY: as above; the child's own process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
