@@ -361,6 +361,70 @@ fn water_fill(mut n: i64, caps: &[i64]) -> Vec<i64> {
 mod tests {
     use super::*;
 
+    /// A scheduler over an empty, migrated SQLite file whose cached windows are `windows`
+    /// (fresh, so `plan` does not read the database).
+    async fn scheduler_with(windows: &[(&str, Vec<Candidate>)]) -> (tempfile::TempDir, Scheduler) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let db = Db::connect_with(&config.database).await.unwrap();
+        db.migrate().await.unwrap();
+        let scheduler = Scheduler::new(db);
+        {
+            let mut state = scheduler.state.lock().unwrap();
+            state.windows = windows
+                .iter()
+                .map(|(t, w)| (t.to_string(), w.clone()))
+                .collect();
+            state.read_at = Some(Instant::now());
+        }
+        (dir, scheduler)
+    }
+
+    #[tokio::test]
+    async fn a_claim_starts_after_the_cursor_and_rewinds_once_when_it_comes_up_short() {
+        let (_dir, s) = scheduler_with(&[("t", jobs(&[(1, 10)]))]).await;
+        let (plan, _) = s.plan(4, false).await.unwrap();
+        assert_eq!(plan[0].after, -1, "nothing claimed yet: from the start");
+        let got = HashMap::from([(
+            1,
+            Got {
+                count: 4,
+                max_seq: 3,
+            },
+        )]);
+        assert!(!s.served(&plan, &got));
+        let (plan, _) = s.plan(4, false).await.unwrap();
+        assert_eq!((plan[0].job_id, plan[0].after), (1, 3), "after the cursor");
+        // Nothing after the cursor (images put back behind it): asked again from the start.
+        assert!(s.served(&plan, &HashMap::new()), "rewound");
+        let (plan, _) = s.plan(4, false).await.unwrap();
+        assert_eq!((plan[0].job_id, plan[0].after), (1, -1));
+        // Short from the start too: nothing claimable now, the job leaves the window.
+        assert!(!s.served(&plan, &HashMap::new()));
+        let (plan, _) = s.plan(4, false).await.unwrap();
+        assert!(plan.is_empty(), "{plan:?}");
+    }
+
+    #[tokio::test]
+    async fn a_job_that_just_gave_images_counts_as_ongoing_without_a_query() {
+        let (_dir, s) = scheduler_with(&[("t", jobs(&[(7, 10)]))]).await;
+        let (plan, _) = s.plan(2, false).await.unwrap();
+        s.served(
+            &plan,
+            &HashMap::from([(
+                7,
+                Got {
+                    count: 2,
+                    max_seq: 1,
+                },
+            )]),
+        );
+        // Job 7 is in no table: asking the database would say "not ongoing".
+        assert!(s.may_be_ongoing(7).await);
+        assert!(!s.may_be_ongoing(8).await);
+    }
+
     fn jobs(list: &[(i64, i64)]) -> Vec<Candidate> {
         list.iter()
             .map(|&(job_id, remaining)| Candidate { job_id, remaining })

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DelayRange, WorkerConfig};
+use crate::domain::ErrorKind;
 use crate::fetch::origins::OriginPermit;
 use crate::fetch::{FetchError, Fetcher};
 use crate::measure;
@@ -76,7 +77,7 @@ impl Processor {
                     other => other.to_string(),
                 };
                 return Outcome::Failed {
-                    kind: crate::domain::ErrorKind::NotAnImage,
+                    kind: ErrorKind::NotAnImage,
                     message,
                 };
             }
@@ -113,45 +114,47 @@ impl Processor {
             "host not answering: {origin} failed repeatedly, and again after a cool-down \
              (circuit breaker open)"
         );
-        if image.attempts < self.max_attempts {
-            Outcome::Retry {
-                after,
-                kind: crate::domain::ErrorKind::Network,
-                message: format!(
-                    "{why} (attempt {} of {}, retrying)",
-                    image.attempts, self.max_attempts
-                ),
-            }
-        } else {
-            Outcome::Failed {
-                kind: crate::domain::ErrorKind::Network,
-                message: format!("{why} (after {} attempts)", image.attempts),
-            }
-        }
+        let retry = image.attempts < self.max_attempts;
+        self.retry_or_fail(image, retry.then_some(after), ErrorKind::Network, why)
     }
 
     fn fetch_failed(&self, image: &ClaimedImage, error: FetchError) -> Outcome {
-        let kind = error.kind();
-        if error.is_transient() && image.attempts < self.max_attempts {
-            let after = match error.retry_after() {
-                Some(wait) => wait.min(RETRY_AFTER_CAP),
-                None => backoff(image.attempts, self.retry_base, self.retry_max),
-            };
-            return Outcome::Retry {
+        let after =
+            (error.is_transient() && image.attempts < self.max_attempts).then(|| {
+                match error.retry_after() {
+                    Some(wait) => wait.min(RETRY_AFTER_CAP),
+                    None => backoff(image.attempts, self.retry_base, self.retry_max),
+                }
+            });
+        self.retry_or_fail(image, after, error.kind(), error.to_string())
+    }
+
+    /// Another try in `after` (`None`: a final failure), the cause worded with the attempts.
+    fn retry_or_fail(
+        &self,
+        image: &ClaimedImage,
+        after: Option<Duration>,
+        kind: ErrorKind,
+        cause: String,
+    ) -> Outcome {
+        match after {
+            Some(after) => Outcome::Retry {
                 after,
                 kind,
                 message: format!(
-                    "{error} (attempt {} of {}, retrying)",
+                    "{cause} (attempt {} of {}, retrying)",
                     image.attempts, self.max_attempts
                 ),
-            };
+            },
+            None if image.attempts > 1 => Outcome::Failed {
+                kind,
+                message: format!("{cause} (after {} attempts)", image.attempts),
+            },
+            None => Outcome::Failed {
+                kind,
+                message: cause,
+            },
         }
-        let message = if image.attempts > 1 {
-            format!("{error} (after {} attempts)", image.attempts)
-        } else {
-            error.to_string()
-        };
-        Outcome::Failed { kind, message }
     }
 }
 
