@@ -189,13 +189,20 @@ async fn a_worker_host_vanishing_mid_transaction_does_not_freeze_the_queue() {
         env.push(("RP_WORKERS", "8"));
         let vanishing = Service::start(BIN, "worker", via.as_str(), &env);
 
-        let n = 1500i64;
-        let urls: Vec<String> = (0..n)
-            .map(|i| images.image(1 + (i % 97) as u32, 2 + round as u32, "png"))
-            .collect();
-        let visits: Vec<(&str, Vec<String>)> =
-            urls.chunks(100).map(|c| (STORE_A, c.to_vec())).collect();
-        let job = api.submit(&client, &payload(&visits)).await;
+        // The first job carries traffic through the flaps (connections must be busy to lose
+        // bytes); the second is submitted only once the worker is back, right before the cut
+        // is armed, so the vanishing worker is sure to have outcomes to write (a fast machine
+        // may have finished the first job by then: the cut would never find a transaction).
+        let n = 1000i64;
+        let job_for = |round: usize, shift: u32| -> Value {
+            let urls: Vec<String> = (0..n)
+                .map(|i| images.image(1 + (i % 97) as u32, 2 + shift + round as u32, "png"))
+                .collect();
+            let visits: Vec<(&str, Vec<String>)> =
+                urls.chunks(100).map(|c| (STORE_A, c.to_vec())).collect();
+            payload(&visits)
+        };
+        let flapped = api.submit(&client, &job_for(round, 0)).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
         relay
             .flap(3, Duration::from_millis(150), Duration::from_millis(600))
@@ -225,17 +232,18 @@ async fn a_worker_host_vanishing_mid_transaction_does_not_freeze_the_queue() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             eprintln!(
-                "round 1: the worker recorded results again {:?} after the flaps",
+                "round {round}: the worker recorded results again {:?} after the flaps",
                 recovered.elapsed()
             );
         }
+        let cut_job = api.submit(&client, &job_for(round, 10)).await;
         relay.cut_inside_transaction(updates);
         let armed = Instant::now();
         while !relay.has_cut() {
-            assert!(
-                armed.elapsed() < Duration::from_secs(20),
-                "round {round}: the vanishing worker never opened a transaction"
-            );
+            if armed.elapsed() > Duration::from_secs(20) {
+                let detail = api.get_json(&client, &format!("/api/jobs/{cut_job}")).await;
+                panic!("round {round}: the vanishing worker never opened a transaction: {detail}");
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let cut = Instant::now();
@@ -252,33 +260,39 @@ async fn a_worker_host_vanishing_mid_transaction_does_not_freeze_the_queue() {
             "round {round}: cut with {held} session(s) of the vanished worker idle in a transaction"
         );
 
-        let done = loop {
-            let detail = api.get_json(&client, &format!("/api/jobs/{job}")).await;
-            if detail["status"] != "ongoing" {
-                break detail;
-            }
-            assert!(
-                cut.elapsed() < Duration::from_secs(60),
-                "round {round}: job still ongoing 60 s after the cut: {detail}"
+        let mut took = Duration::ZERO;
+        for job in [flapped, cut_job] {
+            let done = loop {
+                let detail = api.get_json(&client, &format!("/api/jobs/{job}")).await;
+                if detail["status"] != "ongoing" {
+                    break detail;
+                }
+                assert!(
+                    cut.elapsed() < Duration::from_secs(60),
+                    "round {round}: job {job} still ongoing 60 s after the cut: {detail}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            took = cut.elapsed();
+            assert_eq!(done["status"], "completed", "round {round}: {done}");
+            assert_eq!(
+                done["images"],
+                json!({"total": n, "succeeded": n, "failed": 0, "pending": 0}),
+                "round {round}, job {job}"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let took = cut.elapsed();
-        assert_eq!(done["status"], "completed", "round {round}: {done}");
-        assert_eq!(
-            done["images"],
-            json!({"total": n, "succeeded": n, "failed": 0, "pending": 0}),
-            "round {round}"
-        );
-        let recorded: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM images WHERE job_id = $1 AND status = 'succeeded' \
-             AND perimeter = 2 * (width + height) AND processed_by IS NOT NULL",
-        )
-        .bind(job)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert_eq!(recorded, n, "round {round}: every image recorded once");
+            let recorded: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM images WHERE job_id = $1 AND status = 'succeeded' \
+                 AND perimeter = 2 * (width + height) AND processed_by IS NOT NULL",
+            )
+            .bind(job)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(
+                recorded, n,
+                "round {round}, job {job}: every image recorded once"
+            );
+        }
 
         // The server ended every session of the vanished worker that sat in a transaction.
         let settle = Duration::from_secs(idle_timeout_secs + 2);
