@@ -1,5 +1,7 @@
-//! The HTTP client for image downloads: connect and total timeouts, a byte cap enforced while
-//! streaming, a redirect cap with loop detection, and the address guard of [`guard`]. Every
+//! The HTTP client for image downloads: the first 64 KB of an image asked for by `Range` (all a
+//! measurement needs), connect and total timeouts, a byte cap enforced on the size a host
+//! states and while streaming, a redirect cap with loop detection, and the address guard of
+//! [`guard`]. Every
 //! failure comes back as a [`FetchError`] whose message is what gets stored for the image.
 //!
 //! Webhook deliveries go out through the same [`Fetcher`] ([`Fetcher::post`]): the same guard,
@@ -137,6 +139,35 @@ pub const HEAD_CAP: usize = 1024 * 1024;
 
 /// The first prefix of a body offered to a download's `enough` (see [`Fetcher::download`]).
 const FIRST_LOOK: usize = 4 * 1024;
+
+/// Bytes asked for first (`Range`): an image's header is almost always inside them.
+pub const FIRST_RANGE: usize = 64 * 1024;
+
+/// A body read by [`Fetcher::download`]: its kept beginning, and what was seen of it.
+struct Body {
+    head: Bytes,
+    /// Bytes received.
+    read: u64,
+    /// `enough` said the kept beginning suffices.
+    satisfied: bool,
+    /// The body went on past [`HEAD_CAP`] without `enough` being satisfied.
+    head_capped: bool,
+}
+
+/// The full size of a body a `206 Partial Content` answer states (`Content-Range: bytes
+/// 0-65535/2400000`), when it states one.
+fn stated_size(response: &reqwest::Response) -> Option<u64> {
+    let range = response
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    let (unit, rest) = range.trim().split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    rest.rsplit_once('/')?.1.trim().parse().ok()
+}
 
 /// `Retry-After` as seconds (`120`) or as an HTTP date (`Wed, 21 Oct 2026 07:28:00 GMT`).
 fn parse_retry_after(value: &str) -> Option<Duration> {
@@ -386,9 +417,19 @@ impl Fetcher {
         })
     }
 
-    /// Downloads the whole body of `url` but keeps only its beginning: bytes are kept until
-    /// `enough(kept)` is true (for an image, until its header can be read). Memory per download
-    /// is then the header, not the photo, and no body is copied around.
+    /// Fetches the beginning of `url` that `enough` needs (for an image, until its header can
+    /// be read), and learns the body's size.
+    ///
+    /// It first asks for the first [`FIRST_RANGE`] bytes only (`Range`). A host that honours
+    /// that (S3, CDNs, nginx, most file servers) sends just those, and states the full size in
+    /// `Content-Range`, to which the size cap applies: a photo of several MB costs its first
+    /// 64 KB of transfer, copying and CPU. When the header lies further in, or the host ignores
+    /// `Range` and sends everything (200), or refuses the range (416, e.g. for an empty body),
+    /// the whole body is read as below.
+    ///
+    /// Reading a whole body keeps bytes only until `enough` is satisfied, and never more than
+    /// [`HEAD_CAP`]: memory per download is then the header, not the photo. The rest is still
+    /// read (the download completes and the cap applies) but not stored.
     #[tracing::instrument(level = "debug", skip_all, fields(url = %url))]
     pub async fn download(
         &self,
@@ -397,37 +438,93 @@ impl Fetcher {
     ) -> Result<Download, FetchError> {
         let parsed = self.checked_url(url)?;
         let started = Instant::now();
-        let mut response = self
-            .client
-            .get(parsed)
+        let response = self.get(parsed.clone(), true, started).await?;
+        let response = match response.status() {
+            reqwest::StatusCode::PARTIAL_CONTENT => {
+                let stated = stated_size(&response);
+                if stated.is_some_and(|size| size > self.config.max_bytes) {
+                    return Err(FetchError::TooLarge(self.config.max_bytes));
+                }
+                let part = self.read(response, &enough, started).await?;
+                let whole = stated.is_some_and(|size| part.read >= size);
+                if part.satisfied || whole {
+                    return Ok(Download {
+                        total_bytes: stated.unwrap_or(part.read),
+                        head: part.head,
+                        head_capped: false,
+                    });
+                }
+                // The header lies past the first range: read the whole body instead.
+                self.get(parsed, false, started).await?
+            }
+            reqwest::StatusCode::RANGE_NOT_SATISFIABLE => self.get(parsed, false, started).await?,
+            _ => response,
+        };
+        let body = self.read(response, &enough, started).await?;
+        Ok(Download {
+            head: body.head,
+            total_bytes: body.read,
+            head_capped: body.head_capped,
+        })
+    }
+
+    /// Sends a GET of `url` (of its first [`FIRST_RANGE`] bytes when `ranged`); any answer
+    /// but a success, or a 416 to a ranged request, is an error.
+    async fn get(
+        &self,
+        url: Url,
+        ranged: bool,
+        started: Instant,
+    ) -> Result<reqwest::Response, FetchError> {
+        let mut request = self.client.get(url);
+        if ranged {
+            request = request.header(
+                reqwest::header::RANGE,
+                format!("bytes=0-{}", FIRST_RANGE - 1),
+            );
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| self.classify(e, started, DOWNLOAD))?;
         let status = response.status();
-        if !status.is_success() {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
-            return Err(FetchError::Status {
-                code: status.as_u16(),
-                reason: status.canonical_reason().unwrap_or("").to_string(),
-                retry_after,
-            });
+        if status.is_success() || (ranged && status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE) {
+            if response
+                .content_length()
+                .is_some_and(|len| len > self.config.max_bytes)
+            {
+                return Err(FetchError::TooLarge(self.config.max_bytes));
+            }
+            return Ok(response);
         }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        Err(FetchError::Status {
+            code: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("").to_string(),
+            retry_after,
+        })
+    }
+
+    /// Reads a response's body to its end (at most the size cap), keeping its beginning until
+    /// `enough` says the prefix is sufficient, never more than [`HEAD_CAP`]. The prefix is
+    /// copied in steps that double from FIRST_LOOK (`enough` is asked after each), so an image
+    /// whose header sits in its first few KB costs a few KB of copying and memory, whatever
+    /// size of chunk the connection hands over, and a body that never yields a header costs
+    /// O(n log n), not O(n²).
+    async fn read(
+        &self,
+        mut response: reqwest::Response,
+        enough: &impl Fn(&[u8]) -> bool,
+        started: Instant,
+    ) -> Result<Body, FetchError> {
         let max = self.config.max_bytes;
-        if response.content_length().is_some_and(|len| len > max) {
-            return Err(FetchError::TooLarge(max));
-        }
-        // Keep bytes only until `enough` says the prefix held is sufficient, and never more
-        // than HEAD_CAP; the rest of the body is still read (the download completes and the cap
-        // applies) but not stored. The prefix is copied in steps that double from
-        // FIRST_LOOK (`enough` is asked after each), so an image whose header sits in its first
-        // few KB costs a few KB of copying and memory, whatever size of chunk the connection
-        // hands over, and a body that never yields a header costs O(n log n), not O(n²).
         let mut head = BytesMut::new();
         let mut keeping = true;
+        let mut satisfied = false;
         let mut want = FIRST_LOOK;
         let mut head_capped = false;
         let mut total: u64 = 0;
@@ -471,7 +568,8 @@ impl Fetcher {
                 if head.len() < want {
                     break;
                 }
-                keeping = !enough(&head);
+                satisfied = enough(&head);
+                keeping = !satisfied;
                 if keeping && head.len() == HEAD_CAP {
                     keeping = false;
                     head_capped = true;
@@ -479,9 +577,14 @@ impl Fetcher {
                 want = (want * 2).min(HEAD_CAP);
             }
         }
-        Ok(Download {
+        // A body that ended inside a step is asked about what it gave.
+        if keeping && !head.is_empty() {
+            satisfied = enough(&head);
+        }
+        Ok(Body {
             head: head.freeze(),
-            total_bytes: total,
+            read: total,
+            satisfied,
             head_capped,
         })
     }
@@ -543,27 +646,65 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Serves `body` once per connection, in one write, on 127.0.0.1; returns its URL.
+    /// Serves `body` once per connection, in one write, on 127.0.0.1, ignoring `Range`;
+    /// returns its URL.
     async fn serve_once(body: Vec<u8>) -> String {
+        serve(body, false).await.0
+    }
+
+    /// As [`serve_once`], honouring `Range: bytes=A-B` when `ranges` (206 with
+    /// `Content-Range`, or 416 for a body too short for it, as nginx). Also returns the
+    /// `Range` of each request received ("" for none).
+    async fn serve(body: Vec<u8>, ranges: bool) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let log = seen.clone();
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
-                let body = body.clone();
+                let (body, log) = (body.clone(), log.clone());
                 tokio::spawn(async move {
                     let mut request = [0u8; 4096];
-                    let _ = socket.read(&mut request).await;
+                    let n = socket.read(&mut request).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&request[..n]).to_lowercase();
+                    let range = request
+                        .lines()
+                        .find_map(|l| l.strip_prefix("range: bytes="))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    log.lock().unwrap().push(range.clone());
+                    let asked = range
+                        .split_once('-')
+                        .filter(|_| ranges)
+                        .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                    let (status, extra, part) = match asked {
+                        None => ("200 OK", String::new(), &body[..]),
+                        Some((from, _)) if from >= body.len() => (
+                            "416 Range Not Satisfiable",
+                            format!("content-range: bytes */{}\r\n", body.len()),
+                            &body[..0],
+                        ),
+                        Some((from, to)) => {
+                            let to = to.min(body.len() - 1);
+                            (
+                                "206 Partial Content",
+                                format!("content-range: bytes {from}-{to}/{}\r\n", body.len()),
+                                &body[from..=to],
+                            )
+                        }
+                    };
                     let mut answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
+                        "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
+                        part.len()
                     )
                     .into_bytes();
-                    answer.extend_from_slice(&body);
+                    answer.extend_from_slice(part);
                     let _ = socket.write_all(&answer).await;
                 });
             }
         });
-        format!("http://{addr}/image.png")
+        (format!("http://{addr}/image.png"), seen)
     }
 
     fn fetcher() -> Fetcher {
@@ -615,5 +756,91 @@ mod tests {
         assert_eq!(download.head.len(), HEAD_CAP);
         assert!(download.head_capped);
         assert_eq!(download.total_bytes, (HEAD_CAP + 512 * 1024) as u64);
+    }
+
+    #[tokio::test]
+    async fn a_host_that_honours_ranges_sends_the_first_range_only_and_states_the_size() {
+        let mut body = png_header(640, 480);
+        body.resize(3 * 1024 * 1024, 0x55);
+        let (url, seen) = serve(body, true).await;
+        let download = fetcher()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![format!("0-{}", FIRST_RANGE - 1)]
+        );
+        assert_eq!(download.total_bytes, 3 * 1024 * 1024, "the size stated");
+        assert!(download.head.len() <= FIRST_LOOK);
+        let dims = crate::measure::measure(&download.head).unwrap();
+        assert_eq!((dims.width, dims.height), (640, 480));
+    }
+
+    #[tokio::test]
+    async fn the_size_cap_applies_to_the_size_a_ranged_answer_states() {
+        let mut body = png_header(640, 480);
+        body.resize(3 * 1024 * 1024, 0x55);
+        let (url, _) = serve(body, true).await;
+        let mut config = crate::config::Config::default().fetch;
+        config.allow_private_networks = true;
+        config.max_bytes = 1024 * 1024;
+        let error = Fetcher::new(&config)
+            .unwrap()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, FetchError::TooLarge(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_header_past_the_first_range_is_found_in_the_whole_body() {
+        // A JPEG whose size (SOF0) comes after two full-size APP1 segments, ~128 KB in.
+        let mut body = vec![0xFF, 0xD8];
+        for _ in 0..2 {
+            body.extend_from_slice(&[0xFF, 0xE1, 0xFF, 0xFF]);
+            body.resize(body.len() + 0xFFFF - 2, 0);
+        }
+        body.extend_from_slice(&[0xFF, 0xC0, 0, 17, 8, 0x01, 0xE0, 0x02, 0x80, 3]);
+        body.extend_from_slice(&[1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+        body.resize(body.len() + 4096, 0);
+        let size = body.len() as u64;
+        let (url, seen) = serve(body, true).await;
+        let download = fetcher()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![format!("0-{}", FIRST_RANGE - 1), String::new()],
+            "a ranged request, then one for the whole body"
+        );
+        assert_eq!(download.total_bytes, size);
+        let dims = crate::measure::measure(&download.head).unwrap();
+        assert_eq!((dims.width, dims.height), (640, 480));
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_range_is_taken_whole_and_an_empty_one_asked_again() {
+        let (url, seen) = serve(png_header(20, 10), true).await;
+        let download = fetcher()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "one request for a small image"
+        );
+        assert_eq!(download.total_bytes, png_header(20, 10).len() as u64);
+        // An empty body cannot satisfy any range (416): it is fetched without one.
+        let (url, seen) = serve(Vec::new(), true).await;
+        let download = fetcher()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert!(download.head.is_empty());
+        assert_eq!(download.total_bytes, 0);
     }
 }

@@ -2,7 +2,8 @@
 //! misbehaving endpoints a real host can have. Counts every request it receives.
 //!
 //! Routes:
-//! - `/img/{w}x{h}.{png|jpg|gif|bmp|webp|tiff}` — an image of that size and format
+//! - `/img/{w}x{h}.{png|jpg|gif|bmp|webp|tiff}` — an image of that size and format; image
+//!   routes honour `Range` as nginx does (206 with `Content-Range`)
 //! - `/status/{code}` — answers that status with an HTML body (GET or POST: a webhook target too)
 //! - `/html` — an HTML error page served with 200
 //! - `/flaky/{key}/{fails}/{w}x{h}.png` — 503 for the first `fails` requests of `key`, then the image
@@ -26,7 +27,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Query;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use image::{ImageFormat, RgbImage};
@@ -147,7 +148,7 @@ fn parse_file(file: &str) -> Option<(u32, u32, String)> {
 
 /// Serves a generated image. Encoding (slow for big images in a debug build) runs on the
 /// blocking pool, so it never stalls the runtime that the app under test shares.
-async fn serve_image(inner: &Arc<Inner>, file: &str) -> Response {
+async fn serve_image(inner: &Arc<Inner>, file: &str, headers: &HeaderMap) -> Response {
     let Some((w, h, ext)) = parse_file(file) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -167,15 +168,49 @@ async fn serve_image(inner: &Arc<Inner>, file: &str) -> Response {
                 .clone()
         }
     };
+    let mut answer = ranged(headers, &bytes);
+    answer.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    answer
+}
+
+/// The answer to `Range: bytes=A-B` (or `A-`) as nginx gives it: 206 with that part and
+/// `Content-Range`, 416 when it starts past the end; the whole body without one.
+fn ranged(headers: &HeaderMap, body: &[u8]) -> Response {
+    let asked = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok())));
+    let Some((from, to)) = asked else {
+        return body.to_vec().into_response();
+    };
+    let size = body.len();
+    if from >= size {
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
+        )
+            .into_response();
+    }
+    let to = to.unwrap_or(size - 1).min(size - 1);
     (
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        bytes.as_ref().clone(),
+        StatusCode::PARTIAL_CONTENT,
+        [(header::CONTENT_RANGE, format!("bytes {from}-{to}/{size}"))],
+        body[from..=to].to_vec(),
     )
         .into_response()
 }
 
-async fn image_route(State(inner): State<Arc<Inner>>, Path(file): Path<String>) -> Response {
-    serve_image(&inner, &file).await
+async fn image_route(
+    State(inner): State<Arc<Inner>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    serve_image(&inner, &file, &headers).await
 }
 
 async fn status_route(Path(code): Path<u16>) -> Response {
@@ -199,20 +234,22 @@ fn note_request(inner: &Inner, key: String) -> usize {
 async fn flaky_route(
     State(inner): State<Arc<Inner>>,
     Path((key, fails, file)): Path<(String, usize, String)>,
+    headers: HeaderMap,
 ) -> Response {
     let seen = note_request(&inner, key);
     if seen <= fails {
         return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
     }
-    serve_image(&inner, &file).await
+    serve_image(&inner, &file, &headers).await
 }
 
 async fn slow_route(
     State(inner): State<Arc<Inner>>,
     Path((ms, file)): Path<(u64, String)>,
+    headers: HeaderMap,
 ) -> Response {
     tokio::time::sleep(Duration::from_millis(ms)).await;
-    serve_image(&inner, &file).await
+    serve_image(&inner, &file, &headers).await
 }
 
 async fn redirect_route(Path(n): Path<u32>) -> Response {
@@ -304,6 +341,7 @@ pub async fn raw_server_on(behaviour: &'static str, bind: &str) -> SocketAddr {
 async fn retry_after_route(
     State(inner): State<Arc<Inner>>,
     Path((key, secs, file)): Path<(String, u64, String)>,
+    headers: HeaderMap,
 ) -> Response {
     let first = note_request(&inner, key) == 1;
     if first {
@@ -314,7 +352,7 @@ async fn retry_after_route(
         )
             .into_response();
     }
-    serve_image(&inner, &file).await
+    serve_image(&inner, &file, &headers).await
 }
 
 async fn corrupt_jpeg_route() -> Response {
