@@ -282,7 +282,7 @@ async fn main() {
         );
     }
     row(
-        "P8 one process, 2,000 slots, 100–400 ms, 40,000 images: rate vs ideal 8,000/s; peak RSS",
+        "P8 one worker process (started after the submit), 2,000 slots, 100–400 ms, 40,000 images: rate vs ideal 8,000/s; peak RSS",
         "≥ 0.8×; ≤ 256 MB",
         &|f| match f.p8 {
             Some(p) => format!(

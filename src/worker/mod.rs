@@ -625,8 +625,8 @@ async fn contain_panics(processing: impl std::future::Future<Output = Outcome>) 
     }
 }
 
-/// Records outcomes in batches: whatever has arrived while the previous batch was written,
-/// with up to [`Queue::parallel_writes`] batches in flight. A write that panics takes the
+/// Records outcomes in batches: whatever has arrived while the previous batch was written;
+/// up to [`Queue::parallel_writes`] batches in flight while full batches wait. A write that panics takes the
 /// writer down with it (the pool then stops claiming).
 async fn write_outcomes(
     queue: Arc<Queue>,
@@ -643,7 +643,12 @@ async fn write_outcomes(
     }
     let mut writing = JoinSet::new();
     loop {
-        if writing.len() >= queue.parallel_writes() {
+        // A batch goes out beside one in flight only when a full batch already waits (the
+        // writer has fallen behind): otherwise more, smaller transactions would only cost the
+        // database more per outcome.
+        while !writing.is_empty()
+            && (writing.len() >= queue.parallel_writes() || rx.len() < MAX_WRITE_BATCH)
+        {
             ended(writing.join_next().await);
         }
         let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
