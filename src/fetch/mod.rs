@@ -445,7 +445,11 @@ impl Fetcher {
                 if stated.is_some_and(|size| size > self.config.max_bytes) {
                     return Err(FetchError::TooLarge(self.config.max_bytes));
                 }
-                let part = self.read(response, &enough, started).await?;
+                let part = self
+                    .read(response, &enough, started, self.config.max_bytes)
+                    .await?;
+                // A stated size below what came is no size at all (`bytes 0-65535/0`).
+                let stated = stated.filter(|&size| size >= part.read);
                 let whole = stated.is_some_and(|size| part.read >= size);
                 if part.satisfied || whole {
                     return Ok(Download {
@@ -454,13 +458,23 @@ impl Fetcher {
                         head_capped: false,
                     });
                 }
-                // The header lies past the first range: read the whole body instead.
-                self.get(parsed, false, started).await?
+                // The header lies past the first range: read the whole body instead, within
+                // what is left of the size cap and of the time for the whole download.
+                let response = self.get(parsed, false, started).await?;
+                let left = self.config.max_bytes.saturating_sub(part.read);
+                let body = self.read(response, &enough, started, left).await?;
+                return Ok(Download {
+                    head: body.head,
+                    total_bytes: body.read,
+                    head_capped: body.head_capped,
+                });
             }
             reqwest::StatusCode::RANGE_NOT_SATISFIABLE => self.get(parsed, false, started).await?,
             _ => response,
         };
-        let body = self.read(response, &enough, started).await?;
+        let body = self
+            .read(response, &enough, started, self.config.max_bytes)
+            .await?;
         Ok(Download {
             head: body.head,
             total_bytes: body.read,
@@ -468,15 +482,23 @@ impl Fetcher {
         })
     }
 
-    /// Sends a GET of `url` (of its first [`FIRST_RANGE`] bytes when `ranged`); any answer
-    /// but a success, or a 416 to a ranged request, is an error.
+    /// Sends a GET of `url` (of its first [`FIRST_RANGE`] bytes when `ranged`), with what is
+    /// left since `started` of the time for the whole download; any answer but a success, or
+    /// a 416 to a ranged request, is an error.
     async fn get(
         &self,
         url: Url,
         ranged: bool,
         started: Instant,
     ) -> Result<reqwest::Response, FetchError> {
-        let mut request = self.client.get(url);
+        let left = self.config.timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(FetchError::Timeout {
+                phase: DOWNLOAD,
+                after: self.config.timeout,
+            });
+        }
+        let mut request = self.client.get(url).timeout(left);
         if ranged {
             request = request.header(
                 reqwest::header::RANGE,
@@ -509,7 +531,7 @@ impl Fetcher {
         })
     }
 
-    /// Reads a response's body to its end (at most the size cap), keeping its beginning until
+    /// Reads a response's body to its end (more than `cap` bytes: too large), keeping its beginning until
     /// `enough` says the prefix is sufficient, never more than [`HEAD_CAP`]. The prefix is
     /// copied in steps that double from FIRST_LOOK (`enough` is asked after each), so an image
     /// whose header sits in its first few KB costs a few KB of copying and memory, whatever
@@ -520,8 +542,8 @@ impl Fetcher {
         mut response: reqwest::Response,
         enough: &impl Fn(&[u8]) -> bool,
         started: Instant,
+        cap: u64,
     ) -> Result<Body, FetchError> {
-        let max = self.config.max_bytes;
         let mut head = BytesMut::new();
         let mut keeping = true;
         let mut satisfied = false;
@@ -557,8 +579,8 @@ impl Fetcher {
                 deadline.as_mut().reset(window_end.unwrap_or(far).into());
             }
             total += chunk.len() as u64;
-            if total > max {
-                return Err(FetchError::TooLarge(max));
+            if total > cap {
+                return Err(FetchError::TooLarge(self.config.max_bytes));
             }
             let mut rest: &[u8] = &chunk;
             while keeping && !rest.is_empty() {
@@ -649,13 +671,20 @@ mod tests {
     /// Serves `body` once per connection, in one write, on 127.0.0.1, ignoring `Range`;
     /// returns its URL.
     async fn serve_once(body: Vec<u8>) -> String {
-        serve(body, false).await.0
+        serve(body, false, None, 0).await.0
     }
 
     /// As [`serve_once`], honouring `Range: bytes=A-B` when `ranges` (206 with
-    /// `Content-Range`, or 416 for a body too short for it, as nginx). Also returns the
+    /// `Content-Range`, or 416 for a body too short for it, as nginx), stating `total` as the
+    /// full size when given (a lying host) and the true size otherwise, each answer after
+    /// `pause_ms`. Also returns the
     /// `Range` of each request received ("" for none).
-    async fn serve(body: Vec<u8>, ranges: bool) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    async fn serve(
+        body: Vec<u8>,
+        ranges: bool,
+        total: Option<&'static str>,
+        pause_ms: u64,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -674,6 +703,7 @@ mod tests {
                         .trim()
                         .to_string();
                     log.lock().unwrap().push(range.clone());
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                     let asked = range
                         .split_once('-')
                         .filter(|_| ranges)
@@ -687,9 +717,10 @@ mod tests {
                         ),
                         Some((from, to)) => {
                             let to = to.min(body.len() - 1);
+                            let size = total.map_or(body.len().to_string(), str::to_string);
                             (
                                 "206 Partial Content",
-                                format!("content-range: bytes {from}-{to}/{}\r\n", body.len()),
+                                format!("content-range: bytes {from}-{to}/{size}\r\n"),
                                 &body[from..=to],
                             )
                         }
@@ -762,7 +793,7 @@ mod tests {
     async fn a_host_that_honours_ranges_sends_the_first_range_only_and_states_the_size() {
         let mut body = png_header(640, 480);
         body.resize(3 * 1024 * 1024, 0x55);
-        let (url, seen) = serve(body, true).await;
+        let (url, seen) = serve(body, true, None, 0).await;
         let download = fetcher()
             .download(&url, crate::measure::is_readable)
             .await
@@ -781,7 +812,7 @@ mod tests {
     async fn the_size_cap_applies_to_the_size_a_ranged_answer_states() {
         let mut body = png_header(640, 480);
         body.resize(3 * 1024 * 1024, 0x55);
-        let (url, _) = serve(body, true).await;
+        let (url, _) = serve(body, true, None, 0).await;
         let mut config = crate::config::Config::default().fetch;
         config.allow_private_networks = true;
         config.max_bytes = 1024 * 1024;
@@ -793,9 +824,8 @@ mod tests {
         assert!(matches!(error, FetchError::TooLarge(_)), "{error:?}");
     }
 
-    #[tokio::test]
-    async fn a_header_past_the_first_range_is_found_in_the_whole_body() {
-        // A JPEG whose size (SOF0) comes after two full-size APP1 segments, ~128 KB in.
+    /// A 640×480 JPEG whose size (SOF0) comes after two full-size APP1 segments, ~128 KB in.
+    fn jpeg_with_late_size() -> Vec<u8> {
         let mut body = vec![0xFF, 0xD8];
         for _ in 0..2 {
             body.extend_from_slice(&[0xFF, 0xE1, 0xFF, 0xFF]);
@@ -804,8 +834,14 @@ mod tests {
         body.extend_from_slice(&[0xFF, 0xC0, 0, 17, 8, 0x01, 0xE0, 0x02, 0x80, 3]);
         body.extend_from_slice(&[1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
         body.resize(body.len() + 4096, 0);
+        body
+    }
+
+    #[tokio::test]
+    async fn a_header_past_the_first_range_is_found_in_the_whole_body() {
+        let body = jpeg_with_late_size();
         let size = body.len() as u64;
-        let (url, seen) = serve(body, true).await;
+        let (url, seen) = serve(body, true, None, 0).await;
         let download = fetcher()
             .download(&url, crate::measure::is_readable)
             .await
@@ -822,7 +858,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_shorter_than_its_range_is_taken_whole_and_an_empty_one_asked_again() {
-        let (url, seen) = serve(png_header(20, 10), true).await;
+        let (url, seen) = serve(png_header(20, 10), true, None, 0).await;
         let download = fetcher()
             .download(&url, crate::measure::is_readable)
             .await
@@ -834,7 +870,7 @@ mod tests {
         );
         assert_eq!(download.total_bytes, png_header(20, 10).len() as u64);
         // An empty body cannot satisfy any range (416): it is fetched without one.
-        let (url, seen) = serve(Vec::new(), true).await;
+        let (url, seen) = serve(Vec::new(), true, None, 0).await;
         let download = fetcher()
             .download(&url, crate::measure::is_readable)
             .await
@@ -842,5 +878,63 @@ mod tests {
         assert_eq!(seen.lock().unwrap().len(), 2);
         assert!(download.head.is_empty());
         assert_eq!(download.total_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stated_size_below_what_came_is_no_size() {
+        // `bytes 0-65535/0`: taken at its word, the part would be the whole file.
+        let (url, seen) = serve(jpeg_with_late_size(), true, Some("0"), 0).await;
+        let download = fetcher()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            2,
+            "asked again for the whole body"
+        );
+        let dims = crate::measure::measure(&download.head).unwrap();
+        assert_eq!((dims.width, dims.height), (640, 480));
+    }
+
+    #[tokio::test]
+    async fn the_size_cap_counts_both_requests_of_a_download() {
+        // No stated size: the first 64 KB, then the whole body (~135 KB): ~200 KB in all.
+        let (url, seen) = serve(jpeg_with_late_size(), true, Some("*"), 0).await;
+        let mut config = crate::config::Config::default().fetch;
+        config.allow_private_networks = true;
+        config.max_bytes = 150 * 1024;
+        let error = Fetcher::new(&config)
+            .unwrap()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap_err();
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert!(matches!(error, FetchError::TooLarge(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn the_time_for_a_whole_download_counts_both_requests() {
+        // Each answer takes 700 ms: either fits in the 1 s for the whole download, both do not.
+        let (url, seen) = serve(jpeg_with_late_size(), true, None, 700).await;
+        let mut config = crate::config::Config::default().fetch;
+        config.allow_private_networks = true;
+        config.timeout = Duration::from_secs(1);
+        let error = Fetcher::new(&config)
+            .unwrap()
+            .download(&url, crate::measure::is_readable)
+            .await
+            .unwrap_err();
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        assert!(
+            matches!(
+                error,
+                FetchError::Timeout {
+                    phase: DOWNLOAD,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
     }
 }
