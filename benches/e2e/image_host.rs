@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use image::{ImageFormat, RgbImage};
@@ -82,26 +82,5 @@ async fn serve(
         Some(n) => n,
         None => return StatusCode::NOT_FOUND.into_response(),
     };
-    let body = bodies[n % bodies.len()].clone();
-    let asked = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.split_once('-'))
-        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok())));
-    match asked {
-        Some((from, to)) if from < body.len() => {
-            let to = to.unwrap_or(body.len() - 1).min(body.len() - 1);
-            (
-                StatusCode::PARTIAL_CONTENT,
-                [(
-                    header::CONTENT_RANGE,
-                    format!("bytes {from}-{to}/{}", body.len()),
-                )],
-                body.slice(from..=to),
-            )
-                .into_response()
-        }
-        _ => body.into_response(),
-    }
+    super::range::ranged(&headers, bodies[n % bodies.len()].clone())
 }

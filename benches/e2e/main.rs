@@ -21,6 +21,8 @@ mod harness;
 mod image_host;
 mod latency;
 mod memory;
+#[path = "../../tests/common/range.rs"]
+mod range;
 mod scale;
 mod scaleout;
 mod shapes;

@@ -439,19 +439,17 @@ impl Fetcher {
         let parsed = self.checked_url(url)?;
         let started = Instant::now();
         let response = self.get(parsed.clone(), true, started).await?;
-        let response = match response.status() {
+        let max = self.config.max_bytes;
+        let (response, cap) = match response.status() {
             reqwest::StatusCode::PARTIAL_CONTENT => {
                 let stated = stated_size(&response);
-                if stated.is_some_and(|size| size > self.config.max_bytes) {
-                    return Err(FetchError::TooLarge(self.config.max_bytes));
+                if stated.is_some_and(|size| size > max) {
+                    return Err(FetchError::TooLarge(max));
                 }
-                let part = self
-                    .read(response, &enough, started, self.config.max_bytes)
-                    .await?;
+                let part = self.read(response, &enough, started, max).await?;
                 // A stated size below what came is no size at all (`bytes 0-65535/0`).
                 let stated = stated.filter(|&size| size >= part.read);
-                let whole = stated.is_some_and(|size| part.read >= size);
-                if part.satisfied || whole {
+                if part.satisfied || stated == Some(part.read) {
                     return Ok(Download {
                         total_bytes: stated.unwrap_or(part.read),
                         head: part.head,
@@ -460,21 +458,15 @@ impl Fetcher {
                 }
                 // The header lies past the first range: read the whole body instead, within
                 // what is left of the size cap and of the time for the whole download.
-                let response = self.get(parsed, false, started).await?;
-                let left = self.config.max_bytes.saturating_sub(part.read);
-                let body = self.read(response, &enough, started, left).await?;
-                return Ok(Download {
-                    head: body.head,
-                    total_bytes: body.read,
-                    head_capped: body.head_capped,
-                });
+                let whole = self.get(parsed, false, started).await?;
+                (whole, max.saturating_sub(part.read))
             }
-            reqwest::StatusCode::RANGE_NOT_SATISFIABLE => self.get(parsed, false, started).await?,
-            _ => response,
+            reqwest::StatusCode::RANGE_NOT_SATISFIABLE => {
+                (self.get(parsed, false, started).await?, max)
+            }
+            _ => (response, max),
         };
-        let body = self
-            .read(response, &enough, started, self.config.max_bytes)
-            .await?;
+        let body = self.read(response, &enough, started, cap).await?;
         Ok(Download {
             head: body.head,
             total_bytes: body.read,
@@ -739,8 +731,14 @@ mod tests {
     }
 
     fn fetcher() -> Fetcher {
+        fetcher_with(|_| {})
+    }
+
+    /// A fetcher that may reach 127.0.0.1, with `set` applied to its settings.
+    fn fetcher_with(set: impl FnOnce(&mut FetchConfig)) -> Fetcher {
         let mut config = crate::config::Config::default().fetch;
         config.allow_private_networks = true;
+        set(&mut config);
         Fetcher::new(&config).unwrap()
     }
 
@@ -813,11 +811,7 @@ mod tests {
         let mut body = png_header(640, 480);
         body.resize(3 * 1024 * 1024, 0x55);
         let (url, _) = serve(body, true, None, 0).await;
-        let mut config = crate::config::Config::default().fetch;
-        config.allow_private_networks = true;
-        config.max_bytes = 1024 * 1024;
-        let error = Fetcher::new(&config)
-            .unwrap()
+        let error = fetcher_with(|c| c.max_bytes = 1024 * 1024)
             .download(&url, crate::measure::is_readable)
             .await
             .unwrap_err();
@@ -901,11 +895,7 @@ mod tests {
     async fn the_size_cap_counts_both_requests_of_a_download() {
         // No stated size: the first 64 KB, then the whole body (~135 KB): ~200 KB in all.
         let (url, seen) = serve(jpeg_with_late_size(), true, Some("*"), 0).await;
-        let mut config = crate::config::Config::default().fetch;
-        config.allow_private_networks = true;
-        config.max_bytes = 150 * 1024;
-        let error = Fetcher::new(&config)
-            .unwrap()
+        let error = fetcher_with(|c| c.max_bytes = 150 * 1024)
             .download(&url, crate::measure::is_readable)
             .await
             .unwrap_err();
@@ -917,11 +907,7 @@ mod tests {
     async fn the_time_for_a_whole_download_counts_both_requests() {
         // Each answer takes 700 ms: either fits in the 1 s for the whole download, both do not.
         let (url, seen) = serve(jpeg_with_late_size(), true, None, 700).await;
-        let mut config = crate::config::Config::default().fetch;
-        config.allow_private_networks = true;
-        config.timeout = Duration::from_secs(1);
-        let error = Fetcher::new(&config)
-            .unwrap()
+        let error = fetcher_with(|c| c.timeout = Duration::from_secs(1))
             .download(&url, crate::measure::is_readable)
             .await
             .unwrap_err();

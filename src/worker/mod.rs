@@ -626,8 +626,8 @@ async fn contain_panics(processing: impl std::future::Future<Output = Outcome>) 
 }
 
 /// Records outcomes in batches: whatever has arrived while the previous batch was written;
-/// up to [`Queue::parallel_writes`] batches in flight while full batches wait. A write that panics takes the
-/// writer down with it (the pool then stops claiming).
+/// up to [`Queue::parallel_writes`] batches in flight while full batches wait. A write that
+/// panics takes the writer down with it (the pool then stops claiming).
 async fn write_outcomes(
     queue: Arc<Queue>,
     mut rx: mpsc::Receiver<(i64, Outcome)>,

@@ -168,41 +168,12 @@ async fn serve_image(inner: &Arc<Inner>, file: &str, headers: &HeaderMap) -> Res
                 .clone()
         }
     };
-    let mut answer = ranged(headers, &bytes);
+    let mut answer = super::range::ranged(headers, bytes::Bytes::from(bytes.as_ref().clone()));
     answer.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/octet-stream"),
     );
     answer
-}
-
-/// The answer to `Range: bytes=A-B` (or `A-`) as nginx gives it: 206 with that part and
-/// `Content-Range`, 416 when it starts past the end; the whole body without one.
-fn ranged(headers: &HeaderMap, body: &[u8]) -> Response {
-    let asked = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.split_once('-'))
-        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok())));
-    let Some((from, to)) = asked else {
-        return body.to_vec().into_response();
-    };
-    let size = body.len();
-    if from >= size {
-        return (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [(header::CONTENT_RANGE, format!("bytes */{size}"))],
-        )
-            .into_response();
-    }
-    let to = to.unwrap_or(size - 1).min(size - 1);
-    (
-        StatusCode::PARTIAL_CONTENT,
-        [(header::CONTENT_RANGE, format!("bytes {from}-{to}/{size}"))],
-        body[from..=to].to_vec(),
-    )
-        .into_response()
 }
 
 async fn image_route(

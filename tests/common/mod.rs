@@ -7,6 +7,7 @@ pub mod binary;
 pub mod images;
 pub mod keys;
 pub mod netns;
+pub mod range;
 pub mod relay;
 pub mod service;
 
