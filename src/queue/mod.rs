@@ -243,7 +243,11 @@ impl Queue {
             )),
             // SQLite has no LATERAL: one LIMITed select per job, joined by UNION ALL. The
             // number of selects is rounded up to a power of two (unused ones take nothing), so
-            // a handful of statement texts serve every plan and stay prepared.
+            // a handful of statement texts serve every plan and stay prepared. The limits are
+            // `CAST(? AS BIGINT)`, not a bare `?`: SQLite (3.4x+) recompiles a statement
+            // whenever the value bound to a bare `LIMIT ?` changes, and the takes change with
+            // every claim (measured: recompiling a 32-select claim was 29% of the SQLite
+            // thread's time draining 2,000 jobs x 10 images).
             Backend::Sqlite => {
                 let slots = plan.len().next_power_of_two();
                 let selects: Vec<String> = (0..slots)
@@ -251,7 +255,7 @@ impl Queue {
                         format!(
                             "SELECT * FROM (SELECT id FROM images WHERE job_id = ${} \
                              AND seq > ${} AND status = 'pending' AND available_at <= {{now}} \
-                             ORDER BY seq LIMIT ${})",
+                             ORDER BY seq LIMIT CAST(${} AS BIGINT))",
                             4 + 3 * i,
                             5 + 3 * i,
                             6 + 3 * i

@@ -233,6 +233,8 @@ impl Scheduler {
     /// after the job's claim cursor (`$4`, job id → seq), in `seq` order: without the cursor
     /// the probe walks every image already claimed, and without the order the planner may
     /// choose to scan the table for the first match (seen: 44 ms a read late in a big job).
+    /// The limit is a `CAST`, not a bare parameter, so that SQLite does not recompile the
+    /// statement when it changes (see [`super::Queue::claim`]'s lease).
     async fn window(
         &self,
         tenant: &str,
@@ -245,7 +247,7 @@ impl Scheduler {
              AND (SELECT i.id FROM images i WHERE i.job_id = j.id \
                AND i.seq > COALESCE(CAST({cursor} AS BIGINT), -1) AND i.status = 'pending' \
                AND i.available_at <= {{now}} ORDER BY i.seq LIMIT 1) IS NOT NULL \
-             ORDER BY id LIMIT $3",
+             ORDER BY id LIMIT CAST($3 AS BIGINT)",
             cursor = self.db.json_key("$4", "CAST(j.id AS TEXT)")
         ));
         let read = async |op: &str, limit: i64| -> Result<Vec<Candidate>, DbError> {
