@@ -266,7 +266,8 @@ async fn main() {
         };
         row(
             &format!(
-                "P7 queue drain, {label} images, 32 slots, delay 0 (1 × 20,000: its reference)"
+                "P7 queue drain, {label} images, 32 slots, delay 0, fastest of {} (1 × 20,000: its reference)",
+                shapes::DRAINS
             ),
             target,
             &|f| match f.shapes.get(i) {

