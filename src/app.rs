@@ -75,6 +75,8 @@ pub struct App {
     workers: Option<WorkerPool>,
     /// Periodic pruning of old finished jobs (`--retention`), whatever the roles.
     retention: Option<Pruner>,
+    /// How long the listeners' clients may take to send a request.
+    read_timeouts: http::serve::ReadTimeouts,
 }
 
 /// Connects, migrates, loads the store master and prepares the roles asked for. The API role
@@ -128,6 +130,7 @@ pub async fn build(
         api: roles.api,
         workers,
         retention,
+        read_timeouts: config.api.read_timeouts,
     })
 }
 
@@ -202,9 +205,7 @@ impl App {
         let ops = async {
             match (self.ops_listener, ops_router) {
                 (Some(listener), Some(router)) => {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(token.clone().cancelled_owned())
-                        .await
+                    http::serve::serve(listener, router, self.read_timeouts, token.clone()).await
                 }
                 _ => Ok(()),
             }
@@ -217,14 +218,7 @@ impl App {
                     } else {
                         http::ops_router(state)
                     };
-                    // The peer address reaches handlers (ConnectInfo): `auto` mode serves
-                    // keyless clients only on loopback, judged by the TCP peer alone.
-                    axum::serve(
-                        listener,
-                        router.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(token.clone().cancelled_owned())
-                    .await
+                    http::serve::serve(listener, router, self.read_timeouts, token.clone()).await
                 }
                 _ => Ok(()),
             }

@@ -294,6 +294,14 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "RP_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers, from the connection's start or the
+    /// end of its previous response; past it the connection is closed (0: no limit).
+    #[arg(long, env = "RP_HEADER_READ_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub header_read_timeout_secs: f64,
+    /// Seconds a client has to send a request's whole body, from the end of its headers;
+    /// past it the request is answered 408 (0: no limit).
+    #[arg(long, env = "RP_BODY_READ_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub body_read_timeout_secs: f64,
     /// Most images accepted in one job.
     #[arg(long, env = "RP_MAX_IMAGES_PER_JOB", default_value_t = 100_000)]
     pub max_images_per_job: usize,
@@ -518,6 +526,10 @@ impl ServeArgs {
         config.bind = self.bind;
         config.webhooks.secret_overlap = self.webhook_secret_overlap;
         config.api.max_body_bytes = self.max_body_bytes;
+        config.api.read_timeouts = crate::http::serve::ReadTimeouts {
+            headers: secs(self.header_read_timeout_secs, "header-read-timeout-secs")?,
+            body: secs(self.body_read_timeout_secs, "body-read-timeout-secs")?,
+        };
         let limits = &mut config.api.limits;
         limits.max_images_per_job = self.max_images_per_job;
         limits.max_visits = self.max_visits_per_job;

@@ -99,6 +99,8 @@ impl Default for DatabaseConfig {
 pub struct ApiConfig {
     /// Largest accepted request body in bytes (413 above it).
     pub max_body_bytes: usize,
+    /// How long a client may take to send a request's headers and its body.
+    pub read_timeouts: crate::http::serve::ReadTimeouts,
     /// Sizes a submission must respect.
     pub limits: crate::domain::Limits,
     /// When keys are needed, and the per-tenant quota and submit rate.
@@ -203,6 +205,7 @@ impl Default for Config {
             store_master: None,
             api: ApiConfig {
                 max_body_bytes: 32 * 1024 * 1024,
+                read_timeouts: crate::http::serve::ReadTimeouts::default(),
                 limits: crate::domain::Limits::default(),
                 auth: crate::auth::AuthConfig::default(),
                 sessions: crate::ui::session::SessionConfig::default(),

@@ -404,7 +404,125 @@ async fn a_refused_host_name_never_reveals_its_addresses(backend: Backend) {
     app.stop().await;
 }
 
+/// A client that sends its headers or its body too slowly holds nothing for long: headers
+/// not complete within the header timeout close the connection (an idle keep-alive one too);
+/// a body not complete within the body timeout, however it spaces its bytes, is a 408 naming
+/// the body. A prompt request on the same server is served meanwhile.
+async fn slow_clients_are_cut_off_at_the_read_timeouts(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db);
+    config.api.read_timeouts = retail_pulse::http::serve::ReadTimeouts {
+        headers: Duration::from_secs(1),
+        body: Duration::from_secs(1),
+    };
+    let app = TestApp::start(config).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // Reads until the server closes the connection (or 10 s pass); returns what came.
+    async fn until_closed(socket: &mut tokio::net::TcpStream) -> (String, Duration) {
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                Err(_) => panic!(
+                    "still open after 10 s: {}",
+                    String::from_utf8_lossy(&answer)
+                ),
+            }
+        }
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            started.elapsed(),
+        )
+    }
+
+    // Headers that never end: closed at the header timeout, without an answer.
+    let mut headers_only = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    headers_only
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+        .await
+        .unwrap();
+    // A connection that sends nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // Meanwhile a prompt client is served.
+    let (code, _) = app.get("/healthz").await;
+    assert_eq!(code, 200);
+    let (answer, took) = until_closed(&mut headers_only).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "headers: closed after {took:?}"
+    );
+    let (_, took) = until_closed(&mut silent).await;
+    assert!(
+        took < Duration::from_secs(4),
+        "silent: closed after {took:?}"
+    );
+
+    // A body that trickles one byte every 200 ms: 408 at the body timeout (a timeout per read
+    // would never fire).
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(
+            format!(
+                "POST /api/submit/ HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\
+                 Content-Type: application/json\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        let (mut read, mut write) = trickle.into_split();
+        let sending = async {
+            for _ in 0..50 {
+                if write.write_all(b" ").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let mut answer = Vec::new();
+        let reading = async {
+            let mut buf = [0u8; 4096];
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(15), read.read(&mut buf)).await
+            {
+                if n == 0 {
+                    break;
+                }
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                    break;
+                }
+            }
+        };
+        tokio::join!(sending, reading);
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    let answer = writer.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains(r#"{"error":"body: not received within 1 s"}"#),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "the 408 came after {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
+    slow_clients_are_cut_off_at_the_read_timeouts,
     a_trickling_host_fails_as_too_slow_retries_included,
     every_control_character_in_every_string_field_is_refused_or_kept_exactly,
     a_refused_host_name_never_reveals_its_addresses,

@@ -9,10 +9,12 @@
 //! `/healthz`, `/readyz`, `/api/openapi.json`, the dashboard's sign-in page and static assets
 //! and the `/` redirect are open. Handlers take the [`crate::auth::Caller`] extractor.
 
+pub mod body;
 pub(crate) mod export;
 mod health;
 pub(crate) mod jobs;
 pub mod openapi;
+pub mod serve;
 mod status;
 pub(crate) mod submit;
 mod webhooks;
@@ -99,6 +101,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     /// 409 `{"error": message}`: the request conflicts with the resource's state.
     Conflict(String),
+    /// 408 `{"error": message}`: the body did not arrive within the body timeout.
+    RequestTimeout(String),
     /// 413 `{"error": message}`: the body or the job is over a configured limit.
     TooLarge(String),
     /// 422 `{"error": message}`: well-formed, but cannot be done (idempotency key reused
@@ -168,6 +172,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(m) => {
                 (StatusCode::METHOD_NOT_ALLOWED, json!({ "error": m }))
             }
+            ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, json!({ "error": m })),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": m })),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": m })),
             ApiError::Unavailable => (

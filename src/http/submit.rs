@@ -44,6 +44,7 @@ pub struct Submitted {
         (status = 201, description = "Accepted; also answered at /api/submit", body = Submitted),
         (status = 400, description = "Malformed; the message names the field", body = super::openapi::ErrorBody),
         (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
+        (status = 408, description = "The body did not arrive within the body timeout", body = super::openapi::ErrorBody),
         (status = 413, description = "Over a size limit, or more images than the tenant's quota allows at all", body = super::openapi::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = super::openapi::ErrorBody),
         (status = 429, description = "Over the tenant's submit rate or unfinished-image quota", body = super::openapi::ErrorBody,
@@ -67,9 +68,7 @@ async fn submit(
     if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
         return Err(over_limit(state.max_body_bytes));
     }
-    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
-        .await
-        .map_err(|e| body_error(e, state.max_body_bytes))?;
+    let bytes = super::body::read(body, state.max_body_bytes, "body").await?;
     let job_id = accept(&state, &caller, key, &bytes).await?;
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))
 }
@@ -236,17 +235,6 @@ async fn replay(
         ))),
         None => Ok(None),
     }
-}
-
-fn body_error(error: axum::Error, limit: usize) -> ApiError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-    while let Some(e) = source {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return over_limit(limit);
-        }
-        source = e.source();
-    }
-    ApiError::BadRequest(format!("body: could not be read: {error}"))
 }
 
 /// The 413 of a body over `limit` bytes.

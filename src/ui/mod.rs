@@ -629,9 +629,9 @@ async fn results_csv(
 
 /// Reads a small urlencoded form body.
 async fn small_form(body: Body) -> Result<HashMap<String, String>, UiError> {
-    let bytes = axum::body::to_bytes(body, SMALL_FORM_BYTES)
+    let bytes = crate::http::body::read(body, SMALL_FORM_BYTES, "form")
         .await
-        .map_err(|_| UiError::BadRequest("form: too large".into()))?;
+        .map_err(UiError::Api)?;
     Ok(url::form_urlencoded::parse(&bytes)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect())
@@ -726,9 +726,12 @@ async fn read_submit_form(
 ) -> Result<SubmitForm, ApiError> {
     // Room for the job (as text or as a file) and the other fields.
     let limit = state.max_body_bytes + 64 * 1024;
-    let bytes = axum::body::to_bytes(body, limit)
+    let bytes = crate::http::body::read(body, limit, "form")
         .await
-        .map_err(|_| crate::http::submit::over_limit(state.max_body_bytes))?;
+        .map_err(|e| match e {
+            ApiError::TooLarge(_) => crate::http::submit::over_limit(state.max_body_bytes),
+            other => other,
+        })?;
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
