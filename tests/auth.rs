@@ -770,12 +770,32 @@ async fn submits_over_the_tenant_rate_get_429_with_retry_after(backend: Backend)
                 .await
         }
     };
-    for n in 0..3 {
+    let keyed = |key: &str, n: u32, idempotency: &str| {
+        app.client
+            .post(format!("{}/api/submit/", app.base))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idempotency)
+            .body(one_image_job(n))
+            .send()
+    };
+    for n in 0..2 {
         let answer = submit(&alice, n).await;
         assert_eq!(answer.code, 201, "submit {n} of the burst: {}", answer.text);
     }
+    let third = keyed(&alice, 2, "visit-2").await.unwrap();
+    assert_eq!(third.status().as_u16(), 201);
+    let third: Value = serde_json::from_slice(&third.bytes().await.unwrap()).unwrap();
     let limited = submit(&alice, 3).await;
     assert_eq!(limited.code, 429, "{}", limited.text);
+    // A replay creates nothing and takes no token: the client retrying safely gets its job.
+    for _ in 0..3 {
+        let replay = keyed(&alice, 2, "visit-2").await.unwrap();
+        assert_eq!(replay.status().as_u16(), 201);
+        let again: Value = serde_json::from_slice(&replay.bytes().await.unwrap()).unwrap();
+        assert_eq!(again, third);
+    }
+    let new_key = keyed(&alice, 4, "visit-4").await.unwrap();
+    assert_eq!(new_key.status().as_u16(), 429, "a new key is a new submit");
     let retry: u64 = limited
         .header("retry-after")
         .expect("Retry-After")

@@ -58,7 +58,11 @@ async fn submit(
     body: Body,
 ) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let key = idempotency_key(&headers)?;
-    take_submit_token(&state, &caller)?;
+    // A submit with a key may be a replay: it creates nothing, so it takes no submit token
+    // (a client retrying safely gets its job, not a 429); it is looked up once the body is in.
+    if key.is_none() {
+        take_submit_token(&state, &caller)?;
+    }
     // A declared length over the limit is refused before a byte is read (and before an
     // `Expect: 100-continue` client is invited to send it).
     let declared = headers
@@ -69,6 +73,12 @@ async fn submit(
         return Err(over_limit(state.max_body_bytes));
     }
     let bytes = super::body::read(body, state.max_body_bytes, "body").await?;
+    if let Some(key) = key {
+        if let Some(job_id) = replay(&state, &caller, key, &body_hash(&bytes)).await? {
+            return Ok((StatusCode::CREATED, Json(Submitted { job_id })));
+        }
+        take_submit_token(&state, &caller)?;
+    }
     let job_id = accept(&state, &caller, key, &bytes).await?;
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))
 }
