@@ -1,17 +1,20 @@
 //! Fair sharing of the queue: which jobs a claim takes images from, and how many from each.
 //!
 //! Two levels of round robin: a claim of `n` images is split evenly over the **tenants** that
-//! have claimable work, then each tenant's share over its **jobs** in turns of up to
-//! [`QUANTUM`] images (a share of 27 goes 7, 7, 7, 6 to the next four jobs), so a tenant with
-//! 400 queued jobs cannot slow another tenant's 5-image job, and within a tenant a small job
-//! behind a large one finishes in about its own time. What a tenant or job cannot use (it has
-//! fewer claimable images than its share) goes to the others ("water filling").
+//! have claimable work (what one cannot use goes to the others: "water filling"), then each
+//! tenant's share goes to its **jobs** in turns of up to [`QUANTUM`] images (deficit round
+//! robin): the job whose turn it is gets images until its turn is used up or it has none left,
+//! then the next job's turn begins. A turn can span several claims: a worker that frees 8
+//! slots at a time serves a 10-image job with 8 and then 2, and only then moves on. So a
+//! tenant with 400 queued jobs cannot slow another tenant's 5-image job, within a tenant a
+//! small job behind a large one finishes in about its own time (the large one gets 20 images
+//! before the small one's turn), and a tenant's visit-sized jobs (1-20 images) finish one
+//! after another, each in one turn, instead of all together at the end.
 //!
-//! Turns of one image each were as fair but cost more than twice as much: a tenant's 2,000
-//! jobs of 10 images then each took ten claims and ten counter updates instead of two, and its
-//! jobs all finished together at the end rather than one after another (P7 on SQLite: 0.8x of
-//! one 20,000-image job's drain rate with turns of one, 1.0x with turns of eight).
-//!
+//! Turns of one image each were as fair between jobs but made each of 2,000 ten-image jobs
+//! take ten claims and ten counter updates, and every job finished only in the last pass (P7
+//! on SQLite: 0.8x of one 20,000-image job's drain rate with turns of one image).
+
 //! The scheduler reads, per tenant, a window of at most [`JOBS_PER_TENANT`] ongoing jobs with
 //! claimable images, starting after that tenant's cursor (the last job it served) and wrapping
 //! around, so every job is reached however many there are. The windows are cached for
@@ -36,9 +39,9 @@ use crate::db::{Db, DbError, err};
 /// How long the windows of candidate jobs are reused between claims.
 pub const WINDOW_TTL: Duration = Duration::from_millis(250);
 
-/// Within a tenant, a claim serves one job per this many images it takes (round robin over
-/// the jobs, in turns of up to `QUANTUM` images each).
-pub const QUANTUM: i64 = 8;
+/// Within a tenant, a job's turn: up to this many images before the next job's turn. The
+/// largest visit-sized job (1-20 images) is served in one turn.
+pub const QUANTUM: i64 = 20;
 
 /// At most this many candidate jobs are read per tenant.
 pub const JOBS_PER_TENANT: i64 = 256;
@@ -49,6 +52,8 @@ pub struct Candidate {
     pub job_id: i64,
     /// Images not yet finished (an upper bound on what can be claimed from it now).
     pub remaining: i64,
+    /// Images it was given in its current turn (see [`QUANTUM`]).
+    pub used: i64,
 }
 
 /// How many images to take from one job, and from where.
@@ -78,6 +83,8 @@ struct State {
     tenant_cursor: Option<String>,
     /// Per job, the highest `seq` claimed here (see the module doc).
     claim_cursor: HashMap<i64, i64>,
+    /// Per job whose turn is under way, the images it was given in that turn.
+    turn_used: HashMap<i64, i64>,
 }
 
 /// The scheduler of one worker process.
@@ -120,7 +127,13 @@ impl Scheduler {
         );
         let windows: Vec<Vec<Candidate>> = tenants
             .iter()
-            .map(|t| state.windows.get(t).cloned().unwrap_or_default())
+            .map(|t| {
+                let mut window = state.windows.get(t).cloned().unwrap_or_default();
+                for c in &mut window {
+                    c.used = state.turn_used.get(&c.job_id).copied().unwrap_or(0);
+                }
+                window
+            })
             .collect();
         let mut plan = split(n as i64, &windows);
         for take in &mut plan {
@@ -154,39 +167,75 @@ impl Scheduler {
             job_cursor,
             tenant_cursor,
             claim_cursor,
+            turn_used,
             ..
         } = &mut *state;
         let mut rewound = false;
+        // The tenant served last in this plan's order (the order tenants took turns in).
+        let mut last_tenant = None;
         for (tenant, window) in windows.iter_mut() {
-            let mut last_served = None;
+            // The last job served, and whether its turn has images left.
+            let mut last_served: Option<(i64, bool)> = None;
             window.retain_mut(|c| {
-                let Some(asked) = plan.iter().find(|t| t.job_id == c.job_id) else {
+                let Some(asked) = plan.iter().position(|t| t.job_id == c.job_id) else {
                     return true;
                 };
+                let asked_take = plan[asked].take;
                 let g = got.get(&c.job_id).copied().unwrap_or_default();
+                c.remaining -= g.count;
+                let used = turn_used.get(&c.job_id).copied().unwrap_or(0) + g.count;
                 if g.count > 0 {
-                    last_served = Some(c.job_id);
-                    *tenant_cursor = Some(tenant.clone());
+                    if last_tenant.as_ref().is_none_or(|(at, _)| asked > *at) {
+                        last_tenant = Some((asked, tenant.clone()));
+                    }
                     let cursor = claim_cursor.entry(c.job_id).or_insert(-1);
                     *cursor = (*cursor).max(g.max_seq);
+                    last_served = Some((c.job_id, used % QUANTUM != 0 && c.remaining > 0));
                 }
-                c.remaining -= g.count;
-                if g.count >= asked.take {
+                turn_used.insert(c.job_id, used % QUANTUM);
+                if g.count >= asked_take {
                     return c.remaining > 0;
                 }
-                if asked.after >= 0 && c.remaining > 0 {
+                if plan[asked].after >= 0 && c.remaining > 0 {
                     claim_cursor.insert(c.job_id, -1);
                     rewound = true;
                     return true;
                 }
                 false
             });
-            if let Some(job) = last_served {
-                job_cursor.insert(tenant.clone(), job);
-                // The window stays in round-robin order: the next split starts after `job`.
-                let at = window.iter().position(|c| c.job_id > job).unwrap_or(0);
-                window.rotate_left(at);
+            let Some((job, turn_left)) = last_served else {
+                continue;
+            };
+            // Every job served before `job` has had its turn; `job` goes on with its turn in
+            // the next claim if it has images left in it, else the next job's turn begins.
+            for c in window.iter() {
+                if c.job_id == job {
+                    break;
+                }
+                if plan.iter().any(|t| t.job_id == c.job_id) {
+                    turn_used.remove(&c.job_id);
+                }
             }
+            let (next, cursor) = if turn_left && window.iter().any(|c| c.job_id == job) {
+                (job, job - 1)
+            } else {
+                turn_used.remove(&job);
+                let next = window
+                    .iter()
+                    .map(|c| c.job_id)
+                    .find(|&id| id > job)
+                    .or_else(|| window.first().map(|c| c.job_id))
+                    .unwrap_or(job);
+                (next, job)
+            };
+            // The window stays in round-robin order, starting with the job whose turn it is;
+            // a re-read starts after `cursor`.
+            job_cursor.insert(tenant.clone(), cursor);
+            let at = window.iter().position(|c| c.job_id >= next).unwrap_or(0);
+            window.rotate_left(at);
+        }
+        if let Some((_, tenant)) = last_tenant {
+            *tenant_cursor = Some(tenant);
         }
         windows.retain(|_, w| !w.is_empty());
         rewound
@@ -232,6 +281,7 @@ impl Scheduler {
         let listed: std::collections::HashSet<i64> =
             windows.values().flatten().map(|c| c.job_id).collect();
         state.claim_cursor.retain(|job, _| listed.contains(job));
+        state.turn_used.retain(|job, _| listed.contains(job));
         state.windows = windows;
         state.read_at = Some(Instant::now());
         Ok(())
@@ -272,7 +322,11 @@ impl Scheduler {
                     .map_err(err)?;
             Ok(rows
                 .into_iter()
-                .map(|(job_id, remaining)| Candidate { job_id, remaining })
+                .map(|(job_id, remaining)| Candidate {
+                    job_id,
+                    remaining,
+                    used: 0,
+                })
                 .collect())
         };
         let mut window = read(">", JOBS_PER_TENANT).await?;
@@ -314,8 +368,9 @@ fn rotate_after(mut items: Vec<String>, after: Option<&String>) -> Vec<String> {
 }
 
 /// Splits `n` over tenants (evenly, then what one cannot use to the others), then each
-/// tenant's share over its jobs the same way. `tenants` are in serving order; each tenant's
-/// jobs too. Earlier tenants and jobs get the remainder of an uneven split.
+/// tenant's share over its jobs in turns ([`turns`]). `tenants` are in serving order; each
+/// tenant's jobs too, the one whose turn it is first. Earlier tenants get the remainder of an
+/// uneven split.
 pub fn split(n: i64, tenants: &[Vec<Candidate>]) -> Vec<Take> {
     let capacity: Vec<i64> = tenants
         .iter()
@@ -324,12 +379,7 @@ pub fn split(n: i64, tenants: &[Vec<Candidate>]) -> Vec<Take> {
     let shares = water_fill(n, &capacity);
     let mut plan = Vec::new();
     for (jobs, share) in tenants.iter().zip(shares) {
-        if share == 0 {
-            continue;
-        }
-        let caps: Vec<i64> = jobs.iter().map(|c| c.remaining.max(0)).collect();
-        let turn = &caps[..jobs_in_turn(share, &caps)];
-        for (job, take) in jobs.iter().zip(water_fill(share, turn)) {
+        for (job, take) in jobs.iter().zip(turns(share, jobs)) {
             if take > 0 {
                 plan.push(Take {
                     job_id: job.job_id,
@@ -342,22 +392,33 @@ pub fn split(n: i64, tenants: &[Vec<Candidate>]) -> Vec<Take> {
     plan
 }
 
-/// How many of a tenant's jobs (in serving order) a share of `share` images is spread over:
-/// one job per [`QUANTUM`] images, more when those few cannot use it all.
-fn jobs_in_turn(share: i64, caps: &[i64]) -> usize {
-    let wanted = (share + QUANTUM - 1) / QUANTUM;
-    let (mut jobs, mut open, mut room) = (0usize, 0i64, 0i64);
-    for cap in caps {
-        if open >= wanted && room >= share {
+/// Deficit round robin over one tenant's jobs: the first job gets what is left of its turn
+/// (`QUANTUM - used`), each next one a whole turn, round after round, until `share` is given
+/// or no job has images left.
+fn turns(mut share: i64, jobs: &[Candidate]) -> Vec<i64> {
+    let mut given = vec![0i64; jobs.len()];
+    let mut round = 0;
+    while share > 0 {
+        let before = share;
+        for (i, job) in jobs.iter().enumerate() {
+            let turn = if round == 0 {
+                QUANTUM - job.used.clamp(0, QUANTUM - 1)
+            } else {
+                QUANTUM
+            };
+            let take = turn.min(job.remaining.max(0) - given[i]).min(share).max(0);
+            given[i] += take;
+            share -= take;
+            if share == 0 {
+                break;
+            }
+        }
+        if share == before {
             break;
         }
-        jobs += 1;
-        if *cap > 0 {
-            open += 1;
-            room += cap;
-        }
+        round += 1;
     }
-    jobs
+    given
 }
 
 /// Divides `n` into equal shares capped by `caps`, giving what a capped one cannot use to the
@@ -458,7 +519,11 @@ mod tests {
 
     fn jobs(list: &[(i64, i64)]) -> Vec<Candidate> {
         list.iter()
-            .map(|&(job_id, remaining)| Candidate { job_id, remaining })
+            .map(|&(job_id, remaining)| Candidate {
+                job_id,
+                remaining,
+                used: 0,
+            })
             .collect()
     }
 
@@ -486,27 +551,86 @@ mod tests {
             .sum();
         assert_eq!(small, 5, "the 5-image job is claimed whole");
         assert_eq!(plan.iter().map(|t| t.take).sum::<i64>(), 32);
-        // The busy tenant's 27 go to its next four jobs, in turns of up to QUANTUM.
-        assert_eq!(takes(&plan)[..4], [(1, 7), (2, 7), (3, 7), (4, 6)]);
+        // The busy tenant's 27: its next jobs' turns, one after another.
+        assert_eq!(takes(&plan)[..3], [(1, 10), (2, 10), (3, 7)]);
     }
 
     #[test]
-    fn a_turn_takes_more_jobs_when_the_first_ones_cannot_use_the_share() {
-        assert_eq!(jobs_in_turn(8, &[100, 100]), 1);
-        assert_eq!(jobs_in_turn(9, &[100, 100, 100]), 2);
+    fn turns_go_on_where_the_last_one_stopped_then_round_after_round() {
+        let job = |remaining, used| Candidate {
+            job_id: 0,
+            remaining,
+            used,
+        };
+        assert_eq!(turns(8, &[job(100, 0), job(100, 0)]), [8, 0]);
+        // The first job has 5 left of its turn; the second a whole turn; then round two.
+        assert_eq!(turns(30, &[job(100, 15), job(100, 0)]), [10, 20]);
+        assert_eq!(turns(50, &[job(3, 0), job(4, 0)]), [3, 4], "all there is");
+        assert_eq!(turns(5, &[job(0, 0), job(9, 0)]), [0, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_turn_spans_claims_until_it_is_used_up() {
+        let (_dir, s) = scheduler_with(&[("t", jobs(&[(1, 10), (2, 30), (3, 10)]))]).await;
+        let claim = async |n: usize| {
+            let (plan, _) = s.plan(n, false).await.unwrap();
+            let got: HashMap<i64, Got> = plan
+                .iter()
+                .map(|t| {
+                    (
+                        t.job_id,
+                        Got {
+                            count: t.take,
+                            max_seq: 100,
+                        },
+                    )
+                })
+                .collect();
+            s.served(&plan, &got);
+            takes(&plan)
+        };
+        assert_eq!(claim(8).await, [(1, 8)]);
         assert_eq!(
-            jobs_in_turn(8, &[1, 2, 100]),
-            3,
-            "two nearly done jobs, then a third"
+            claim(8).await,
+            [(1, 2), (2, 6)],
+            "job 1 finishes its turn first"
         );
+        assert_eq!(claim(8).await, [(2, 8)]);
         assert_eq!(
-            jobs_in_turn(8, &[0, 0, 5]),
-            3,
-            "empty jobs count for nothing"
+            claim(8).await,
+            [(2, 6), (3, 2)],
+            "job 2's turn of 20 is used up"
         );
-        assert_eq!(jobs_in_turn(8, &[2, 2]), 2, "all there is");
-        let plan = split(8, &[jobs(&[(1, 1), (2, 2), (3, 100), (4, 100)])]);
-        assert_eq!(takes(&plan), vec![(1, 1), (2, 2), (3, 5)]);
+        assert_eq!(claim(8).await, [(3, 8)]);
+        assert_eq!(claim(8).await, [(2, 8)], "job 2's second turn");
+    }
+
+    #[tokio::test]
+    async fn after_a_claim_that_wraps_around_the_tenants_the_next_starts_where_it_stopped() {
+        let (_dir, s) = scheduler_with(&[
+            ("a", jobs(&[(1, 100)])),
+            ("b", jobs(&[(2, 100)])),
+            ("c", jobs(&[(3, 100)])),
+        ])
+        .await;
+        s.state.lock().unwrap().tenant_cursor = Some("b".into());
+        let (plan, _) = s.plan(2, false).await.unwrap();
+        assert_eq!(takes(&plan), [(3, 1), (1, 1)], "c, then a");
+        let got = plan
+            .iter()
+            .map(|t| {
+                (
+                    t.job_id,
+                    Got {
+                        count: 1,
+                        max_seq: 0,
+                    },
+                )
+            })
+            .collect();
+        s.served(&plan, &got);
+        let (plan, _) = s.plan(1, false).await.unwrap();
+        assert_eq!(takes(&plan), [(2, 1)], "b's turn, not a's again");
     }
 
     #[test]
