@@ -14,9 +14,9 @@
 //! Turns of one image each were as fair between jobs but made each of 2,000 ten-image jobs
 //! take ten claims and ten counter updates, and every job finished only in the last pass (P7
 //! on SQLite: 0.8x of one 20,000-image job's drain rate with turns of one image).
-
+//!
 //! The scheduler reads, per tenant, a window of at most [`JOBS_PER_TENANT`] ongoing jobs with
-//! claimable images, starting after that tenant's cursor (the last job it served) and wrapping
+//! claimable images, starting at the job whose turn it is (after that tenant's cursor) and wrapping
 //! around, so every job is reached however many there are. The windows are cached for
 //! [`WINDOW_TTL`] and re-read sooner when new work is announced or a window runs dry, so a
 //! claim usually costs one statement, whatever the number of jobs sharing the queue.
