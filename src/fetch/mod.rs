@@ -735,6 +735,14 @@ mod tests {
     }
 
     /// A fetcher that may reach 127.0.0.1, with `set` applied to its settings.
+    /// Downloads `url` with the default test fetcher, which must succeed.
+    async fn download_ok(url: &str) -> Download {
+        fetcher()
+            .download(url, crate::measure::is_readable)
+            .await
+            .unwrap()
+    }
+
     fn fetcher_with(set: impl FnOnce(&mut FetchConfig)) -> Fetcher {
         let mut config = crate::config::Config::default().fetch;
         config.allow_private_networks = true;
@@ -756,10 +764,7 @@ mod tests {
         let mut body = png_header(640, 480);
         body.resize(3 * 1024 * 1024, 0x55);
         let url = serve_once(body).await;
-        let download = fetcher()
-            .download(&url, crate::measure::is_readable)
-            .await
-            .unwrap();
+        let download = download_ok(&url).await;
         assert_eq!(
             download.total_bytes,
             3 * 1024 * 1024,
@@ -792,10 +797,7 @@ mod tests {
         let mut body = png_header(640, 480);
         body.resize(3 * 1024 * 1024, 0x55);
         let (url, seen) = serve(body, true, None, 0).await;
-        let download = fetcher()
-            .download(&url, crate::measure::is_readable)
-            .await
-            .unwrap();
+        let download = download_ok(&url).await;
         assert_eq!(
             *seen.lock().unwrap(),
             vec![format!("0-{}", FIRST_RANGE - 1)]
@@ -836,10 +838,7 @@ mod tests {
         let body = jpeg_with_late_size();
         let size = body.len() as u64;
         let (url, seen) = serve(body, true, None, 0).await;
-        let download = fetcher()
-            .download(&url, crate::measure::is_readable)
-            .await
-            .unwrap();
+        let download = download_ok(&url).await;
         assert_eq!(
             *seen.lock().unwrap(),
             vec![format!("0-{}", FIRST_RANGE - 1), String::new()],
@@ -853,10 +852,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_shorter_than_its_range_is_taken_whole_and_an_empty_one_asked_again() {
         let (url, seen) = serve(png_header(20, 10), true, None, 0).await;
-        let download = fetcher()
-            .download(&url, crate::measure::is_readable)
-            .await
-            .unwrap();
+        let download = download_ok(&url).await;
         assert_eq!(
             seen.lock().unwrap().len(),
             1,
@@ -865,10 +861,7 @@ mod tests {
         assert_eq!(download.total_bytes, png_header(20, 10).len() as u64);
         // An empty body cannot satisfy any range (416): it is fetched without one.
         let (url, seen) = serve(Vec::new(), true, None, 0).await;
-        let download = fetcher()
-            .download(&url, crate::measure::is_readable)
-            .await
-            .unwrap();
+        let download = download_ok(&url).await;
         assert_eq!(seen.lock().unwrap().len(), 2);
         assert!(download.head.is_empty());
         assert_eq!(download.total_bytes, 0);
@@ -878,10 +871,7 @@ mod tests {
     async fn a_stated_size_below_what_came_is_no_size() {
         // `bytes 0-65535/0`: taken at its word, the part would be the whole file.
         let (url, seen) = serve(jpeg_with_late_size(), true, Some("0"), 0).await;
-        let download = fetcher()
-            .download(&url, crate::measure::is_readable)
-            .await
-            .unwrap();
+        let download = download_ok(&url).await;
         assert_eq!(
             seen.lock().unwrap().len(),
             2,
