@@ -63,6 +63,11 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
+/// The 413 of a body (`what`: "body", "form") over `limit` bytes.
+pub fn too_large(what: &str, limit: usize) -> ApiError {
+    ApiError::TooLarge(format!("{what}: larger than the limit of {limit} bytes"))
+}
+
 /// Reads a whole request body of at most `limit` bytes. `what` names it in the errors
 /// ("body", "form").
 pub async fn read(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
@@ -70,9 +75,7 @@ pub async fn read(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiErro
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
             if e.is::<http_body_util::LengthLimitError>() {
-                return ApiError::TooLarge(format!(
-                    "{what}: larger than the limit of {limit} bytes"
-                ));
+                return too_large(what, limit);
             }
             if let Some(timed_out) = e.downcast_ref::<TimedOut>() {
                 return ApiError::RequestTimeout(format!("{what}: {timed_out}"));

@@ -249,5 +249,5 @@ async fn replay(
 
 /// The 413 of a body over `limit` bytes.
 pub(crate) fn over_limit(limit: usize) -> ApiError {
-    ApiError::TooLarge(format!("body: larger than the limit of {limit} bytes"))
+    super::body::too_large("body", limit)
 }
