@@ -118,7 +118,14 @@ pub async fn build(
         )
     });
     let workers = if roles.workers {
-        Some(WorkerPool::new(db.clone(), &config, wake, metrics)?)
+        Some(WorkerPool::new(
+            db.clone(),
+            &config.worker,
+            &config.fetch,
+            &config.webhooks,
+            wake,
+            metrics,
+        )?)
     } else {
         None
     };

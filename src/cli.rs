@@ -15,9 +15,11 @@ use crate::app::{self, Roles};
 use crate::auth::AuthMode;
 use crate::client::DEFAULT_SERVER;
 use crate::client::command::{self as client_command, Output, SubmitOptions};
-use crate::config::{Config, DEFAULT_DATABASE_URL, DelayRange};
+use crate::config::Config;
+use crate::db::DEFAULT_URL as DEFAULT_DATABASE_URL;
 use crate::db::Db;
 use crate::fetch::guard::AllowList;
+use crate::worker::DelayRange;
 use crate::{shutdown, stores, telemetry};
 
 #[derive(Debug, Parser)]
@@ -264,8 +266,8 @@ pub struct DbArgs {
 
 impl DbArgs {
     /// The database part of the configuration.
-    pub fn to_config(&self) -> anyhow::Result<crate::config::DatabaseConfig> {
-        Ok(crate::config::DatabaseConfig {
+    pub fn to_config(&self) -> anyhow::Result<crate::db::DbConfig> {
+        Ok(crate::db::DbConfig {
             url: self.database_url.clone(),
             max_connections: self.db_max_connections,
             acquire_timeout: secs(self.db_acquire_timeout_secs, "db-acquire-timeout-secs")?,
@@ -456,7 +458,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_delay(text: &str) -> Result<DelayRange, String> {
-    DelayRange::parse(text).map_err(|e| e.to_string())
+    DelayRange::parse(text)
 }
 
 fn secs(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -499,7 +501,7 @@ impl WorkerArgs {
         h.max_age = self.webhook_max_age;
         h.retry_base = Duration::from_millis(self.webhook_retry_base_ms);
         h.retry_max = secs(self.webhook_retry_max_secs, "webhook-retry-max-secs")?;
-        config.retention = crate::config::RetentionConfig {
+        config.retention = crate::retention::RetentionConfig {
             older_than: self.retention,
             archive_dir: self.archive_dir.clone(),
         };

@@ -1,5 +1,7 @@
-//! One typed configuration for the whole service, built from the command line (or the
-//! environment variables clap reads for each flag) and validated once at start-up.
+//! One typed configuration for the whole service, assembled from each area's own section
+//! (`db::DbConfig`, `fetch::FetchConfig`, `worker::WorkerConfig`, …) and validated once at
+//! start-up, where the relations between sections are checked. Only `app` and `cli` read it:
+//! every area below takes its own section, by value.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,8 +9,14 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-/// Default database: a SQLite file in the working directory, created on first run.
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://retail-pulse.db?mode=rwc";
+use crate::auth::AuthConfig;
+use crate::db::DbConfig;
+use crate::domain::Limits;
+use crate::fetch::FetchConfig;
+use crate::retention::RetentionConfig;
+use crate::ui::session::SessionConfig;
+use crate::webhooks::WebhookConfig;
+use crate::worker::WorkerConfig;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -30,7 +38,7 @@ fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind: SocketAddr,
-    pub database: DatabaseConfig,
+    pub database: DbConfig,
     /// `None`: the sample store master shipped in the binary, loaded only into an empty table.
     pub store_master: Option<PathBuf>,
     pub api: ApiConfig,
@@ -40,61 +48,7 @@ pub struct Config {
     pub retention: RetentionConfig,
 }
 
-/// Webhook deliveries (made by worker processes) and the signing secrets (rotated through the
-/// API).
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    /// How long after a job finished its event is still retried; then the delivery fails.
-    pub max_age: Duration,
-    /// First wait before retrying a failed delivery; doubles per attempt, with jitter.
-    pub retry_base: Duration,
-    /// Longest wait between two attempts.
-    pub retry_max: Duration,
-    /// How long after a rotation the previous secret still signs, beside the new one.
-    pub secret_overlap: Duration,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            max_age: Duration::from_secs(24 * 3600),
-            retry_base: Duration::from_secs(5),
-            retry_max: Duration::from_secs(3600),
-            secret_overlap: Duration::from_secs(24 * 3600),
-        }
-    }
-}
-
-/// Periodic pruning of finished jobs (off unless `older_than` is set).
-#[derive(Debug, Clone, Default)]
-pub struct RetentionConfig {
-    /// Finished jobs whose finish time is older than this are deleted; `None`: never.
-    pub older_than: Option<Duration>,
-    /// Where each pruned job's results are written first (gzipped CSV); `None`: not kept.
-    pub archive_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone)]
-pub struct DatabaseConfig {
-    pub url: String,
-    pub max_connections: u32,
-    /// How long a query waits for a connection (and so how fast an outage answers 503).
-    pub acquire_timeout: Duration,
-    /// Timeouts and keepalives every session runs under (see [`crate::db::session`]).
-    pub session: crate::db::SessionLimits,
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        Self {
-            url: DEFAULT_DATABASE_URL.to_string(),
-            max_connections: 16,
-            acquire_timeout: crate::db::DEFAULT_ACQUIRE_TIMEOUT,
-            session: crate::db::SessionLimits::default(),
-        }
-    }
-}
-
+/// What the API and the dashboard need: request limits, keys, sign-in sessions.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// Largest accepted request body in bytes (413 above it).
@@ -102,98 +56,22 @@ pub struct ApiConfig {
     /// How long a client may take to send a request's headers and its body.
     pub read_timeouts: crate::http::serve::ReadTimeouts,
     /// Sizes a submission must respect.
-    pub limits: crate::domain::Limits,
+    pub limits: Limits,
     /// When keys are needed, and the per-tenant quota and submit rate.
-    pub auth: crate::auth::AuthConfig,
+    pub auth: AuthConfig,
     /// The dashboard's sign-in sessions.
-    pub sessions: crate::ui::session::SessionConfig,
+    pub sessions: SessionConfig,
 }
 
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Images in flight per process.
-    pub concurrency: usize,
-    pub processing_delay: DelayRange,
-    /// How long a claimed image stays leased without a heartbeat.
-    pub lease: Duration,
-    /// How many times an image may be claimed before it is failed for good.
-    pub max_attempts: u32,
-    /// First wait before retrying a transient download failure; doubles per attempt.
-    pub retry_base: Duration,
-    /// Longest wait between two attempts.
-    pub retry_max: Duration,
-    /// How often an idle worker looks for work when no notification arrives.
-    pub poll_interval: Duration,
-    /// How long shutdown waits for in-flight images before releasing them.
-    pub shutdown_grace: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct FetchConfig {
-    pub connect_timeout: Duration,
-    /// Whole download, headers and body.
-    pub timeout: Duration,
-    pub max_bytes: u64,
-    pub max_redirects: usize,
-    /// Longest wait for the next bytes of a response before the download counts as stalled.
-    pub stall_timeout: Duration,
-    /// Slowest accepted transfer, in bytes/s averaged over each stall-timeout window (curl's
-    /// low-speed limit); 0: off.
-    pub min_speed_bytes: u64,
-    /// Most downloads in flight per origin (scheme, host, port) in one process; `None`: half
-    /// the worker slots (at least 1), so one origin never holds every slot.
-    pub max_per_origin: Option<usize>,
-    /// Consecutive connect failures or timeouts of one origin that open its circuit breaker
-    /// (0: no breaker).
-    pub breaker_failures: u32,
-    /// How long an open breaker defers the origin's images before a probe is let through.
-    pub breaker_cooldown: Duration,
-    pub allow_private_networks: bool,
-    /// Private hosts and networks reachable even when private networks are not.
-    pub allow_hosts: crate::fetch::guard::AllowList,
-}
-
-/// The simulated GPU time per image: a fixed value or a uniform random range, in ms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DelayRange {
-    pub min_ms: u64,
-    pub max_ms: u64,
-}
-
-impl DelayRange {
-    /// Parses `100-400` (a range), `250` (fixed) or `0` (off).
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let number = |s: &str| {
-            s.trim().parse::<u64>().map_err(|_| {
-                invalid(
-                    "processing-delay-ms",
-                    format!("`{text}` is not a number of milliseconds or a range like 100-400"),
-                )
-            })
-        };
-        let (min_ms, max_ms) = match text.split_once('-') {
-            Some((lo, hi)) => (number(lo)?, number(hi)?),
-            None => {
-                let n = number(text)?;
-                (n, n)
-            }
-        };
-        if min_ms > max_ms {
-            return Err(invalid(
-                "processing-delay-ms",
-                format!("range `{text}` has its minimum above its maximum"),
-            ));
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            read_timeouts: crate::http::serve::ReadTimeouts::default(),
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            sessions: SessionConfig::default(),
         }
-        Ok(Self { min_ms, max_ms })
-    }
-
-    /// A delay drawn uniformly from the range.
-    pub fn sample(&self) -> Duration {
-        Duration::from_millis(fastrand::u64(self.min_ms..=self.max_ms))
-    }
-
-    pub fn is_zero(&self) -> bool {
-        self.max_ms == 0
     }
 }
 
@@ -201,41 +79,11 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            database: DatabaseConfig::default(),
+            database: DbConfig::default(),
             store_master: None,
-            api: ApiConfig {
-                max_body_bytes: 32 * 1024 * 1024,
-                read_timeouts: crate::http::serve::ReadTimeouts::default(),
-                limits: crate::domain::Limits::default(),
-                auth: crate::auth::AuthConfig::default(),
-                sessions: crate::ui::session::SessionConfig::default(),
-            },
-            worker: WorkerConfig {
-                concurrency: 32,
-                processing_delay: DelayRange {
-                    min_ms: 100,
-                    max_ms: 400,
-                },
-                lease: Duration::from_secs(30),
-                max_attempts: 3,
-                retry_base: Duration::from_secs(1),
-                retry_max: Duration::from_secs(60),
-                poll_interval: Duration::from_secs(1),
-                shutdown_grace: Duration::from_secs(10),
-            },
-            fetch: FetchConfig {
-                connect_timeout: Duration::from_secs(5),
-                timeout: Duration::from_secs(30),
-                max_bytes: 50 * 1024 * 1024,
-                max_redirects: 5,
-                stall_timeout: Duration::from_secs(10),
-                min_speed_bytes: 1024,
-                max_per_origin: None,
-                breaker_failures: 5,
-                breaker_cooldown: Duration::from_secs(30),
-                allow_private_networks: false,
-                allow_hosts: crate::fetch::guard::AllowList::default(),
-            },
+            api: ApiConfig::default(),
+            worker: WorkerConfig::default(),
+            fetch: FetchConfig::default(),
             webhooks: WebhookConfig::default(),
             retention: RetentionConfig::default(),
         }
@@ -270,14 +118,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Config {
-    /// Downloads one origin may have in flight in this process: the configured number, or
-    /// half the worker slots (at least 1).
-    pub fn max_per_origin(&self) -> usize {
-        self.fetch
-            .max_per_origin
-            .unwrap_or((self.worker.concurrency / 2).max(1))
-    }
-
     /// Checks the relations between settings that the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.worker.concurrency == 0 {
@@ -336,41 +176,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delay_parses_range_fixed_and_zero() {
-        assert_eq!(
-            DelayRange::parse("100-400").unwrap(),
-            DelayRange {
-                min_ms: 100,
-                max_ms: 400
-            }
-        );
-        assert_eq!(
-            DelayRange::parse("250").unwrap(),
-            DelayRange {
-                min_ms: 250,
-                max_ms: 250
-            }
-        );
-        assert!(DelayRange::parse("0").unwrap().is_zero());
-    }
-
-    #[test]
-    fn delay_rejects_garbage_and_inverted_ranges() {
-        assert!(DelayRange::parse("abc").is_err());
-        assert!(DelayRange::parse("400-100").is_err());
-        assert!(DelayRange::parse("-5").is_err());
-    }
-
-    #[test]
-    fn delay_samples_stay_in_range() {
-        let range = DelayRange::parse("10-20").unwrap();
-        for _ in 0..1000 {
-            let d = range.sample().as_millis();
-            assert!((10..=20).contains(&d));
-        }
-    }
-
-    #[test]
     fn durations_parse_with_their_unit() {
         assert_eq!(
             parse_duration("30d").unwrap(),
@@ -416,11 +221,11 @@ mod tests {
     fn one_origin_gets_half_the_slots_unless_told_otherwise() {
         let mut c = Config::default();
         c.worker.concurrency = 32;
-        assert_eq!(c.max_per_origin(), 16);
+        assert_eq!(c.fetch.max_per_origin(c.worker.concurrency), 16);
         c.worker.concurrency = 1;
-        assert_eq!(c.max_per_origin(), 1);
+        assert_eq!(c.fetch.max_per_origin(c.worker.concurrency), 1);
         c.fetch.max_per_origin = Some(3);
-        assert_eq!(c.max_per_origin(), 3);
+        assert_eq!(c.fetch.max_per_origin(c.worker.concurrency), 3);
         c.fetch.max_per_origin = Some(0);
         assert!(c.validate().is_err());
     }

@@ -364,7 +364,7 @@ async fn large_job_is_accepted_quickly_and_status_stays_cheap(backend: Backend) 
     let db = TestDb::new(backend).await;
     let mut config = test_config(&db);
     config.worker.concurrency = 1;
-    config.worker.processing_delay = retail_pulse::config::DelayRange {
+    config.worker.processing_delay = retail_pulse::worker::DelayRange {
         min_ms: 1000,
         max_ms: 1000,
     };

@@ -345,7 +345,7 @@ async fn session_limits_are_in_force_on_every_pooled_connection() {
         return;
     }
     let db = TestDb::new(common::Backend::Postgres).await;
-    let config = retail_pulse::config::DatabaseConfig {
+    let config = retail_pulse::db::DbConfig {
         url: db.url.clone(),
         max_connections: 6,
         session: retail_pulse::db::SessionLimits {

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use common::service::Service;
 use common::{Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
-use retail_pulse::config::DelayRange;
 use retail_pulse::db::{self, Db};
 use retail_pulse::domain::{ErrorKind, Limits, Submission};
 use retail_pulse::queue::{Outcome, Queue};
+use retail_pulse::worker::DelayRange;
 use serde_json::json;
 
 async fn migrated(db: &TestDb) -> Db {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use browser::{DESKTOP, PHONE, screenshot, text, wait_until, with_browser};
 use common::{Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
 use fantoccini::{Client, Locator};
-use retail_pulse::config::DelayRange;
+use retail_pulse::worker::DelayRange;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -8,8 +8,10 @@ use super::image_host::ImageHost;
 
 /// Images per second the workers' HTTP client reaches alone.
 pub async fn fetch_limit(host: &ImageHost, n: usize, concurrency: usize) -> f64 {
-    let mut config = retail_pulse::config::Config::default().fetch;
-    config.allow_private_networks = true;
+    let config = retail_pulse::fetch::FetchConfig {
+        allow_private_networks: true,
+        ..Default::default()
+    };
     let fetcher = retail_pulse::fetch::Fetcher::new(&config).unwrap();
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let started = Instant::now();

@@ -109,6 +109,31 @@ pub(crate) fn err(error: sqlx::Error) -> DbError {
 /// connection the network silently cut answers 503 in this time too, within 2 s in all.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// Default database: a SQLite file in the working directory, created on first run.
+pub const DEFAULT_URL: &str = "sqlite://retail-pulse.db?mode=rwc";
+
+/// Where the database is and how its connections behave.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a query waits for a connection (and so how fast an outage answers 503).
+    pub acquire_timeout: Duration,
+    /// Timeouts and keepalives every session runs under (see [`session`]).
+    pub session: SessionLimits,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_URL.to_string(),
+            max_connections: 16,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            session: SessionLimits::default(),
+        }
+    }
+}
+
 /// A handle to the pool; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -187,17 +212,17 @@ impl Db {
     /// Opens a pool with the default session limits. A `sqlite:` URL with `mode=rwc` creates
     /// the file if it is missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
-        Self::connect_with(&crate::config::DatabaseConfig {
+        Self::connect_with(&DbConfig {
             url: url.to_string(),
             max_connections,
-            ..crate::config::DatabaseConfig::default()
+            ..DbConfig::default()
         })
         .await
     }
 
     /// Opens a pool as configured: size, wait for a connection, and the limits every session
     /// runs under (see [`session`]).
-    pub async fn connect_with(config: &crate::config::DatabaseConfig) -> Result<Self, DbError> {
+    pub async fn connect_with(config: &DbConfig) -> Result<Self, DbError> {
         install_default_drivers();
         let url = config.url.as_str();
         let backend = if url.starts_with("sqlite:") {

@@ -8,8 +8,11 @@
 //! allow-list and timeouts, but redirects are never followed (a receiver that answers 3xx has
 //! not taken the event, and following it would re-send a signed body somewhere else).
 
+pub mod config;
 pub mod guard;
 pub mod origins;
+
+pub use config::FetchConfig;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +21,6 @@ use bytes::{Bytes, BytesMut};
 use reqwest::{Url, redirect};
 use thiserror::Error;
 
-use crate::config::FetchConfig;
 use crate::domain::ErrorKind;
 
 #[derive(Debug, Error)]
@@ -744,8 +746,10 @@ mod tests {
     }
 
     fn fetcher_with(set: impl FnOnce(&mut FetchConfig)) -> Fetcher {
-        let mut config = crate::config::Config::default().fetch;
-        config.allow_private_networks = true;
+        let mut config = FetchConfig {
+            allow_private_networks: true,
+            ..FetchConfig::default()
+        };
         set(&mut config);
         Fetcher::new(&config).unwrap()
     }

@@ -457,9 +457,8 @@ mod tests {
     /// (fresh, so `plan` does not read the database).
     async fn scheduler_with(windows: &[(&str, Vec<Candidate>)]) -> (tempfile::TempDir, Scheduler) {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::default();
-        config.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-        let db = Db::connect_with(&config.database).await.unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let db = Db::connect(&url, 4).await.unwrap();
         db.migrate().await.unwrap();
         let scheduler = Scheduler::new(db);
         {

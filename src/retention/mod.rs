@@ -35,6 +35,15 @@ const JOBS_PER_QUERY: i64 = 100;
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// Periodic pruning of finished jobs (off unless `older_than` is set).
+#[derive(Debug, Clone, Default)]
+pub struct RetentionConfig {
+    /// Finished jobs whose finish time is older than this are deleted; `None`: never.
+    pub older_than: Option<Duration>,
+    /// Where each pruned job's results are written first (gzipped CSV); `None`: not kept.
+    pub archive_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Error)]
 pub enum PruneError {
     #[error(transparent)]

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Config, WebhookConfig};
+use super::WebhookConfig;
 use crate::db::jobs::{self, Scope};
 use crate::db::webhooks::{self as rows, Attempt, Delivery, DeliveryStatus};
 use crate::db::{Db, DbError};
@@ -52,7 +52,9 @@ impl Deliverer {
         db: Db,
         fetcher: Fetcher,
         owner: String,
-        config: &Config,
+        config: &WebhookConfig,
+        poll: Duration,
+        grace: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         let lease = (fetcher.timeout() * 2).max(Duration::from_secs(2));
@@ -60,10 +62,10 @@ impl Deliverer {
             db,
             fetcher,
             owner,
-            config: config.webhooks.clone(),
+            config: config.clone(),
             lease,
-            poll: config.worker.poll_interval,
-            grace: config.worker.shutdown_grace,
+            poll,
+            grace,
             metrics,
         }
     }

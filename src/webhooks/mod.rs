@@ -20,11 +20,37 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
+use std::time::Duration;
 
 use crate::db::format_ms;
 use crate::db::jobs::JobRow;
 use crate::db::webhooks::SigningSecrets;
 use crate::http::JobBody;
+
+/// Webhook deliveries (made by worker processes) and the signing secrets (rotated through the
+/// API).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// How long after a job finished its event is still retried; then the delivery fails.
+    pub max_age: Duration,
+    /// First wait before retrying a failed delivery; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest wait between two attempts.
+    pub retry_max: Duration,
+    /// How long after a rotation the previous secret still signs, beside the new one.
+    pub secret_overlap: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(24 * 3600),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+            secret_overlap: Duration::from_secs(24 * 3600),
+        }
+    }
+}
 
 /// What every secret starts with (the Standard Webhooks convention).
 pub const SECRET_PREFIX: &str = "whsec_";

@@ -7,8 +7,11 @@
 //! Shutdown: stop claiming, give in-flight images `shutdown_grace` to finish, record what
 //! finished, and hand the rest back to the queue.
 
+pub mod config;
 pub mod process;
 pub mod registry;
+
+pub use config::{DelayRange, WorkerConfig};
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -21,13 +24,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Config;
 use crate::db::{Backend, Db, jobs::WORK_CHANNEL};
 use crate::domain::ErrorKind;
 use crate::fetch::origins::{Admission, OriginPermit, Origins};
-use crate::fetch::{FetchError, Fetcher, origin_of};
+use crate::fetch::{FetchConfig, FetchError, Fetcher, origin_of};
 use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 use crate::queue::{ClaimedImage, Outcome, Queue};
+use crate::webhooks::WebhookConfig;
 use crate::webhooks::deliver::Deliverer;
 use process::Processor;
 
@@ -153,27 +156,32 @@ pub fn new_worker_id() -> String {
 }
 
 impl WorkerPool {
+    /// A pool working `w`'s settings, downloading as `fetch` says and delivering webhooks as
+    /// `webhooks` says.
     pub fn new(
         db: Db,
-        config: &Config,
+        w: &WorkerConfig,
+        fetch: &FetchConfig,
+        webhooks: &WebhookConfig,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, FetchError> {
-        let w = &config.worker;
-        let fetcher = Fetcher::new(&config.fetch)?;
+        let fetcher = Fetcher::new(fetch)?;
         let queue = Queue::new(db.clone(), new_worker_id(), w.lease, w.max_attempts);
         metrics.worker_slots.set(w.concurrency as i64);
         let deliverer = Deliverer::new(
             db.clone(),
             fetcher.clone(),
             queue.owner().to_string(),
-            config,
+            webhooks,
+            w.poll_interval,
+            w.shutdown_grace,
             metrics.clone(),
         );
         let origins = Arc::new(Origins::new(
-            config.max_per_origin(),
-            config.fetch.breaker_failures,
-            config.fetch.breaker_cooldown,
+            fetch.max_per_origin(w.concurrency),
+            fetch.breaker_failures,
+            fetch.breaker_cooldown,
             metrics.clone(),
         ));
         Ok(Self {
@@ -809,22 +817,20 @@ mod tests {
         assert_eq!(order, [1, 6, 2, 7, 3, 4, 5]);
         assert!(parked.is_empty());
     }
-    use crate::config::DelayRange;
     use crate::domain::{Limits, Submission};
 
     /// A worker pool over a fresh SQLite file holding one job of `n` images whose URLs fail at
     /// once (an unsupported scheme), so outcomes reach the writer without any network.
     async fn pool_with_a_job(n: usize) -> (tempfile::TempDir, Db, WorkerPool) {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        config.worker.concurrency = 4;
-        config.worker.lease = Duration::from_secs(2);
-        config.worker.processing_delay = DelayRange {
-            min_ms: 0,
-            max_ms: 0,
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let config = WorkerConfig {
+            concurrency: 4,
+            lease: Duration::from_secs(2),
+            processing_delay: DelayRange::ZERO,
+            ..WorkerConfig::default()
         };
-        let db = Db::connect_with(&config.database).await.unwrap();
+        let db = Db::connect(&url, 16).await.unwrap();
         db.migrate().await.unwrap();
         let stores = crate::stores::parse(crate::stores::SAMPLE_CSV.as_bytes()).unwrap();
         crate::db::stores::upsert(&db, &stores).await.unwrap();
@@ -843,6 +849,8 @@ mod tests {
         let pool = WorkerPool::new(
             db.clone(),
             &config,
+            &FetchConfig::default(),
+            &WebhookConfig::default(),
             Arc::new(Notify::new()),
             Arc::new(Metrics::new()),
         )

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{DelayRange, WorkerConfig};
+use super::config::{DelayRange, WorkerConfig};
 use crate::domain::ErrorKind;
 use crate::fetch::origins::OriginPermit;
 use crate::fetch::{FetchError, Fetcher};
@@ -184,9 +184,9 @@ mod tests {
 
     #[test]
     fn an_open_breaker_defers_for_free_until_a_probe_fails_then_spends_attempts() {
-        let config = crate::config::Config::default();
-        let fetcher = Fetcher::new(&config.fetch).unwrap();
-        let p = Processor::new(fetcher, &config.worker, Arc::new(Metrics::new()));
+        let config = WorkerConfig::default();
+        let fetcher = Fetcher::new(&crate::fetch::FetchConfig::default()).unwrap();
+        let p = Processor::new(fetcher, &config, Arc::new(Metrics::new()));
         let after = Duration::from_secs(30);
         assert_eq!(
             p.breaker_open(&image(1), "http://a:80", after, 0),
@@ -196,7 +196,7 @@ mod tests {
             p.breaker_open(&image(1), "http://a:80", after, 1),
             Outcome::Retry { after: a, .. } if a == after
         ));
-        let last = i64::from(config.worker.max_attempts);
+        let last = i64::from(config.max_attempts);
         match p.breaker_open(&image(last), "http://a:80", after, 2) {
             Outcome::Failed { message, .. } => {
                 assert!(message.contains("http://a:80"), "{message}");

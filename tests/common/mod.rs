@@ -15,7 +15,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use retail_pulse::app::{self, Roles};
-use retail_pulse::config::{Config, DelayRange};
+use retail_pulse::config::Config;
+use retail_pulse::worker::DelayRange;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
