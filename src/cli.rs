@@ -686,7 +686,7 @@ async fn prune(args: PruneArgs) -> anyhow::Result<()> {
     println!(
         "pruned {} finished before {} ({}, {})",
         plural(pruned.jobs, "job", "jobs"),
-        crate::db::format_ms(cutoff),
+        crate::domain::time::format_ms(cutoff),
         plural(pruned.images, "image", "images"),
         plural(pruned.deliveries, "webhook delivery", "webhook deliveries"),
     );

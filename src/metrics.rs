@@ -1,8 +1,8 @@
 //! Prometheus metrics: one registry per process, owned by the app and passed down (no global
 //! recorder). Counters and histograms are updated where things happen; the state gauges (jobs
-//! and images by state, registered workers by state) are read from the database when
-//! `/metrics` is scraped, so they are
-//! right across every process sharing the database. Label values come from small fixed sets
+//! and images by state, registered workers by state) are set from a [`Snapshot`] that the
+//! `/metrics` handler reads from the database at each scrape, so they are right across every
+//! process sharing the database. Label values come from small fixed sets
 //! (matched routes, outcome and error kinds), never from URLs or ids.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +12,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::db::{Db, DbError, jobs, now_ms, workers};
 use crate::domain::WorkerState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -241,26 +240,25 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the state gauges freshly read from the database.
-    pub async fn render(&self, db: &Db) -> Result<String, DbError> {
-        let counts = jobs::state_counts(db).await?;
-        for (state, n) in counts.jobs {
+    /// The text exposition, with the state gauges set from `snapshot` (read by the caller
+    /// from the database just before, so they are right across every process sharing it).
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        for (state, n) in &snapshot.jobs {
             self.jobs_by_state
-                .get_or_create(&StateLabels { state })
-                .set(n);
+                .get_or_create(&StateLabels {
+                    state: state.clone(),
+                })
+                .set(*n);
         }
-        for (state, n) in counts.images {
+        for (state, n) in &snapshot.images {
             self.images_by_state
-                .get_or_create(&StateLabels { state })
-                .set(n);
+                .get_or_create(&StateLabels {
+                    state: state.clone(),
+                })
+                .set(*n);
         }
-        let now = now_ms();
-        let registered = workers::list(db).await?;
         for state in WorkerState::ALL {
-            let n = registered
-                .iter()
-                .filter(|w| WorkerState::of(w.last_seen_at, w.stopped_at, now) == state)
-                .count();
+            let n = snapshot.workers.iter().filter(|s| **s == state).count();
             self.workers_by_state
                 .get_or_create(&StateLabels {
                     state: state.as_str().into(),
@@ -270,6 +268,17 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
-        Ok(out)
+        out
     }
+}
+
+/// What the state gauges show, counted across every process that shares the database.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Jobs by state word (`ongoing`, `completed`, …), with their counts.
+    pub jobs: Vec<(String, i64)>,
+    /// Images by state word, with their counts.
+    pub images: Vec<(String, i64)>,
+    /// The state of each registered worker process.
+    pub workers: Vec<WorkerState>,
 }

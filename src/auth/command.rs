@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 use super::keys;
 use crate::cli::{DbArgs, KeysCommand};
 use crate::db::keys::{KeyRow, NewKey, Revoke};
-use crate::db::{Db, DbError, format_ms};
+use crate::db::{Db, DbError};
+use crate::domain::time::format_ms;
 
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {

@@ -6,8 +6,9 @@
 use serde_json::{Value, json};
 use sqlx::AssertSqlSafe;
 
-use super::jobs::{JOB_COLUMNS, JobRow, Scope, job_from_row};
+use super::jobs::{JOB_COLUMNS, Scope, job_from_row};
 use super::{Db, DbError, err};
+use crate::domain::Job;
 use crate::domain::{ImageStatus, JobStatus};
 
 /// Which jobs a list shows. Times are epoch ms; `created_to` is exclusive.
@@ -61,7 +62,7 @@ pub async fn jobs_page(
     filter: &JobFilter,
     cursor: Option<JobCursor>,
     limit: i64,
-) -> Result<(Vec<JobRow>, Option<JobCursor>), DbError> {
+) -> Result<(Vec<Job>, Option<JobCursor>), DbError> {
     let mut cursor = cursor.unwrap_or(JobCursor {
         ongoing_part: filter.status.is_none(),
         before_id: i64::MAX,
@@ -114,7 +115,7 @@ pub async fn jobs_page(
 
 /// The jobs in `scope` with these ids (at most a page of them): for the live progress of a
 /// list.
-pub async fn jobs_by_ids(db: &Db, scope: Scope<'_>, ids: &[i64]) -> Result<Vec<JobRow>, DbError> {
+pub async fn jobs_by_ids(db: &Db, scope: Scope<'_>, ids: &[i64]) -> Result<Vec<Job>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }

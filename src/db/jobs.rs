@@ -8,7 +8,9 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::{Backend, Db, DbError, err, images};
-use crate::domain::{ErrorKind, FirstFailure, JobStatus, StoreError, StoreFailure, Submission};
+use crate::domain::{
+    ErrorKind, FirstFailure, Job, JobStatus, StoreError, StoreFailure, Submission,
+};
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
@@ -38,30 +40,6 @@ impl Scope<'_> {
             Scope::All => query,
             Scope::Tenant(tenant) => query.bind(tenant),
         }
-    }
-}
-
-/// A job as stored, with its progress counters.
-#[derive(Debug, Clone)]
-pub struct JobRow {
-    pub id: i64,
-    /// The tenant whose key submitted the job (`default` without a key).
-    pub tenant: String,
-    pub status: JobStatus,
-    pub total: i64,
-    pub succeeded: i64,
-    pub failed: i64,
-    /// One entry per failed store, in store order; empty unless the job ended with failures.
-    pub errors: Vec<StoreError>,
-    pub created_at: i64,
-    pub finished_at: Option<i64>,
-    /// Where the job's `job.finished` event goes, if anywhere.
-    pub webhook_url: Option<String>,
-}
-
-impl JobRow {
-    pub fn pending(&self) -> i64 {
-        (self.total - self.succeeded - self.failed).max(0)
     }
 }
 
@@ -253,7 +231,7 @@ async fn unfinished_images(
 pub(super) const JOB_COLUMNS: &str =
     "id, tenant, status, total, succeeded, failed, errors, created_at, finished_at, webhook_url";
 
-super::from_row!(JobRow {
+super::from_row!(Job {
     id: i64,
     tenant: String,
     status: JobStatus as String,
@@ -275,8 +253,8 @@ fn decode_store_errors(stored: Option<String>) -> Result<Vec<StoreError>, String
 }
 
 /// A job row read by a query of its own (`SELECT {JOB_COLUMNS} …`).
-pub(super) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRow, DbError> {
-    <JobRow as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row(row).map_err(err)
+pub(super) fn job_from_row(row: &sqlx::any::AnyRow) -> Result<Job, DbError> {
+    <Job as sqlx::FromRow<'_, sqlx::any::AnyRow>>::from_row(row).map_err(err)
 }
 
 /// The job a tenant created with an idempotency key, and the hash of the body it was created
@@ -301,9 +279,9 @@ pub async fn find_by_idempotency_key(
 #[derive(Debug)]
 pub enum Cancel {
     /// The job was ongoing and is now cancelled.
-    Cancelled(JobRow),
+    Cancelled(Job),
     /// The job had already finished; nothing changed.
-    Finished(JobRow),
+    Finished(Job),
     NotFound,
 }
 
@@ -377,7 +355,7 @@ pub async fn cancel(db: &Db, scope: Scope<'_>, id: i64) -> Result<Cancel, DbErro
 
 /// One job by id, reading only the job row (constant time, however many images it has).
 /// `None` when there is no such job in `scope`.
-pub async fn get(db: &Db, scope: Scope<'_>, id: i64) -> Result<Option<JobRow>, DbError> {
+pub async fn get(db: &Db, scope: Scope<'_>, id: i64) -> Result<Option<Job>, DbError> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{}",
         scope.condition(2)
@@ -398,7 +376,7 @@ pub async fn list(
     status: Option<JobStatus>,
     before: i64,
     limit: i64,
-) -> Result<Vec<JobRow>, DbError> {
+) -> Result<Vec<Job>, DbError> {
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE id < $1 AND ($2 = '' OR status = $2){} \
          ORDER BY id DESC LIMIT $3",

@@ -202,6 +202,32 @@ impl StoreError {
     }
 }
 
+/// A job as the service keeps it: whose it is, its state, its progress counters and times
+/// (epoch milliseconds), and where its webhook goes.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    /// The tenant whose key submitted the job (`default` without a key).
+    pub tenant: String,
+    pub status: JobStatus,
+    pub total: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    /// One entry per failed store, in store order; empty unless the job ended with failures.
+    pub errors: Vec<StoreError>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    /// Where the job's `job.finished` event goes, if anywhere.
+    pub webhook_url: Option<String>,
+}
+
+impl Job {
+    /// Images neither succeeded nor failed yet.
+    pub fn pending(&self) -> i64 {
+        (self.total - self.succeeded - self.failed).max(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

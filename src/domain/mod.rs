@@ -6,8 +6,10 @@ pub mod job;
 pub mod results_csv;
 pub mod strict_json;
 pub mod submission;
+pub mod time;
+pub mod wire;
 pub mod worker;
 
-pub use job::{ErrorKind, FirstFailure, ImageStatus, JobStatus, StoreError, StoreFailure};
+pub use job::{ErrorKind, FirstFailure, ImageStatus, Job, JobStatus, StoreError, StoreFailure};
 pub use submission::{Limits, Submission, ValidationError, Visit};
 pub use worker::WorkerState;

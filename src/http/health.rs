@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::auth::Caller;
+use crate::db::{self, Db, DbError};
+use crate::domain::WorkerState;
+use crate::metrics::Snapshot;
 
 /// The endpoints open to anyone: liveness and readiness.
 pub fn router() -> Router<AppState> {
@@ -58,7 +61,7 @@ async fn metrics(
 }
 
 async fn open_metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let text = state.metrics.render(&state.db).await?;
+    let text = state.metrics.render(&snapshot(&state.db).await?);
     Ok((
         [(
             CONTENT_TYPE,
@@ -66,6 +69,22 @@ async fn open_metrics(State(state): State<AppState>) -> Result<impl IntoResponse
         )],
         text,
     ))
+}
+
+/// The database counts behind the state gauges.
+async fn snapshot(db: &Db) -> Result<Snapshot, DbError> {
+    let counts = db::jobs::state_counts(db).await?;
+    let now = db::now_ms();
+    let workers = db::workers::list(db)
+        .await?
+        .iter()
+        .map(|w| WorkerState::of(w.last_seen_at, w.stopped_at, now))
+        .collect();
+    Ok(Snapshot {
+        jobs: counts.jobs,
+        images: counts.images,
+        workers,
+    })
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",

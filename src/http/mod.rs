@@ -20,8 +20,6 @@ pub(crate) mod submit;
 mod webhooks;
 mod workers;
 
-pub use jobs::JobBody;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

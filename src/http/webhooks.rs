@@ -14,7 +14,8 @@ use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::auth::Caller;
-use crate::db::{self, format_ms};
+use crate::db;
+use crate::domain::time::format_ms;
 use crate::webhooks;
 
 pub fn router() -> Router<AppState> {

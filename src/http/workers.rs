@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 use super::{ApiError, AppState};
 use crate::auth::Caller;
 use crate::db::workers::WorkerRow;
-use crate::db::{self, format_ms, now_ms};
+use crate::db::{self, now_ms};
 use crate::domain::WorkerState;
+use crate::domain::time::format_ms;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/workers", get(list))

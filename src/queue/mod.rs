@@ -19,6 +19,7 @@
 //! This module knows rows, leases and outcomes; it knows nothing of HTTP or of how an image
 //! is processed.
 
+pub mod backoff;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

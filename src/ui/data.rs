@@ -8,9 +8,10 @@
 
 use crate::auth::Caller;
 use crate::db::dashboard::{self, Direction, ImageView, JobCursor, JobFilter};
-use crate::db::jobs::{self, Cancel, JobRow, Scope};
+use crate::db::jobs::{self, Cancel, Scope};
 use crate::db::workers::{self, WorkerRow};
 use crate::db::{Db, DbError, now_ms};
+use crate::domain::Job;
 use crate::domain::{ImageStatus, JobStatus};
 use crate::http::{ApiError, AppState};
 
@@ -39,7 +40,7 @@ pub struct Overview {
     /// The service-wide figures, for admins only.
     pub operations: Option<Operations>,
     /// The latest jobs, ongoing first.
-    pub recent: Vec<JobRow>,
+    pub recent: Vec<Job>,
 }
 
 /// The queue, the workers and what they did: shared by every tenant, so shown to admins.
@@ -138,19 +139,19 @@ impl<'a> Data<'a> {
         filter: &JobFilter,
         cursor: Option<JobCursor>,
         limit: i64,
-    ) -> Result<(Vec<JobRow>, Option<JobCursor>), DbError> {
+    ) -> Result<(Vec<Job>, Option<JobCursor>), DbError> {
         dashboard::jobs_page(self.db(), self.scope(), filter, cursor, limit).await
     }
 
     /// One job, if it exists and the caller may see it.
-    pub async fn job(&self, id: i64) -> Result<Option<JobRow>, DbError> {
+    pub async fn job(&self, id: i64) -> Result<Option<Job>, DbError> {
         jobs::get(self.db(), self.scope(), id).await
     }
 
     /// A page of a job's images (the job must have been found through [`Data::job`]).
     pub async fn images(
         &self,
-        job: &JobRow,
+        job: &Job,
         status: Option<ImageStatus>,
         direction: Direction,
         limit: i64,
@@ -159,12 +160,12 @@ impl<'a> Data<'a> {
     }
 
     /// The current progress of jobs on a page (those the caller may not see are left out).
-    pub async fn progress(&self, ids: &[i64]) -> Result<Vec<JobRow>, DbError> {
+    pub async fn progress(&self, ids: &[i64]) -> Result<Vec<Job>, DbError> {
         dashboard::jobs_by_ids(self.db(), self.scope(), ids).await
     }
 
     /// Cancels a job, as `POST /api/jobs/{id}/cancel` does.
-    pub async fn cancel(&self, job: &JobRow) -> Result<Cancel, DbError> {
+    pub async fn cancel(&self, job: &Job) -> Result<Cancel, DbError> {
         jobs::cancel(self.db(), self.scope(), job.id).await
     }
 

@@ -40,8 +40,8 @@ use crate::auth::Caller;
 use crate::db::DbError;
 use crate::db::dashboard::{Direction, JobCursor, JobFilter};
 use crate::db::jobs::Cancel;
+use crate::domain::wire::JobBody;
 use crate::domain::{ImageStatus, JobStatus};
-use crate::http::jobs::JobBody;
 use crate::http::{ApiError, AppState, FirstParams};
 use data::Data;
 use views::{

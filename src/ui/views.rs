@@ -6,9 +6,10 @@ use askama::Template;
 
 use super::chart::Chart;
 use crate::db::dashboard::ImageView;
-use crate::db::jobs::JobRow;
+use crate::db::workers;
 use crate::db::workers::WorkerRow;
-use crate::db::{format_ms, workers};
+use crate::domain::Job;
+use crate::domain::time::format_ms;
 use crate::domain::{ImageStatus, JobStatus, StoreError, WorkerState};
 
 /// The frame of every page: its title and which navigation entry is current.
@@ -187,7 +188,7 @@ pub struct WebhookView {
 }
 
 impl WebhookView {
-    pub fn new(webhook: Option<&crate::http::jobs::WebhookBody>) -> Self {
+    pub fn new(webhook: Option<&crate::domain::wire::WebhookBody>) -> Self {
         match webhook {
             None => WebhookView {
                 state: "none",
@@ -256,7 +257,7 @@ pub struct ImageLine {
 }
 
 impl JobLine {
-    pub fn new(job: &JobRow, now: i64) -> Self {
+    pub fn new(job: &Job, now: i64) -> Self {
         let done = job.succeeded + job.failed;
         let percent = if job.total == 0 {
             100.0
@@ -450,7 +451,7 @@ mod tests {
 
     #[test]
     fn a_job_line_counts_progress_from_the_job_row() {
-        let job = JobRow {
+        let job = Job {
             id: 7,
             tenant: "default".into(),
             status: JobStatus::Ongoing,

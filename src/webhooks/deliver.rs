@@ -29,7 +29,7 @@ use crate::db::webhooks::{self as rows, Attempt, Delivery, DeliveryStatus};
 use crate::db::{Db, DbError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::{DeliveryLabels, Metrics};
-use crate::worker::process::backoff;
+use crate::queue::backoff::backoff;
 
 /// Deliveries one process attempts at once: a few slow receivers must not hold up the rest.
 const IN_FLIGHT: usize = 16;

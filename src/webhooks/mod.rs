@@ -22,10 +22,10 @@ use serde::Serialize;
 use sha2::Sha256;
 use std::time::Duration;
 
-use crate::db::format_ms;
-use crate::db::jobs::JobRow;
 use crate::db::webhooks::SigningSecrets;
-use crate::http::JobBody;
+use crate::domain::Job;
+use crate::domain::time::format_ms;
+use crate::domain::wire::JobBody;
 
 /// Webhook deliveries (made by worker processes) and the signing secrets (rotated through the
 /// API).
@@ -126,7 +126,7 @@ struct Event<'a> {
 /// The body of a finished job's event: the job as `GET /api/jobs/{id}` shows it, without its
 /// `webhook` member (the state of this very delivery). The job is finished, so the body is the
 /// same on every attempt.
-pub fn event_body(job: JobRow) -> Vec<u8> {
+pub fn event_body(job: Job) -> Vec<u8> {
     let timestamp = format_ms(job.finished_at.unwrap_or(job.created_at));
     let event = Event {
         r#type: EVENT_TYPE,

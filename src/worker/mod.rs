@@ -29,6 +29,7 @@ use crate::domain::ErrorKind;
 use crate::fetch::origins::{Admission, OriginPermit, Origins};
 use crate::fetch::{FetchConfig, FetchError, Fetcher, origin_of};
 use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
+use crate::queue::backoff::backoff;
 use crate::queue::{ClaimedImage, Outcome, Queue};
 use crate::webhooks::WebhookConfig;
 use crate::webhooks::deliver::Deliverer;
@@ -381,7 +382,7 @@ impl WorkerPool {
                     }
                     Err(error) => {
                         failures += 1;
-                        let wait = process::backoff(
+                        let wait = backoff(
                             i64::from(failures),
                             Duration::from_millis(200),
                             Duration::from_secs(10),
@@ -718,7 +719,7 @@ async fn write_batch(
             }
             Err(error) => {
                 failures += 1;
-                let wait = process::backoff(
+                let wait = backoff(
                     i64::from(failures),
                     Duration::from_millis(100),
                     Duration::from_secs(5),
@@ -781,7 +782,7 @@ async fn listen(url: String, wake: Arc<Notify>, stop: CancellationToken) {
             }
             _ = stop.cancelled() => return,
         }
-        let wait = process::backoff(
+        let wait = backoff(
             i64::from(failures.max(1)),
             Duration::from_millis(500),
             Duration::from_secs(15),

@@ -10,6 +10,7 @@ use crate::fetch::origins::OriginPermit;
 use crate::fetch::{FetchError, Fetcher};
 use crate::measure;
 use crate::metrics::Metrics;
+use crate::queue::backoff::backoff;
 use crate::queue::{ClaimedImage, Outcome};
 
 /// Longest wait a host's `Retry-After` may impose on one retry.
@@ -158,15 +159,6 @@ impl Processor {
     }
 }
 
-/// Exponential backoff with full jitter: a random wait in [d/2, d] where d doubles per attempt
-/// from `base`, capped at `max`.
-pub fn backoff(attempt: i64, base: Duration, max: Duration) -> Duration {
-    let exp = attempt.clamp(1, 30) as u32 - 1;
-    let full = base.saturating_mul(2u32.saturating_pow(exp)).min(max);
-    let half = full / 2;
-    half + Duration::from_millis(fastrand::u64(0..=(full - half).as_millis() as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,25 +195,6 @@ mod tests {
                 assert!(message.contains("circuit breaker open"), "{message}");
             }
             other => panic!("expected a failure, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_and_stays_under_the_cap() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(1);
-        for _ in 0..200 {
-            let b1 = backoff(1, base, max);
-            assert!(
-                b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
-                "{b1:?}"
-            );
-            let b3 = backoff(3, base, max);
-            assert!(
-                b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400),
-                "{b3:?}"
-            );
-            assert!(backoff(20, base, max) <= max);
         }
     }
 }
