@@ -90,33 +90,6 @@ impl Default for Config {
     }
 }
 
-/// Parses a duration written as a whole number and a unit: `45s`, `90m`, `12h`, `30d` (`0s`,
-/// or a bare `0`, is zero).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let problem = || format!("`{text}` is not a duration like 45s, 90m, 12h or 30d");
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(problem)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| problem())?;
-    let unit_secs: u64 = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(problem()),
-    };
-    number
-        .checked_mul(unit_secs)
-        .filter(|secs| *secs <= 100 * 365 * 86_400)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{text}` is longer than a hundred years"))
-}
-
 impl Config {
     /// Checks the relations between settings that the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -174,34 +147,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_their_unit() {
-        assert_eq!(
-            parse_duration("30d").unwrap(),
-            Duration::from_secs(30 * 86_400)
-        );
-        assert_eq!(
-            parse_duration("12h").unwrap(),
-            Duration::from_secs(12 * 3600)
-        );
-        assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration(" 45s ").unwrap(), Duration::from_secs(45));
-        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        for bad in [
-            "",
-            "12",
-            "h",
-            "1.5h",
-            "-1d",
-            "3w",
-            "1h30m",
-            "99999999999999999999d",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn a_trickling_host_ends_within_a_minute_retries_included_by_default() {

@@ -13,7 +13,6 @@
 //! are cached for at most [`CACHE_TTL`], so a revoked key is refused within about a second;
 //! `last used` is written at most once per [`LAST_USED_RESOLUTION`] per key.
 
-pub mod command;
 pub mod keys;
 pub mod rate;
 
@@ -61,6 +60,16 @@ impl std::str::FromStr for AuthMode {
             "off" => Ok(AuthMode::Off),
             _ => Err(format!("`{text}`: expected auto, required or off")),
         }
+    }
+}
+
+impl std::fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMode::Auto => "auto",
+            AuthMode::Required => "required",
+            AuthMode::Off => "off",
+        })
     }
 }
 

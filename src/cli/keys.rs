@@ -4,12 +4,51 @@
 //! stderr.
 
 use anyhow::{Context, bail};
+use clap::Subcommand;
 
-use super::keys;
-use crate::cli::{DbArgs, KeysCommand};
+use super::db::DbArgs;
+use crate::auth::keys;
+use crate::db::DbError;
 use crate::db::keys::{KeyRow, NewKey, Revoke};
-use crate::db::{Db, DbError};
 use crate::domain::time::format_ms;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it, alone, on stdout (shown this once: only its hash is kept).
+    Create {
+        /// A unique name for the key (who uses it: `field-app`, `partner-x`); never reused.
+        #[arg(long)]
+        name: String,
+        /// The tenant the key acts for (default: the key's name). Keys of one tenant see
+        /// the same jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// An admin key sees and acts on every tenant's jobs and reads /metrics.
+        #[arg(long)]
+        admin: bool,
+        /// This tenant's most unfinished images instead of the server's
+        /// --tenant-max-unfinished-images (0: unlimited).
+        #[arg(long)]
+        max_unfinished_images: Option<u64>,
+        /// This tenant's submits per minute instead of the server's
+        /// --tenant-submits-per-minute (0: unlimited).
+        #[arg(long)]
+        submits_per_minute: Option<u32>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List keys: name, tenant, admin, created, last used, revoked, limits (never the key).
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke a key: servers refuse it within a second or two.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
 
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
@@ -24,7 +63,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             let tenant = tenant.unwrap_or_else(|| name.clone());
             keys::check_name("key name", &name).map_err(anyhow::Error::msg)?;
             keys::check_name("tenant", &tenant).map_err(anyhow::Error::msg)?;
-            let db = open(&db).await?;
+            let db = db.open_migrated().await?;
             let generated = keys::generate().context("cannot read the system's random source")?;
             let new = NewKey {
                 name: &name,
@@ -52,7 +91,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::List { db } => {
-            let db = open(&db).await?;
+            let db = db.open_migrated().await?;
             let rows = crate::db::keys::list(&db).await?;
             db.close().await;
             print!("{}", table(&rows));
@@ -61,7 +100,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { name, db } => {
-            let db = open(&db).await?;
+            let db = db.open_migrated().await?;
             let outcome = crate::db::keys::revoke(&db, &name).await?;
             db.close().await;
             match outcome {
@@ -79,12 +118,6 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn open(args: &DbArgs) -> anyhow::Result<Db> {
-    let db = Db::connect(&args.database_url, args.db_max_connections).await?;
-    db.migrate().await?;
-    Ok(db)
 }
 
 /// The `keys list` table: aligned columns, `-` for nothing; never a key or its hash.
