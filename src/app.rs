@@ -11,14 +11,15 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::auth::sessions::Sessions;
 use crate::config::Config;
 use crate::db::{self, Db, DbError};
 use crate::fetch::FetchError;
-use crate::http::{self, AppState};
+use crate::http;
 use crate::metrics::Metrics;
 use crate::retention::Pruner;
 use crate::stores::{self, StoreMasterError};
-use crate::ui::session::Sessions;
+use crate::web::{self, AppState};
 use crate::worker::WorkerPool;
 
 #[derive(Debug, Error)]
@@ -76,7 +77,7 @@ pub struct App {
     /// Periodic pruning of old finished jobs (`--retention`), whatever the roles.
     retention: Option<Pruner>,
     /// How long the listeners' clients may take to send a request.
-    read_timeouts: http::serve::ReadTimeouts,
+    read_timeouts: web::serve::ReadTimeouts,
 }
 
 /// Connects, migrates, loads the store master and prepares the roles asked for. The API role
@@ -212,7 +213,7 @@ impl App {
         let ops = async {
             match (self.ops_listener, ops_router) {
                 (Some(listener), Some(router)) => {
-                    http::serve::serve(listener, router, self.read_timeouts, token.clone()).await
+                    web::serve::serve(listener, router, self.read_timeouts, token.clone()).await
                 }
                 _ => Ok(()),
             }
@@ -221,11 +222,12 @@ impl App {
             match (self.listener, self.state) {
                 (Some(listener), Some(state)) => {
                     let router = if self.api {
-                        http::router(state)
+                        let dashboard = crate::ui::router(&state);
+                        http::router(state, dashboard)
                     } else {
                         http::ops_router(state)
                     };
-                    http::serve::serve(listener, router, self.read_timeouts, token.clone()).await
+                    web::serve::serve(listener, router, self.read_timeouts, token.clone()).await
                 }
                 _ => Ok(()),
             }

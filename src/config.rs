@@ -10,11 +10,11 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::auth::AuthConfig;
+use crate::auth::sessions::SessionConfig;
 use crate::db::DbConfig;
 use crate::domain::Limits;
 use crate::fetch::FetchConfig;
 use crate::retention::RetentionConfig;
-use crate::ui::session::SessionConfig;
 use crate::webhooks::WebhookConfig;
 use crate::worker::WorkerConfig;
 
@@ -54,7 +54,7 @@ pub struct ApiConfig {
     /// Largest accepted request body in bytes (413 above it).
     pub max_body_bytes: usize,
     /// How long a client may take to send a request's headers and its body.
-    pub read_timeouts: crate::http::serve::ReadTimeouts,
+    pub read_timeouts: crate::web::serve::ReadTimeouts,
     /// Sizes a submission must respect.
     pub limits: Limits,
     /// When keys are needed, and the per-tenant quota and submit rate.
@@ -67,7 +67,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 32 * 1024 * 1024,
-            read_timeouts: crate::http::serve::ReadTimeouts::default(),
+            read_timeouts: crate::web::serve::ReadTimeouts::default(),
             limits: Limits::default(),
             auth: AuthConfig::default(),
             sessions: SessionConfig::default(),

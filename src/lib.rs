@@ -25,6 +25,8 @@ pub mod retention;
 pub mod shutdown;
 pub mod stores;
 pub mod telemetry;
+pub mod ttl_map;
 pub mod ui;
+pub mod web;
 pub mod webhooks;
 pub mod worker;

@@ -15,20 +15,18 @@
 
 pub mod keys;
 pub mod rate;
+pub mod sessions;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, Request};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
 
 use crate::db::jobs::Scope;
+use crate::db::keys::LimitOverride;
 use crate::db::{self, Db, DbError};
+use crate::ttl_map::TtlMap;
 
 /// The tenant of jobs submitted without a key.
 pub const DEFAULT_TENANT: &str = "default";
@@ -104,7 +102,7 @@ impl TenantLimits {
     /// The server's defaults, overridden by the values set on the tenant's live keys: when
     /// several keys set one, the most generous wins (0, unlimited, above any number) — one
     /// tenant has one quota, whichever of its keys is used.
-    pub fn resolve(config: &AuthConfig, overrides: &[(Option<i64>, Option<i64>)]) -> Self {
+    pub fn resolve(config: &AuthConfig, overrides: &[LimitOverride]) -> Self {
         fn pick(default: u64, set: impl Iterator<Item = i64>) -> Option<u64> {
             let set: Vec<u64> = set.map(|v| v.max(0) as u64).collect();
             let value = if set.is_empty() {
@@ -119,11 +117,11 @@ impl TenantLimits {
         Self {
             max_unfinished_images: pick(
                 config.max_unfinished_images,
-                overrides.iter().filter_map(|o| o.0),
+                overrides.iter().filter_map(|o| o.max_unfinished_images),
             ),
             submits_per_minute: pick(
                 u64::from(config.submits_per_minute),
-                overrides.iter().filter_map(|o| o.1),
+                overrides.iter().filter_map(|o| o.submits_per_minute),
             )
             .map(|v| v.min(u64::from(u32::MAX)) as u32),
         }
@@ -194,19 +192,13 @@ impl AuthError {
     }
 }
 
-struct CachedKey {
-    /// `None`: the database had no live key with this hash.
-    caller: Option<Caller>,
-    fetched: Instant,
-}
-
 /// Turns request headers and the peer address into a [`Caller`], and holds the per-tenant
 /// submit buckets. One per API process; cheap to share behind an `Arc`.
 pub struct Authenticator {
     db: Db,
     config: AuthConfig,
-    /// Key lookups by key hash, each trusted for [`CACHE_TTL`].
-    cache: Mutex<HashMap<String, CachedKey>>,
+    /// Key lookups by key hash (`None`: no live key has it), each trusted for [`CACHE_TTL`].
+    cache: TtlMap<String, Option<Caller>>,
     /// Whether any key exists (`auto` mode), and when that was read. Once true it stays true:
     /// key rows are never deleted.
     keys_exist: Mutex<Option<(bool, Instant)>>,
@@ -214,10 +206,6 @@ pub struct Authenticator {
     keyless: Mutex<Option<(Caller, Instant)>>,
     submits: rate::SubmitRate,
 }
-
-/// Cache entries above this are swept of expired ones (a client cycling through random
-/// well-formed keys cannot grow the map for long).
-const CACHE_SWEEP_AT: usize = 10_000;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,7 +220,7 @@ impl Authenticator {
         Self {
             db,
             config,
-            cache: Mutex::new(HashMap::new()),
+            cache: TtlMap::new(CACHE_TTL),
             keys_exist: Mutex::new(None),
             keyless: Mutex::new(None),
             submits: rate::SubmitRate::default(),
@@ -314,29 +302,14 @@ impl Authenticator {
             return Ok(None);
         }
         let hash = keys::hash(key);
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(hit) = cache.get(&hash)
-                && hit.fetched.elapsed() < CACHE_TTL
-            {
-                return Ok(hit.caller.clone());
-            }
+        if let Some(hit) = self.cache.get(&hash) {
+            return Ok(hit);
         }
         let caller = match db::keys::find_live(&self.db, &hash).await? {
             None => None,
             Some(row) => Some(self.caller_for(row).await?),
         };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= CACHE_SWEEP_AT {
-            cache.retain(|_, v| v.fetched.elapsed() < CACHE_TTL);
-        }
-        cache.insert(
-            hash,
-            CachedKey {
-                caller: caller.clone(),
-                fetched: Instant::now(),
-            },
-        );
+        self.cache.insert(hash, caller.clone());
         Ok(caller)
     }
 
@@ -397,38 +370,6 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     Ok(Some(key.trim()))
 }
 
-/// The middleware in front of every API route: a request without a valid caller ends here
-/// with its 401 (or 503 when the key store is unreachable); otherwise the [`Caller`] goes
-/// into the request's extensions for the handler.
-pub async fn require_caller(
-    State(auth): State<Arc<Authenticator>>,
-    mut req: Request<axum::body::Body>,
-    next: Next,
-) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    match auth.caller(req.headers(), peer).await {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(error) => crate::http::ApiError::from(error).into_response(),
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = crate::http::ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        // Missing only if a route was mounted outside `require_caller`: refuse, never guess.
-        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
-            crate::http::ApiError::Internal("route has no caller: not behind require_caller".into())
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,13 +412,17 @@ mod tests {
             max_unfinished_images: 100,
             submits_per_minute: 10,
         };
-        let none = TenantLimits::resolve(&config, &[(None, None)]);
+        let set = |max: Option<i64>, rate: Option<i64>| LimitOverride {
+            max_unfinished_images: max,
+            submits_per_minute: rate,
+        };
+        let none = TenantLimits::resolve(&config, &[set(None, None)]);
         assert_eq!(none.max_unfinished_images, Some(100));
         assert_eq!(none.submits_per_minute, Some(10));
-        let two = TenantLimits::resolve(&config, &[(Some(5), None), (Some(50), Some(2))]);
+        let two = TenantLimits::resolve(&config, &[set(Some(5), None), set(Some(50), Some(2))]);
         assert_eq!(two.max_unfinished_images, Some(50));
         assert_eq!(two.submits_per_minute, Some(2));
-        let unlimited = TenantLimits::resolve(&config, &[(Some(5), None), (Some(0), None)]);
+        let unlimited = TenantLimits::resolve(&config, &[set(Some(5), None), set(Some(0), None)]);
         assert_eq!(unlimited.max_unfinished_images, None);
         let off = AuthConfig {
             max_unfinished_images: 0,

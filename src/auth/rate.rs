@@ -4,14 +4,13 @@
 //! each submit takes one. A quiet tenant can therefore send a burst of N at once, and then N a
 //! minute. With several API processes each keeps its own buckets, so the limit is per process.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Buckets above this are swept of full ones (keys from client addresses, as the dashboard's
-/// sign-in uses, are not bounded by anything an operator made).
-const SWEEP_AT: usize = 10_000;
-/// Every bucket refills within a minute (its rate is its capacity per minute).
+use crate::ttl_map::TtlMap;
+
+/// Every bucket refills within a minute (its rate is its capacity per minute): one untouched
+/// for longer is full, and dropping it changes nothing (keys from client addresses, as the
+/// dashboard's sign-in uses, are not bounded by anything an operator made).
 const FULL_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
@@ -22,9 +21,17 @@ struct Bucket {
 
 /// Buckets by tenant. The map holds one small entry per tenant that has submitted, and a
 /// tenant exists only through a key an operator created, so it stays small.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SubmitRate {
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: TtlMap<String, Bucket>,
+}
+
+impl Default for SubmitRate {
+    fn default() -> Self {
+        Self {
+            buckets: TtlMap::new(FULL_AFTER),
+        }
+    }
 }
 
 impl SubmitRate {
@@ -50,24 +57,21 @@ impl SubmitRate {
     ) -> Result<(), Duration> {
         let capacity = f64::from(per_minute.max(1));
         let per_second = capacity / 60.0;
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= SWEEP_AT {
-            // A bucket untouched for a minute has refilled: dropping it changes nothing.
-            buckets.retain(|_, b| now.saturating_duration_since(b.updated) < FULL_AFTER);
-        }
-        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
+        let init = || Bucket {
             tokens: capacity,
             updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
-        bucket.updated = now.max(bucket.updated);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= cost;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
-        }
+        };
+        self.buckets.upsert(key.to_string(), init, |bucket| {
+            let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+            bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
+            bucket.updated = now.max(bucket.updated);
+            if bucket.tokens >= 1.0 {
+                bucket.tokens -= cost;
+                Ok(())
+            } else {
+                Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+            }
+        })
     }
 }
 

@@ -12,15 +12,15 @@ use tokio::net::TcpListener;
 use super::db::DbArgs;
 use super::values::{Span, parse_allow_hosts, parse_delay, parse_public_url, secs};
 use crate::app::{self, Roles};
+use crate::auth::sessions::SessionConfig;
 use crate::auth::{AuthConfig, AuthMode};
 use crate::config::{ApiConfig, Config};
 use crate::domain::Limits;
 use crate::fetch::FetchConfig;
 use crate::fetch::guard::AllowList;
-use crate::http::serve::ReadTimeouts;
 use crate::retention::RetentionConfig;
 use crate::shutdown;
-use crate::ui::session::SessionConfig;
+use crate::web::serve::ReadTimeouts;
 use crate::webhooks::WebhookConfig;
 use crate::worker::{DelayRange, WorkerConfig};
 

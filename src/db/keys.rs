@@ -126,12 +126,20 @@ pub async fn find_live(db: &Db, key_hash: &str) -> Result<Option<KeyRow>, DbErro
         .map_err(err)
 }
 
-/// The limit overrides set on a tenant's live keys, one pair per key:
-/// (max unfinished images, submits per minute).
-pub async fn tenant_overrides(
-    db: &Db,
-    tenant: &str,
-) -> Result<Vec<(Option<i64>, Option<i64>)>, DbError> {
+/// The limits one live key sets for its tenant (`None`: the server's default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitOverride {
+    pub max_unfinished_images: Option<i64>,
+    pub submits_per_minute: Option<i64>,
+}
+
+super::from_row!(LimitOverride {
+    max_unfinished_images: Option<i64>,
+    submits_per_minute: Option<i64>,
+});
+
+/// The limit overrides set on a tenant's live keys, one per key.
+pub async fn tenant_overrides(db: &Db, tenant: &str) -> Result<Vec<LimitOverride>, DbError> {
     sqlx::query_as(
         "SELECT max_unfinished_images, submits_per_minute FROM api_keys \
          WHERE tenant = $1 AND revoked_at IS NULL",

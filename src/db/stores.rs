@@ -18,7 +18,7 @@ pub async fn upsert(db: &Db, stores: &[Store]) -> Result<usize, DbError> {
     // `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.
     let sql = format!(
         "INSERT INTO stores (store_id, store_name, area_code, updated_at) \
-         SELECT t.value ->> 0, t.value ->> 1, t.value ->> 2, $1 FROM {} WHERE true \
+         SELECT t.value ->> 'id', t.value ->> 'name', t.value ->> 'area', $1 FROM {} WHERE true \
          ON CONFLICT (store_id) DO UPDATE SET store_name = excluded.store_name, \
          area_code = excluded.area_code, updated_at = excluded.updated_at",
         db.json_rows("$2")
@@ -26,7 +26,7 @@ pub async fn upsert(db: &Db, stores: &[Store]) -> Result<usize, DbError> {
     for chunk in stores.chunks(CHUNK) {
         let rows: Vec<_> = chunk
             .iter()
-            .map(|s| json!([s.store_id, s.store_name, s.area_code]))
+            .map(|s| json!({"id": s.store_id, "name": s.store_name, "area": s.area_code}))
             .collect();
         sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(now)
@@ -49,12 +49,12 @@ pub async fn count(db: &Db) -> Result<i64, DbError> {
 /// The subset of `ids` present in the store master.
 pub async fn known(db: &Db, ids: &[&str]) -> Result<HashSet<String>, DbError> {
     let sql = format!(
-        "SELECT store_id FROM stores WHERE store_id IN (SELECT t.value ->> 0 FROM {})",
+        "SELECT store_id FROM stores WHERE store_id IN (SELECT t.value ->> 'id' FROM {})",
         db.json_rows("$1")
     );
     let mut found = HashSet::new();
     for chunk in ids.chunks(CHUNK) {
-        let rows: Vec<_> = chunk.iter().map(|id| json!([id])).collect();
+        let rows: Vec<_> = chunk.iter().map(|id| json!({ "id": id })).collect();
         let q = sqlx::query_scalar::<_, String>(AssertSqlSafe(sql.clone()))
             .bind(serde_json::Value::Array(rows).to_string());
         found.extend(q.fetch_all(db.pool()).await.map_err(err)?);

@@ -18,7 +18,8 @@ use crate::auth::Caller;
 use crate::db;
 use crate::db::jobs::Scope;
 use crate::domain::JobStatus;
-use crate::domain::wire::{JobBody, WebhookBody};
+use crate::domain::wire::JobBody;
+use crate::web::jobs::with_webhooks;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -62,45 +63,7 @@ async fn job(
     let job = db::jobs::get(&state.db, caller.scope(), id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
-    Ok(Json(with_webhooks(&state, vec![job]).await?.remove(0)))
-}
-
-/// The jobs as the API shows them, each with the state of its webhook, if it has one (one
-/// query for all of them, and none when no job has a webhook).
-pub(crate) async fn with_webhooks(
-    state: &AppState,
-    jobs: Vec<crate::domain::Job>,
-) -> Result<Vec<JobBody>, ApiError> {
-    let finished: Vec<i64> = jobs
-        .iter()
-        .filter(|j| j.webhook_url.is_some() && j.finished_at.is_some())
-        .map(|j| j.id)
-        .collect();
-    let mut deliveries = db::webhooks::states(&state.db, &finished).await?;
-    Ok(jobs
-        .into_iter()
-        .map(|job| {
-            let delivery = deliveries.remove(&job.id);
-            let webhook = job.webhook_url.clone().map(|url| match delivery {
-                Some(d) => WebhookBody {
-                    url,
-                    state: d.status.as_str(),
-                    attempts: d.attempts,
-                    last_error: d.last_error,
-                },
-                None => WebhookBody {
-                    url,
-                    state: db::webhooks::DeliveryStatus::Pending.as_str(),
-                    attempts: 0,
-                    last_error: None,
-                },
-            });
-            JobBody {
-                webhook,
-                ..JobBody::without_webhook(job)
-            }
-        })
-        .collect())
+    Ok(Json(with_webhooks(&state.db, vec![job]).await?.remove(0)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -170,7 +133,7 @@ async fn list(
         None
     };
     Ok(Json(JobList {
-        jobs: with_webhooks(&state, jobs).await?,
+        jobs: with_webhooks(&state.db, jobs).await?,
         next,
     }))
 }
@@ -206,7 +169,7 @@ async fn cancel(
 ) -> Result<Json<JobBody>, ApiError> {
     match db::jobs::cancel(&state.db, caller.scope(), id).await? {
         db::jobs::Cancel::Cancelled(job) => {
-            Ok(Json(with_webhooks(&state, vec![job]).await?.remove(0)))
+            Ok(Json(with_webhooks(&state.db, vec![job]).await?.remove(0)))
         }
         db::jobs::Cancel::Finished(job) => Err(ApiError::Conflict(format!(
             "job {id} has already finished ({}); only an ongoing job can be cancelled",

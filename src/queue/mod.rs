@@ -20,6 +20,7 @@
 //! is processed.
 
 pub mod backoff;
+mod leases;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -308,73 +309,6 @@ impl Queue {
             .await
     }
 
-    /// Stops renewing the leases of these images (their outcome will not be recorded by this
-    /// process): they expire and another worker takes them.
-    pub fn let_go(&self, ids: impl IntoIterator<Item = i64>) {
-        let mut held = self.held.lock().expect("held lock");
-        for id in ids {
-            held.remove(&id);
-        }
-    }
-
-    /// Stops renewing every lease this process holds (nothing it holds will be recorded).
-    pub fn let_go_all(&self) {
-        self.held.lock().expect("held lock").clear();
-    }
-
-    fn held_ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self
-            .held
-            .lock()
-            .expect("held lock")
-            .iter()
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        ids
-    }
-
-    /// Extends the leases of the images this process still holds, in id order, skipping rows
-    /// another transaction has locked (they are renewed next beat). Returns how many it
-    /// renewed.
-    pub async fn heartbeat(&self) -> Result<u64, DbError> {
-        let ids = self.held_ids();
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        let lock = match self.db.backend() {
-            Backend::Postgres => "ORDER BY id FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = self.db.with_clock(&format!(
-            "UPDATE images SET lease_expires_at = {{now}} + $1 WHERE id IN ( \
-               SELECT id FROM images WHERE {mine} AND {held} {lock})",
-            mine = self.db.held_by("$2"),
-            held = self.db.any_of(
-                "id",
-                &format!(
-                    "SELECT CAST(t.value AS BIGINT) FROM {}",
-                    self.db.json_rows("$3")
-                )
-            )
-        ));
-        let ids = json!(ids).to_string();
-        let _turn = self.db.write_turn().await;
-        let done = self
-            .db
-            .timed(async |conn| {
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(self.lease_ms())
-                    .bind(&self.owner)
-                    .bind(ids)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(err)
-            })
-            .await?;
-        Ok(done.rows_affected())
-    }
-
     /// Records outcomes in one transaction, each only where this worker still holds the
     /// image's lease, then advances the counters of the jobs they belong to (finishing a job
     /// when its last image is in). Returns how many outcomes were recorded.
@@ -443,89 +377,6 @@ impl Queue {
             .await?;
         self.let_go(outcomes.iter().map(|(id, _)| *id));
         Ok(recorded)
-    }
-
-    /// Hands back every image this worker still holds (used at shutdown): they become
-    /// pending again and the interrupted attempt is not counted.
-    pub async fn release_all(&self) -> Result<u64, DbError> {
-        self.held.lock().expect("held lock").clear();
-        let lock = match self.db.backend() {
-            Backend::Postgres => "ORDER BY id FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        let sql = self.db.with_clock(&format!(
-            "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
-             attempts = attempts - 1, updated_at = {{now}} WHERE id IN ( \
-               SELECT id FROM images WHERE lease_owner = $1 AND status = 'running' {lock})"
-        ));
-        let _turn = self.db.write_turn().await;
-        let done = self
-            .db
-            .timed(async |conn| {
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(&self.owner)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(err)
-            })
-            .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// Takes back images whose lease expired (their worker died or hung): back to pending,
-    /// or failed once their attempts are used up. Safe to run from every worker at once:
-    /// rows another transaction holds are skipped (and taken back on a later pass).
-    pub async fn reap_expired(&self) -> Result<u64, DbError> {
-        let expired_ids = self.db.with_clock(match self.db.backend() {
-            Backend::Postgres => {
-                "SELECT id FROM images WHERE status = 'running' AND lease_expires_at < {now} \
-                 ORDER BY lease_expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED"
-            }
-            Backend::Sqlite => {
-                "SELECT id FROM images WHERE status = 'running' AND lease_expires_at < {now} \
-                 ORDER BY lease_expires_at LIMIT 1000"
-            }
-        });
-        let now = self.db.with_clock("{now}");
-        let _turn = self.db.write_turn().await;
-        let (failed, requeued) = self
-            .db
-            .timed(async |conn| {
-                let mut tx = conn.begin().await.map_err(err)?;
-                // Write first: on SQLite this takes the write lock at once instead of upgrading a read.
-                let failed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-                    "UPDATE images SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
-                       error = 'abandoned after ' || CAST(attempts AS TEXT) || ' attempts: its worker stopped or stalled while processing it' \
-                         || COALESCE('; earlier: ' || error, ''), \
-                       error_kind = $1, updated_at = {now} \
-                     WHERE id IN ({expired_ids}) AND attempts >= $2 RETURNING job_id"
-                )))
-                .bind(ErrorKind::LeaseExpired.as_str())
-                .bind(self.max_attempts)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(err)?;
-                let requeued = sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
-                       updated_at = {now} WHERE id IN ({expired_ids})"
-                )))
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
-                let mut per_job: BTreeMap<i64, jobs::Finished> = BTreeMap::new();
-                for (job_id,) in &failed {
-                    per_job.entry(*job_id).or_default().failed += 1;
-                }
-                jobs::record_finished(&self.db, &mut tx, &per_job).await?;
-                tx.commit().await.map_err(err)?;
-                Ok((failed.len() as u64, requeued.rows_affected()))
-            })
-            .await?;
-        let total = failed + requeued;
-        if total > 0 {
-            tracing::warn!(requeued, failed, "took back images whose lease expired");
-        }
-        Ok(total)
     }
 }
 

@@ -13,7 +13,8 @@ use crate::db::workers::{self, WorkerRow};
 use crate::db::{Db, DbError, now_ms};
 use crate::domain::Job;
 use crate::domain::{ImageStatus, JobStatus};
-use crate::http::{ApiError, AppState};
+use crate::web::AppState;
+use crate::web::submit::{self, SubmitError};
 
 /// The dashboard's view of the database, limited to what its caller may see.
 pub struct Data<'a> {
@@ -171,8 +172,8 @@ impl<'a> Data<'a> {
 
     /// Submits a job body through the API's own path: the same rate limit and quota, the same
     /// validation, the same errors.
-    pub async fn submit(&self, body: &[u8]) -> Result<i64, ApiError> {
-        crate::http::submit::take_submit_token(self.state, self.caller)?;
-        crate::http::submit::accept(self.state, self.caller, None, body).await
+    pub async fn submit(&self, body: &[u8]) -> Result<i64, SubmitError> {
+        submit::take_submit_token(self.state, self.caller)?;
+        submit::accept(self.state, self.caller, None, body).await
     }
 }

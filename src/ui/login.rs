@@ -14,10 +14,13 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::session::{MAX_LIFETIME, SignIn, local_return_path, session_id};
-use super::{FirstParams, Layout, LoginPage, UiError, Viewer, csrf, html, small_form};
+use super::csrf;
+use super::frame::{UiError, Viewer, html, small_form};
+use super::session::{self, local_return_path, session_id};
+use super::views::{Layout, LoginPage};
 use crate::auth::AuthError;
-use crate::http::{ApiError, AppState};
+use crate::auth::sessions::{MAX_LIFETIME, SignIn};
+use crate::web::{AppState, FirstParams};
 
 /// The words of every refused key: they say nothing of whether the key exists.
 const REFUSED: &str = "That key was not accepted. Check that you pasted the whole key, or ask \
@@ -131,7 +134,7 @@ pub async fn sign_in(
     match state.sessions.sign_in(key, Some(peer.ip())).await? {
         SignIn::Started { id } => {
             let mut response = see_other(&next);
-            let (name, value) = state.sessions.cookie(&id, &headers);
+            let (name, value) = session::cookie(state.sessions.config(), &id, &headers);
             response.headers_mut().append(name, value);
             Ok(response)
         }
@@ -172,14 +175,10 @@ pub async fn sign_out(
     csrf::check(&headers, form.get(csrf::FIELD).map(String::as_str))
         .map_err(|e| UiError::Forbidden(e.to_string()))?;
     if let Some(id) = session_id(&headers) {
-        state
-            .sessions
-            .sign_out(&id)
-            .await
-            .map_err(|e| UiError::Api(ApiError::from(e)))?;
+        state.sessions.sign_out(&id).await?;
     }
     let mut response = see_other("/ui/login");
-    let (name, value) = state.sessions.removal(&headers);
+    let (name, value) = session::removal(state.sessions.config(), &headers);
     response.headers_mut().append(name, value);
     Ok(response)
 }

@@ -1,8 +1,11 @@
-//! The worker pool of one process: claims images from the queue up to `concurrency` in flight,
-//! processes each in its own task, and hands outcomes to a single writer that records them in
-//! batches. Beside it run the heartbeat (extends this worker's leases), the reaper (takes back
-//! images of dead workers), the webhook deliveries ([`crate::webhooks::deliver`]) and, on
-//! PostgreSQL, a LISTEN that wakes the pool when work arrives.
+//! The worker pool of one process: claims images from the queue up to `concurrency` in flight
+//! (the claim loop, here), keeps the claimed ones that cannot start yet ([`waiting`]),
+//! processes each in its own task ([`process`]), and hands outcomes to a single writer that
+//! records them in batches ([`writer`]). Beside it run the heartbeat (extends this worker's
+//! leases), the reaper (takes back images of dead workers) and, on PostgreSQL, a LISTEN that
+//! wakes the pool when work arrives ([`upkeep`]), the webhook deliveries
+//! ([`crate::webhooks::deliver`]) and this process's row in the worker registry
+//! ([`registry`]).
 //!
 //! Shutdown: stop claiming, give in-flight images `shutdown_grace` to finish, record what
 //! finished, and hand the rest back to the queue.
@@ -10,10 +13,15 @@
 pub mod config;
 pub mod process;
 pub mod registry;
+mod upkeep;
+mod waiting;
+mod writer;
+
+#[cfg(test)]
+mod tests;
 
 pub use config::{DelayRange, WorkerConfig};
 
-use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,109 +32,21 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::db::{Backend, Db, jobs::WORK_CHANNEL};
-use crate::domain::ErrorKind;
+use crate::db::{Backend, Db};
 use crate::fetch::origins::{Admission, OriginPermit, Origins};
 use crate::fetch::{FetchConfig, FetchError, Fetcher, origin_of};
-use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
+use crate::metrics::Metrics;
 use crate::queue::backoff::backoff;
 use crate::queue::{ClaimedImage, Outcome, Queue};
 use crate::webhooks::WebhookConfig;
 use crate::webhooks::deliver::Deliverer;
-use process::Processor;
+use process::{Processor, count_outcome, run_one};
+use upkeep::{heartbeat, listen, reaper};
+use waiting::{Waiting, fruitless_pause};
+use writer::{MAX_WRITE_BATCH, write_outcomes};
 
 /// Most images claimed in one round trip.
 const MAX_CLAIM: usize = 256;
-/// Most outcomes recorded in one transaction.
-const MAX_WRITE_BATCH: usize = 512;
-
-/// Parked images per slot past which a worker claims no more until some start: parked images
-/// are leased and heartbeated like running ones.
-const PARK_PER_SLOT: usize = 4;
-
-/// Images claimed and not started: in claim order, and parked per busy origin.
-struct Waiting {
-    ready: VecDeque<ClaimedImage>,
-    parked: HashMap<String, Parked>,
-    parked_count: usize,
-    park_cap: usize,
-}
-
-/// One busy origin's parked images, started round robin over their jobs (each job's in
-/// claim order). In claim order alone, a job whose images arrive behind a hundred parked
-/// images of another tenant's jobs on the same slow host would wait for all of them (a
-/// hostile pass: 28 s behind 3 s downloads); taking turns, it waits for one image of each
-/// job ahead of it.
-#[derive(Default)]
-struct Parked {
-    by_job: HashMap<i64, VecDeque<ClaimedImage>>,
-    /// Jobs with parked images, the next to start first.
-    turns: VecDeque<i64>,
-}
-
-impl Parked {
-    fn push(&mut self, image: ClaimedImage) {
-        let job = image.job_id;
-        let queue = self.by_job.entry(job).or_default();
-        if queue.is_empty() {
-            self.turns.push_back(job);
-        }
-        queue.push_back(image);
-    }
-
-    fn pop(&mut self) -> Option<ClaimedImage> {
-        let job = self.turns.pop_front()?;
-        let queue = self.by_job.get_mut(&job)?;
-        let image = queue.pop_front();
-        if queue.is_empty() {
-            self.by_job.remove(&job);
-        } else {
-            self.turns.push_back(job);
-        }
-        image
-    }
-
-    fn is_empty(&self) -> bool {
-        self.turns.is_empty()
-    }
-}
-
-impl Waiting {
-    /// Whether to claim more: the claimed buffer is low, the parking not full, and either a
-    /// slot is free (perhaps for an origin not seen yet) or nothing at all is waiting here.
-    fn wants_more(&self, target: usize, slots: &Semaphore) -> bool {
-        self.ready.len() <= target / 2
-            && self.parked_count < self.park_cap
-            && (slots.available_permits() > 0 || (self.ready.is_empty() && self.parked_count == 0))
-    }
-
-    /// Parks `image` until its origin has room.
-    fn park(&mut self, origin: String, image: ClaimedImage) {
-        self.parked.entry(origin).or_default().push(image);
-        self.parked_count += 1;
-    }
-
-    fn unpark(&mut self, origin: &str) -> Option<ClaimedImage> {
-        let parked = self.parked.get_mut(origin)?;
-        let image = parked.pop();
-        if parked.is_empty() {
-            self.parked.remove(origin);
-        }
-        if image.is_some() {
-            self.parked_count -= 1;
-        }
-        image
-    }
-}
-
-/// The wait before claiming again after `n` claims in a row of which nothing could start
-/// (everything waits for a busy origin): doubling from 50 ms to 1 s, so images of other
-/// origins further down the queue are reached soon, without claiming in a tight loop.
-fn fruitless_pause(n: u32) -> Duration {
-    Duration::from_millis(50)
-        .saturating_mul(2u32.saturating_pow(n.clamp(1, 16) - 1))
-        .min(Duration::from_secs(1))
-}
 
 /// Why a worker pool stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
@@ -347,12 +267,7 @@ impl WorkerPool {
     ) -> JoinSet<()> {
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let target = self.concurrency.min(MAX_CLAIM);
-        let mut waiting = Waiting {
-            ready: VecDeque::with_capacity(target),
-            parked: HashMap::new(),
-            parked_count: 0,
-            park_cap: self.concurrency * PARK_PER_SLOT,
-        };
+        let mut waiting = Waiting::new(target, self.concurrency);
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
         // Claims in a row none of whose images could start (all of busy or broken origins).
@@ -584,353 +499,5 @@ impl WorkerPool {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-    }
-}
-
-/// Processes one image; a panic becomes a failed image instead of a dead worker.
-async fn run_one(
-    processor: &Processor,
-    image: &ClaimedImage,
-    origin: Option<OriginPermit>,
-) -> Outcome {
-    let outcome = contain_panics(processor.process(image, origin)).await;
-    match &outcome {
-        Outcome::Succeeded { perimeter, .. } => tracing::debug!(perimeter, "image measured"),
-        Outcome::Failed { kind, message } => {
-            tracing::info!(error.kind = kind.as_str(), error = %message, "image failed")
-        }
-        Outcome::Retry { after, message, .. } => {
-            tracing::info!(retry_in = ?after, error = %message, "image will be retried")
-        }
-        Outcome::Deferred { .. } => {}
-    }
-    outcome
-}
-
-/// Counts an outcome in this process's metrics (recording it is the writer's job).
-fn count_outcome(metrics: &Metrics, outcome: &Outcome) {
-    match outcome {
-        Outcome::Succeeded { .. } => metrics
-            .images_finished
-            .get_or_create(&OutcomeLabels {
-                outcome: "succeeded".into(),
-                error_kind: "none".into(),
-            })
-            .inc(),
-        Outcome::Failed { kind, .. } => metrics
-            .images_finished
-            .get_or_create(&OutcomeLabels {
-                outcome: "failed".into(),
-                error_kind: kind.as_str().into(),
-            })
-            .inc(),
-        Outcome::Retry { kind, .. } => metrics
-            .retries
-            .get_or_create(&KindLabels {
-                error_kind: kind.as_str().into(),
-            })
-            .inc(),
-        // Not tried: nothing to count here (the wait was counted where it was decided).
-        Outcome::Deferred { .. } => 0,
-    };
-}
-
-/// Runs an image's processing; a panic in it becomes a failed image (logged with its message)
-/// instead of a dead worker task whose lease would only expire.
-async fn contain_panics(processing: impl std::future::Future<Output = Outcome>) -> Outcome {
-    match AssertUnwindSafe(processing).catch_unwind().await {
-        Ok(outcome) => outcome,
-        Err(panic) => {
-            let what = crate::telemetry::panic_message(panic.as_ref());
-            tracing::error!(panic = %what, "image processing panicked");
-            Outcome::Failed {
-                kind: ErrorKind::Internal,
-                message: "internal error while processing the image".into(),
-            }
-        }
-    }
-}
-
-/// Records outcomes in batches: whatever has arrived while the previous batch was written;
-/// up to [`Queue::parallel_writes`] batches in flight while full batches wait. A write that
-/// panics takes the writer down with it (the pool then stops claiming).
-async fn write_outcomes(
-    queue: Arc<Queue>,
-    mut rx: mpsc::Receiver<(i64, Outcome)>,
-    lease: Duration,
-    metrics: Arc<Metrics>,
-) {
-    fn ended(write: Option<Result<(), tokio::task::JoinError>>) {
-        if let Some(Err(error)) = write
-            && error.is_panic()
-        {
-            std::panic::resume_unwind(error.into_panic());
-        }
-    }
-    let mut writing = JoinSet::new();
-    loop {
-        // A batch goes out beside one in flight only when a full batch already waits (the
-        // writer has fallen behind): otherwise more, smaller transactions would only cost the
-        // database more per outcome.
-        while !writing.is_empty()
-            && (writing.len() >= queue.parallel_writes() || rx.len() < MAX_WRITE_BATCH)
-        {
-            ended(writing.join_next().await);
-        }
-        let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
-        if rx.recv_many(&mut batch, MAX_WRITE_BATCH).await == 0 {
-            break;
-        }
-        writing.spawn(write_batch(queue.clone(), batch, lease, metrics.clone()));
-    }
-    while !writing.is_empty() {
-        ended(writing.join_next().await);
-    }
-}
-
-/// Records one batch, retrying while the database is unavailable, up to the lease: past it
-/// the images belong to someone else anyway, so they are let go to be redone.
-async fn write_batch(
-    queue: Arc<Queue>,
-    batch: Vec<(i64, Outcome)>,
-    lease: Duration,
-    metrics: Arc<Metrics>,
-) {
-    let started = tokio::time::Instant::now();
-    let mut failures = 0u32;
-    loop {
-        match queue.complete(&batch).await {
-            Ok(recorded) => {
-                if recorded < batch.len() {
-                    metrics
-                        .late_results_refused
-                        .inc_by((batch.len() - recorded) as u64);
-                    tracing::warn!(
-                        lost = batch.len() - recorded,
-                        "outcomes not recorded: their lease was taken over or their job cancelled"
-                    );
-                }
-                return;
-            }
-            Err(error) if started.elapsed() > lease => {
-                queue.let_go(batch.iter().map(|(id, _)| *id));
-                tracing::error!(%error, dropped = batch.len(), "cannot record outcomes; their images will be retried");
-                return;
-            }
-            Err(error) => {
-                failures += 1;
-                let wait = backoff(
-                    i64::from(failures),
-                    Duration::from_millis(100),
-                    Duration::from_secs(5),
-                );
-                tracing::warn!(%error, retry_in = ?wait, "cannot record outcomes yet");
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
-}
-
-async fn heartbeat(queue: Arc<Queue>, every: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        if let Err(error) = queue.heartbeat().await {
-            tracing::warn!(%error, "heartbeat failed");
-        }
-    }
-}
-
-async fn reaper(queue: Arc<Queue>, every: Duration, stop: CancellationToken) {
-    loop {
-        // Jitter keeps many workers from reaping in lockstep.
-        let wait = every.mul_f64(0.75 + fastrand::f64() * 0.5);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
-        }
-        if let Err(error) = queue.reap_expired().await {
-            tracing::warn!(%error, "reaping expired leases failed");
-        }
-    }
-}
-
-/// Wakes the claim loop when any process commits new work (PostgreSQL NOTIFY).
-async fn listen(url: String, wake: Arc<Notify>, stop: CancellationToken) {
-    let mut failures = 0u32;
-    loop {
-        let attempt = async {
-            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
-            listener.listen(WORK_CHANNEL).await?;
-            loop {
-                listener.recv().await?;
-                wake.notify_one();
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), sqlx::Error>(())
-        };
-        tokio::select! {
-            result = attempt => {
-                if let Err(error) = result {
-                    failures += 1;
-                    tracing::warn!(%error, "work notifications interrupted; polling meanwhile");
-                }
-            }
-            _ = stop.cancelled() => return,
-        }
-        let wait = backoff(
-            i64::from(failures.max(1)),
-            Duration::from_millis(500),
-            Duration::from_secs(15),
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_busy_origins_parked_images_start_round_robin_over_their_jobs() {
-        let image = |id: i64, job_id: i64| ClaimedImage {
-            id,
-            job_id,
-            seq: id,
-            store_id: "S".into(),
-            url: "u".into(),
-            attempts: 1,
-        };
-        let mut parked = Parked::default();
-        for id in 1..=5 {
-            parked.push(image(id, 7));
-        }
-        parked.push(image(6, 9));
-        parked.push(image(7, 9));
-        let order: Vec<i64> = std::iter::from_fn(|| parked.pop()).map(|i| i.id).collect();
-        assert_eq!(order, [1, 6, 2, 7, 3, 4, 5]);
-        assert!(parked.is_empty());
-    }
-    use crate::domain::{Limits, Submission};
-
-    /// A worker pool over a fresh SQLite file holding one job of `n` images whose URLs fail at
-    /// once (an unsupported scheme), so outcomes reach the writer without any network.
-    async fn pool_with_a_job(n: usize) -> (tempfile::TempDir, Db, WorkerPool) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let config = WorkerConfig {
-            concurrency: 4,
-            lease: Duration::from_secs(2),
-            processing_delay: DelayRange::ZERO,
-            ..WorkerConfig::default()
-        };
-        let db = Db::connect(&url, 16).await.unwrap();
-        db.migrate().await.unwrap();
-        let stores = crate::stores::parse(crate::stores::SAMPLE_CSV.as_bytes()).unwrap();
-        crate::db::stores::upsert(&db, &stores).await.unwrap();
-        let urls: Vec<String> = (0..n)
-            .map(|i| format!("ftp://images.invalid/{i}.png"))
-            .collect();
-        let body = serde_json::json!({"count": 1, "visits": [
-            {"store_id": "S00339218", "image_url": urls, "visit_time": "t"}]});
-        let submission =
-            Submission::parse(body.to_string().as_bytes(), &Limits::default()).unwrap();
-        let known = ["S00339218".to_string()].into();
-        let owner = crate::db::jobs::Owner::unlimited(crate::auth::DEFAULT_TENANT);
-        crate::db::jobs::create(&db, owner, &submission, &known, None)
-            .await
-            .unwrap();
-        let pool = WorkerPool::new(
-            db.clone(),
-            &config,
-            &FetchConfig::default(),
-            &WebhookConfig::default(),
-            Arc::new(Notify::new()),
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
-        (dir, db, pool)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_writer_that_stops_stops_the_pool_and_its_leases() {
-        let (_dir, db, pool) = pool_with_a_job(40).await;
-        let writer = |_queue: Arc<Queue>,
-                      mut rx: mpsc::Receiver<(i64, Outcome)>,
-                      _lease: Duration,
-                      _metrics: Arc<Metrics>| async move {
-            rx.recv().await;
-            panic!("disk on fire");
-        };
-        let stopped = tokio::time::timeout(
-            Duration::from_secs(10),
-            pool.run_with_writer(CancellationToken::new(), writer),
-        )
-        .await
-        .expect("the pool stops by itself, without a shutdown signal");
-        match stopped {
-            Err(WorkerError::WriterStopped(cause)) => {
-                assert!(cause.contains("disk on fire"), "{cause}")
-            }
-            other => panic!("expected a writer failure, got {other:?}"),
-        }
-        // Nothing was recorded, nothing is left leased: every image is back in the queue.
-        let (running, pending): (i64, i64) = sqlx::query_as(
-            "SELECT CAST(SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS BIGINT), \
-             CAST(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END) AS BIGINT) FROM images",
-        )
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
-        assert_eq!((running, pending), (0, 40));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_writer_that_ends_early_also_stops_the_pool() {
-        let (_dir, _db, pool) = pool_with_a_job(10).await;
-        let writer = |_queue: Arc<Queue>,
-                      rx: mpsc::Receiver<(i64, Outcome)>,
-                      _lease: Duration,
-                      _metrics: Arc<Metrics>| async move {
-            drop(rx);
-        };
-        let stopped = tokio::time::timeout(
-            Duration::from_secs(10),
-            pool.run_with_writer(CancellationToken::new(), writer),
-        )
-        .await
-        .expect("the pool stops by itself");
-        assert!(
-            matches!(stopped, Err(WorkerError::WriterStopped(_))),
-            "{stopped:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_panic_while_processing_fails_the_image_and_nothing_else() {
-        let outcome = contain_panics(async {
-            panic!("decoder exploded");
-            #[allow(unreachable_code)]
-            Outcome::Succeeded {
-                width: 1,
-                height: 1,
-                perimeter: 4,
-            }
-        })
-        .await;
-        assert_eq!(
-            outcome,
-            Outcome::Failed {
-                kind: ErrorKind::Internal,
-                message: "internal error while processing the image".into()
-            }
-        );
     }
 }

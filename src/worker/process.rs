@@ -1,15 +1,18 @@
 //! What happens to one image: download, measure, the simulated GPU time, and the decision
 //! whether a failure is final or worth another try.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use super::config::{DelayRange, WorkerConfig};
 use crate::domain::ErrorKind;
 use crate::fetch::origins::OriginPermit;
 use crate::fetch::{FetchError, Fetcher};
 use crate::measure;
-use crate::metrics::Metrics;
+use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 use crate::queue::backoff::backoff;
 use crate::queue::{ClaimedImage, Outcome};
 
@@ -159,6 +162,70 @@ impl Processor {
     }
 }
 
+/// Processes one image; a panic becomes a failed image instead of a dead worker.
+pub(super) async fn run_one(
+    processor: &Processor,
+    image: &ClaimedImage,
+    origin: Option<OriginPermit>,
+) -> Outcome {
+    let outcome = contain_panics(processor.process(image, origin)).await;
+    match &outcome {
+        Outcome::Succeeded { perimeter, .. } => tracing::debug!(perimeter, "image measured"),
+        Outcome::Failed { kind, message } => {
+            tracing::info!(error.kind = kind.as_str(), error = %message, "image failed")
+        }
+        Outcome::Retry { after, message, .. } => {
+            tracing::info!(retry_in = ?after, error = %message, "image will be retried")
+        }
+        Outcome::Deferred { .. } => {}
+    }
+    outcome
+}
+
+/// Counts an outcome in this process's metrics (recording it is the writer's job).
+pub(super) fn count_outcome(metrics: &Metrics, outcome: &Outcome) {
+    match outcome {
+        Outcome::Succeeded { .. } => metrics
+            .images_finished
+            .get_or_create(&OutcomeLabels {
+                outcome: "succeeded".into(),
+                error_kind: "none".into(),
+            })
+            .inc(),
+        Outcome::Failed { kind, .. } => metrics
+            .images_finished
+            .get_or_create(&OutcomeLabels {
+                outcome: "failed".into(),
+                error_kind: kind.as_str().into(),
+            })
+            .inc(),
+        Outcome::Retry { kind, .. } => metrics
+            .retries
+            .get_or_create(&KindLabels {
+                error_kind: kind.as_str().into(),
+            })
+            .inc(),
+        // Not tried: nothing to count here (the wait was counted where it was decided).
+        Outcome::Deferred { .. } => 0,
+    };
+}
+
+/// Runs an image's processing; a panic in it becomes a failed image (logged with its message)
+/// instead of a dead worker task whose lease would only expire.
+async fn contain_panics(processing: impl std::future::Future<Output = Outcome>) -> Outcome {
+    match AssertUnwindSafe(processing).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let what = crate::telemetry::panic_message(panic.as_ref());
+            tracing::error!(panic = %what, "image processing panicked");
+            Outcome::Failed {
+                kind: ErrorKind::Internal,
+                message: "internal error while processing the image".into(),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +263,26 @@ mod tests {
             }
             other => panic!("expected a failure, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_processing_fails_the_image_and_nothing_else() {
+        let outcome = contain_panics(async {
+            panic!("decoder exploded");
+            #[allow(unreachable_code)]
+            Outcome::Succeeded {
+                width: 1,
+                height: 1,
+                perimeter: 4,
+            }
+        })
+        .await;
+        assert_eq!(
+            outcome,
+            Outcome::Failed {
+                kind: ErrorKind::Internal,
+                message: "internal error while processing the image".into()
+            }
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Reading a request's body: within a size limit and a deadline, with one answer per way it
-//! can go wrong (413 over the limit, 408 past the deadline, 400 when the connection broke).
+//! Reading a request's body: within a size limit and a deadline, with one error per way it
+//! can go wrong (over the limit, past the deadline, the connection broke), which the API and
+//! the dashboard answer 413, 408 and 400.
 //!
 //! The deadline is set per request by [`super::serve`], which wraps every body in a
 //! [`DeadlineBody`]: a client has that long from the end of its headers to the end of its
@@ -12,8 +13,6 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use http_body::{Frame, SizeHint};
-
-use super::ApiError;
 
 /// A request body that fails with [`TimedOut`] once its deadline has passed.
 pub struct DeadlineBody {
@@ -63,14 +62,28 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// The 413 of a body (`what`: "body", "form") over `limit` bytes.
-pub fn too_large(what: &str, limit: usize) -> ApiError {
-    ApiError::TooLarge(format!("{what}: larger than the limit of {limit} bytes"))
+/// Why a body could not be read; each message names the body (`body`, `form`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Over the limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not all there before its deadline (408).
+    #[error("{0}")]
+    TimedOut(String),
+    /// The connection broke or the framing was bad (400).
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// The error of a body (`what`: "body", "form") over `limit` bytes.
+pub fn too_large(what: &str, limit: usize) -> BodyError {
+    BodyError::TooLarge(format!("{what}: larger than the limit of {limit} bytes"))
 }
 
 /// Reads a whole request body of at most `limit` bytes. `what` names it in the errors
 /// ("body", "form").
-pub async fn read(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
+pub async fn read(body: Body, limit: usize, what: &str) -> Result<Bytes, BodyError> {
     axum::body::to_bytes(body, limit).await.map_err(|error| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
         while let Some(e) = source {
@@ -78,11 +91,11 @@ pub async fn read(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiErro
                 return too_large(what, limit);
             }
             if let Some(timed_out) = e.downcast_ref::<TimedOut>() {
-                return ApiError::RequestTimeout(format!("{what}: {timed_out}"));
+                return BodyError::TimedOut(format!("{what}: {timed_out}"));
             }
             source = e.source();
         }
-        ApiError::BadRequest(format!("{what}: could not be read: {error}"))
+        BodyError::Broken(format!("{what}: could not be read: {error}"))
     })
 }
 
@@ -91,7 +104,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_body_that_stops_coming_ends_in_a_408_at_its_deadline() {
+    async fn a_body_that_stops_coming_times_out_at_its_deadline() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
         tx.send(Ok(Frame::data(Bytes::from_static(b"{\"visits\""))))
             .await
@@ -101,9 +114,10 @@ mod tests {
         let started = std::time::Instant::now();
         let err = read(body, 1024, "body").await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2));
-        let (status, json, _) = err.parts();
-        assert_eq!(status.as_u16(), 408);
-        assert_eq!(json["error"], "body: not received within 0.1 s");
+        assert_eq!(
+            err,
+            BodyError::TimedOut("body: not received within 0.1 s".into())
+        );
         drop(tx);
     }
 
@@ -118,9 +132,10 @@ mod tests {
             Body::from("hello!"),
             Duration::from_secs(5),
         ));
-        let (status, json, _) = read(body, 5, "form").await.unwrap_err().parts();
-        assert_eq!(status.as_u16(), 413);
-        assert_eq!(json["error"], "form: larger than the limit of 5 bytes");
+        assert_eq!(
+            read(body, 5, "form").await.unwrap_err(),
+            BodyError::TooLarge("form: larger than the limit of 5 bytes".into())
+        );
     }
 
     /// A stream of the frames sent on `rx`.

@@ -1,0 +1,178 @@
+//! The schema: the migrations of each backend, applied in order, and whether a database has
+//! them all.
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Executor};
+
+use super::{Backend, Db, DbError, err, now_ms};
+
+/// (version, SQL) per backend, applied in order; never edit one that has shipped.
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_idempotency_and_worker.sql"),
+    ),
+    (3, include_str!("../../migrations/sqlite/0003_tenants.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_fair_claims.sql"),
+    ),
+    (5, include_str!("../../migrations/sqlite/0005_api_keys.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_workers.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_webhooks.sql")),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_ui_sessions.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_idempotency_and_worker.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_tenants.sql"),
+    ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_fair_claims.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_api_keys.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_workers.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_webhooks.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_ui_sessions.sql"),
+    ),
+];
+
+impl Db {
+    /// Applies the migrations this database has not seen yet, each in its own transaction.
+    /// On PostgreSQL an advisory lock keeps two processes starting at once from racing.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let (migrations, create) = match self.backend {
+            Backend::Sqlite => (
+                SQLITE_MIGRATIONS,
+                "CREATE TABLE IF NOT EXISTS rp_schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            ),
+            Backend::Postgres => (
+                POSTGRES_MIGRATIONS,
+                "CREATE TABLE IF NOT EXISTS rp_schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            ),
+        };
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        if self.backend == Backend::Postgres {
+            // Another process may be migrating: wait for it by polling (a blocking lock
+            // request would run into lock_timeout), and let a long migration run past
+            // statement_timeout on this connection only.
+            loop {
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7210550)")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(err)?;
+                if locked {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            conn.execute("SET statement_timeout = 0")
+                .await
+                .map_err(err)?;
+        }
+        let result = async {
+            conn.execute(create).await.map_err(err)?;
+            for &(version, sql) in migrations {
+                let applied: Option<i64> = sqlx::query_scalar(
+                    "SELECT version FROM rp_schema_migrations WHERE version = $1",
+                )
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(err)?;
+                if applied.is_some() {
+                    continue;
+                }
+                let step = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    tx.execute(sql).await?;
+                    sqlx::query(
+                        "INSERT INTO rp_schema_migrations (version, applied_at) VALUES ($1, $2)",
+                    )
+                    .bind(version)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await
+                };
+                step.await
+                    .map_err(|source| DbError::Migration { version, source })?;
+                tracing::info!(migration = version, "applied migration");
+            }
+            Ok(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            let _ = conn.execute("SELECT pg_advisory_unlock(7210550)").await;
+            // The connection goes back to the pool: restore its limit.
+            let restore = match self.limits.statement.as_millis() {
+                0 => "RESET statement_timeout".to_string(),
+                ms => format!("SET statement_timeout = {ms}"),
+            };
+            if conn
+                .execute(sqlx::raw_sql(AssertSqlSafe(restore)))
+                .await
+                .is_err()
+            {
+                drop(conn.detach());
+            }
+        }
+        result
+    }
+
+    /// True when the database answers and every migration is applied.
+    pub async fn is_ready(&self) -> Result<bool, DbError> {
+        let latest = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.last(),
+            Backend::Postgres => POSTGRES_MIGRATIONS.last(),
+        }
+        .map(|m| m.0)
+        .unwrap_or(0);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM rp_schema_migrations")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(err)?;
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_migrations() {
+        let versions = |list: &[(i64, &str)]| list.iter().map(|m| m.0).collect::<Vec<_>>();
+        assert_eq!(versions(SQLITE_MIGRATIONS), versions(POSTGRES_MIGRATIONS));
+        let sorted = {
+            let mut v = versions(SQLITE_MIGRATIONS);
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        assert_eq!(versions(SQLITE_MIGRATIONS), sorted, "in order, each once");
+    }
+}

@@ -1,0 +1,95 @@
+//! The outcome writer: one task per pool that records the outcomes of finished images in
+//! batches (one transaction each), retrying while the database is away, up to the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::metrics::Metrics;
+use crate::queue::backoff::backoff;
+use crate::queue::{Outcome, Queue};
+
+/// Most outcomes recorded in one transaction.
+pub(super) const MAX_WRITE_BATCH: usize = 512;
+
+/// Records outcomes in batches: whatever has arrived while the previous batch was written;
+/// up to [`Queue::parallel_writes`] batches in flight while full batches wait. A write that
+/// panics takes the writer down with it (the pool then stops claiming).
+pub(super) async fn write_outcomes(
+    queue: Arc<Queue>,
+    mut rx: mpsc::Receiver<(i64, Outcome)>,
+    lease: Duration,
+    metrics: Arc<Metrics>,
+) {
+    fn ended(write: Option<Result<(), tokio::task::JoinError>>) {
+        if let Some(Err(error)) = write
+            && error.is_panic()
+        {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+    let mut writing = JoinSet::new();
+    loop {
+        // A batch goes out beside one in flight only when a full batch already waits (the
+        // writer has fallen behind): otherwise more, smaller transactions would only cost the
+        // database more per outcome.
+        while !writing.is_empty()
+            && (writing.len() >= queue.parallel_writes() || rx.len() < MAX_WRITE_BATCH)
+        {
+            ended(writing.join_next().await);
+        }
+        let mut batch = Vec::with_capacity(MAX_WRITE_BATCH);
+        if rx.recv_many(&mut batch, MAX_WRITE_BATCH).await == 0 {
+            break;
+        }
+        writing.spawn(write_batch(queue.clone(), batch, lease, metrics.clone()));
+    }
+    while !writing.is_empty() {
+        ended(writing.join_next().await);
+    }
+}
+
+/// Records one batch, retrying while the database is unavailable, up to the lease: past it
+/// the images belong to someone else anyway, so they are let go to be redone.
+async fn write_batch(
+    queue: Arc<Queue>,
+    batch: Vec<(i64, Outcome)>,
+    lease: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let started = tokio::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        match queue.complete(&batch).await {
+            Ok(recorded) => {
+                if recorded < batch.len() {
+                    metrics
+                        .late_results_refused
+                        .inc_by((batch.len() - recorded) as u64);
+                    tracing::warn!(
+                        lost = batch.len() - recorded,
+                        "outcomes not recorded: their lease was taken over or their job cancelled"
+                    );
+                }
+                return;
+            }
+            Err(error) if started.elapsed() > lease => {
+                queue.let_go(batch.iter().map(|(id, _)| *id));
+                tracing::error!(%error, dropped = batch.len(), "cannot record outcomes; their images will be retried");
+                return;
+            }
+            Err(error) => {
+                failures += 1;
+                let wait = backoff(
+                    i64::from(failures),
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                );
+                tracing::warn!(%error, retry_in = ?wait, "cannot record outcomes yet");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
