@@ -18,6 +18,9 @@ use crate::retention::RetentionConfig;
 use crate::webhooks::WebhookConfig;
 use crate::worker::WorkerConfig;
 
+/// The API's read timeouts, a section of [`ApiConfig`].
+pub use crate::web::serve::ReadTimeouts;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("{field}: {problem}")]
@@ -54,7 +57,7 @@ pub struct ApiConfig {
     /// Largest accepted request body in bytes (413 above it).
     pub max_body_bytes: usize,
     /// How long a client may take to send a request's headers and its body.
-    pub read_timeouts: crate::web::serve::ReadTimeouts,
+    pub read_timeouts: ReadTimeouts,
     /// Sizes a submission must respect.
     pub limits: Limits,
     /// When keys are needed, and the per-tenant quota and submit rate.
@@ -67,7 +70,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 32 * 1024 * 1024,
-            read_timeouts: crate::web::serve::ReadTimeouts::default(),
+            read_timeouts: ReadTimeouts::default(),
             limits: Limits::default(),
             auth: AuthConfig::default(),
             sessions: SessionConfig::default(),

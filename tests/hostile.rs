@@ -412,7 +412,7 @@ async fn slow_clients_are_cut_off_at_the_read_timeouts(backend: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::new(backend).await;
     let mut config = test_config(&db);
-    config.api.read_timeouts = retail_pulse::web::serve::ReadTimeouts {
+    config.api.read_timeouts = retail_pulse::config::ReadTimeouts {
         headers: Duration::from_secs(1),
         body: Duration::from_secs(1),
     };

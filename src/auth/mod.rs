@@ -13,9 +13,11 @@
 //! are cached for at most [`CACHE_TTL`], so a revoked key is refused within about a second;
 //! `last used` is written at most once per [`LAST_USED_RESOLUTION`] per key.
 
-pub mod keys;
-pub mod rate;
-pub mod sessions;
+pub(crate) mod keys;
+pub(crate) mod rate;
+pub(crate) mod sessions;
+
+pub use sessions::SessionConfig;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

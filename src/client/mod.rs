@@ -7,9 +7,9 @@
 //! runs the commands and decides their exit codes; [`progress`] draws the live line of
 //! `submit --wait`; [`report`] renders a job for people.
 
-pub mod command;
-pub mod progress;
-pub mod report;
+pub(crate) mod command;
+pub(crate) mod progress;
+pub(crate) mod report;
 
 use std::time::Duration;
 

@@ -6,16 +6,16 @@
 //! so there is one query path; the few statements whose SQL must differ (the queue's claim)
 //! branch on [`Backend`].
 
-pub mod dashboard;
+pub(crate) mod dashboard;
 pub mod images;
 pub mod jobs;
-pub mod keys;
+pub(crate) mod keys;
 pub mod retention;
-pub mod session;
+pub(crate) mod session;
 pub mod stores;
-pub mod ui_sessions;
-pub mod webhooks;
-pub mod workers;
+pub(crate) mod ui_sessions;
+pub(crate) mod webhooks;
+pub(crate) mod workers;
 
 mod migrate;
 mod row;

@@ -2,13 +2,13 @@
 //! the states of worker processes.
 //! Validation happens once, here; everything past the HTTP layer holds parsed values.
 
-pub mod job;
-pub mod results_csv;
-pub mod strict_json;
-pub mod submission;
+pub(crate) mod job;
+pub(crate) mod results_csv;
+pub(crate) mod strict_json;
+pub(crate) mod submission;
 pub mod time;
 pub mod wire;
-pub mod worker;
+pub(crate) mod worker;
 
 pub use job::{ErrorKind, FirstFailure, ImageStatus, Job, JobStatus, StoreError, StoreFailure};
 pub use submission::{Limits, Submission, ValidationError, Visit};

@@ -9,10 +9,10 @@
 //! not taken the event, and following it would re-send a signed body somewhere else).
 
 mod body;
-pub mod config;
+pub(crate) mod config;
 mod error;
 pub mod guard;
-pub mod origins;
+pub(crate) mod origins;
 #[cfg(test)]
 mod tests;
 

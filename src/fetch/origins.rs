@@ -131,7 +131,8 @@ impl Origins {
     }
 
     /// How many breakers are open right now.
-    pub fn open_breakers(&self) -> usize {
+    #[cfg(test)]
+    fn open_breakers(&self) -> usize {
         let state = self.state.lock().expect("origins lock");
         state.values().filter(|o| o.open_until.is_some()).count()
     }
@@ -210,10 +211,6 @@ impl OriginPermit {
     /// How the download went: `reachable` unless it failed as an origin failure.
     pub fn report(&self, reachable: bool) {
         self.origins.report(&self.origin, self.probe, reachable);
-    }
-
-    pub fn origin(&self) -> &str {
-        &self.origin
     }
 }
 

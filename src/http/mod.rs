@@ -14,7 +14,7 @@ mod error;
 mod export;
 mod health;
 mod jobs;
-pub mod openapi;
+pub(crate) mod openapi;
 mod status;
 mod submit;
 mod webhooks;

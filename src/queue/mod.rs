@@ -19,9 +19,9 @@
 //! This module knows rows, leases and outcomes; it knows nothing of HTTP or of how an image
 //! is processed.
 
-pub mod backoff;
+pub(crate) mod backoff;
 mod leases;
-pub mod scheduler;
+pub(crate) mod scheduler;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;

@@ -14,7 +14,7 @@
 //! processes pruning the same file at once only repeat each other's idempotent deletes
 //! (archives are never overwritten).
 
-pub mod archive;
+pub(crate) mod archive;
 
 use std::path::PathBuf;
 use std::sync::Arc;

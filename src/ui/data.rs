@@ -71,11 +71,6 @@ impl<'a> Data<'a> {
         self.caller.scope()
     }
 
-    /// Whether the caller sees the service-wide figures.
-    pub fn sees_operations(&self) -> bool {
-        self.scope() == Scope::All
-    }
-
     pub async fn overview(&self, recent: i64) -> Result<Overview, DbError> {
         let now = now_ms();
         let (by_state, operations) = match self.scope() {

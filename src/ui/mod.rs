@@ -21,13 +21,13 @@
 
 mod chart;
 mod csrf;
-pub mod data;
+pub(crate) mod data;
 mod frame;
 mod job;
 mod jobs;
 mod login;
 mod overview;
-pub mod session;
+pub(crate) mod session;
 mod submit;
 mod views;
 

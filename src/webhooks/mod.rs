@@ -13,7 +13,7 @@
 //! it through the API, or the first delivery); this module makes and uses them, the database
 //! keeps them ([`crate::db::webhooks`]).
 
-pub mod deliver;
+pub(crate) mod deliver;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;

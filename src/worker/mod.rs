@@ -10,9 +10,9 @@
 //! Shutdown: stop claiming, give in-flight images `shutdown_grace` to finish, record what
 //! finished, and hand the rest back to the queue.
 
-pub mod config;
-pub mod process;
-pub mod registry;
+pub(crate) mod config;
+pub(crate) mod process;
+pub(crate) mod registry;
 mod upkeep;
 mod waiting;
 mod writer;
