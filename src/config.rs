@@ -102,6 +102,9 @@ impl Config {
         if self.worker.max_attempts == 0 {
             return Err(invalid("max-attempts", "must be at least 1"));
         }
+        if self.worker.max_claims < self.worker.max_attempts {
+            return Err(invalid("max-claims", "must not be below --max-attempts"));
+        }
         if self.worker.lease < Duration::from_secs(1) {
             return Err(invalid("lease-secs", "must be at least 1 second"));
         }

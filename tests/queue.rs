@@ -152,7 +152,10 @@ async fn results_are_recorded_only_under_the_lease(backend: Backend) {
     );
     let again = other.claim(1).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempts, 2, "attempts counted at claim time");
+    assert_eq!(
+        again[0].attempts, 1,
+        "a claim whose worker never started the image costs it no attempt"
+    );
     // The first worker wakes up late: its result is refused; the new owner's is recorded.
     assert_eq!(slow.complete(&[(claimed[0].id, ok())]).await.unwrap(), 0);
     assert_eq!(other.complete(&[(again[0].id, ok())]).await.unwrap(), 1);
@@ -260,7 +263,7 @@ async fn poison_image_fails_after_its_attempts(backend: Backend) {
     let db = migrated(&tdb).await;
     let job = create_job(&db, STORE_A, 1).await;
     for attempt in 1..=3 {
-        // Each "worker" claims and dies without a word.
+        // Each "worker" claims it, records that it started it, and dies without a word.
         let doomed = Queue::new(
             db.clone(),
             format!("doomed{attempt}"),
@@ -270,6 +273,7 @@ async fn poison_image_fails_after_its_attempts(backend: Backend) {
         let c = doomed.claim(1).await.unwrap();
         assert_eq!(c.len(), 1, "attempt {attempt} claims it");
         assert_eq!(c[0].attempts, attempt);
+        assert_eq!(doomed.record(&[c[0].id], &[]).await.unwrap(), 0);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert_eq!(doomed.reap_expired().await.unwrap(), 1);
     }
@@ -287,6 +291,78 @@ async fn poison_image_fails_after_its_attempts(backend: Backend) {
         row.errors[0].error.contains("abandoned after 3 attempts"),
         "{:?}",
         row.errors
+    );
+}
+
+/// Workers that die before they record the start of an image cost it claims, not attempts;
+/// past the claims cap it fails for good, with words that say so.
+async fn an_image_claimed_by_workers_that_all_died_fails_after_its_claims(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    let job = create_job(&db, STORE_A, 1).await;
+    for claim in 1..=4 {
+        let doomed = Queue::new(
+            db.clone(),
+            format!("doomed{claim}"),
+            Duration::from_millis(50),
+            2,
+        )
+        .with_max_claims(4);
+        let c = doomed.claim(1).await.unwrap();
+        assert_eq!(c.len(), 1, "claim {claim} takes it");
+        assert_eq!(c[0].attempts, 1, "no start was ever recorded");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(doomed.reap_expired().await.unwrap(), 1);
+    }
+    let last = Queue::new(db.clone(), "last".into(), Duration::from_secs(30), 2);
+    assert!(last.claim(1).await.unwrap().is_empty());
+    let row = db::jobs::get(&db, db::jobs::Scope::All, job)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status.as_str(), "failed");
+    assert!(
+        row.errors[0]
+            .error
+            .contains("abandoned after 4 claims without an outcome"),
+        "{:?}",
+        row.errors
+    );
+}
+
+/// A stopping worker hands back what it claimed and never started: pending at once, the claim
+/// refunded; what it started keeps its attempt until its outcome or release.
+async fn unstarted_images_are_handed_back_with_their_claims_refunded(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    create_job(&db, STORE_A, 4).await;
+    let q = Queue::new(db.clone(), "stopping".into(), Duration::from_secs(30), 3);
+    let claimed = q.claim(4).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    q.record(&ids[..1], &[]).await.unwrap();
+    assert_eq!(q.hand_back(&ids).await.unwrap(), 3, "the started one stays");
+    let counts: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT status, CAST(attempts AS BIGINT), CAST(claims AS BIGINT) FROM images ORDER BY id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(counts[0], ("running".to_string(), 1, 1));
+    for row in &counts[1..] {
+        assert_eq!(row, &("pending".to_string(), 0, 0));
+    }
+    assert_eq!(q.release_all().await.unwrap(), 1);
+    let first: (String, i64, i64) = sqlx::query_as(
+        "SELECT status, CAST(attempts AS BIGINT), CAST(claims AS BIGINT) FROM images ORDER BY id LIMIT 1",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        first,
+        ("pending".to_string(), 0, 0),
+        "a shutdown is not the image's doing"
     );
 }
 
@@ -584,6 +660,8 @@ on_both_backends!(
     a_lease_let_go_is_not_renewed,
     jobs_waiting_on_retries_do_not_hide_newer_jobs,
     poison_image_fails_after_its_attempts,
+    an_image_claimed_by_workers_that_all_died_fails_after_its_claims,
+    unstarted_images_are_handed_back_with_their_claims_refunded,
     retry_waits_for_its_time,
     flaky_host_succeeds_and_broken_host_fails_after_retries,
     graceful_stop_hands_unfinished_images_back,

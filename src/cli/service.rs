@@ -156,9 +156,13 @@ pub struct WorkerArgs {
     /// Seconds an image stays leased to a worker between heartbeats.
     #[arg(long, env = "RP_LEASE_SECS", default_value_t = WorkerConfig::default().lease.as_secs_f64())]
     pub lease_secs: f64,
-    /// Claims of one image before it is failed for good.
+    /// Attempts (downloads) of one image before it is failed for good.
     #[arg(long, env = "RP_MAX_ATTEMPTS", default_value_t = WorkerConfig::default().max_attempts)]
     pub max_attempts: u32,
+    /// Claims of one image without an outcome (its workers stopped before finishing it)
+    /// before it is failed for good; at least --max-attempts.
+    #[arg(long, env = "RP_MAX_CLAIMS", default_value_t = WorkerConfig::default().max_claims)]
+    pub max_claims: u32,
     /// Milliseconds before the first retry of a transient failure (doubles per attempt).
     #[arg(long, env = "RP_RETRY_BASE_MS", default_value_t = WorkerConfig::default().retry_base.as_millis() as u64)]
     pub retry_base_ms: u64,
@@ -197,6 +201,7 @@ impl WorkerArgs {
         w.processing_delay = self.processing_delay_ms;
         w.lease = secs(self.lease_secs, "lease-secs")?;
         w.max_attempts = self.max_attempts;
+        w.max_claims = self.max_claims;
         w.retry_base = Duration::from_millis(self.retry_base_ms);
         w.retry_max = secs(self.retry_max_secs, "retry-max-secs")?;
         w.poll_interval = Duration::from_millis(self.poll_interval_ms.max(1));

@@ -26,6 +26,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/sqlite/0009_ui_sessions.sql"),
     ),
+    (10, include_str!("../../migrations/sqlite/0010_claims.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
@@ -56,6 +57,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         9,
         include_str!("../../migrations/postgres/0009_ui_sessions.sql"),
+    ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_claims.sql"),
     ),
 ];
 

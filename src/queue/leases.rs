@@ -79,8 +79,51 @@ impl Queue {
         Ok(done.rows_affected())
     }
 
-    /// Hands back every image this worker still holds (used at shutdown): they become
-    /// pending again and the interrupted attempt is not counted.
+    /// Hands back these images, which this worker claimed and never started (it is stopping):
+    /// pending again at once, their claim refunded, nothing else changed. Returns how many.
+    pub async fn hand_back(&self, ids: &[i64]) -> Result<u64, DbError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        self.let_go(ids.iter().copied());
+        let sql = self.db.with_clock(&format!(
+            "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
+             claims = claims - 1, updated_at = {{now}} WHERE id IN ( \
+               SELECT id FROM images WHERE {held} AND started = 0 AND {ours} {lock})",
+            held = self.db.held_by("$1"),
+            ours = self.db.any_of(
+                "id",
+                &format!(
+                    "SELECT CAST(t.value AS BIGINT) FROM {}",
+                    self.db.json_rows("$2")
+                )
+            ),
+            lock = match self.db.backend() {
+                Backend::Postgres => "ORDER BY id FOR UPDATE",
+                Backend::Sqlite => "",
+            },
+        ));
+        let ids = json!(ids).to_string();
+        let _turn = self.db.write_turn().await;
+        let done = self
+            .db
+            .timed(async |conn| {
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(&self.owner)
+                    .bind(ids)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(err)
+            })
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Hands back every image this worker still holds (used at shutdown, after the drain):
+    /// they become pending again, and neither the interrupted attempt nor the claim is
+    /// counted (the stop was not the image's doing).
     pub async fn release_all(&self) -> Result<u64, DbError> {
         self.held.lock().expect("held lock").clear();
         let lock = match self.db.backend() {
@@ -89,7 +132,8 @@ impl Queue {
         };
         let sql = self.db.with_clock(&format!(
             "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
-             attempts = attempts - 1, updated_at = {{now}} WHERE id IN ( \
+             attempts = attempts - started, claims = claims - 1, started = 0, \
+             updated_at = {{now}} WHERE id IN ( \
                SELECT id FROM images WHERE lease_owner = $1 AND status = 'running' {lock})"
         ));
         let _turn = self.db.write_turn().await;
@@ -107,7 +151,8 @@ impl Queue {
     }
 
     /// Takes back images whose lease expired (their worker died or hung): back to pending,
-    /// or failed once their attempts are used up. Safe to run from every worker at once:
+    /// or failed once their attempts are used up (only a started image's attempt was counted)
+    /// or they have been claimed `max_claims` times without an outcome. Safe to run from every worker at once:
     /// rows another transaction holds are skipped (and taken back on a later pass).
     pub async fn reap_expired(&self) -> Result<u64, DbError> {
         let expired_ids = self.db.with_clock(match self.db.backend() {
@@ -129,19 +174,22 @@ impl Queue {
                 // Write first: on SQLite this takes the write lock at once instead of upgrading a read.
                 let failed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
                     "UPDATE images SET status = 'failed', lease_owner = NULL, lease_expires_at = NULL, \
-                       error = 'abandoned after ' || CAST(attempts AS TEXT) || ' attempts: its worker stopped or stalled while processing it' \
+                       error = CASE WHEN attempts >= $2 \
+                         THEN 'abandoned after ' || CAST(attempts AS TEXT) || ' attempts: its worker stopped or stalled while processing it' \
+                         ELSE 'abandoned after ' || CAST(claims AS TEXT) || ' claims without an outcome: its workers stopped before finishing it' END \
                          || COALESCE('; earlier: ' || error, ''), \
-                       error_kind = $1, updated_at = {now} \
-                     WHERE id IN ({expired_ids}) AND attempts >= $2 RETURNING job_id"
+                       error_kind = $1, started = 0, updated_at = {now} \
+                     WHERE id IN ({expired_ids}) AND (attempts >= $2 OR claims >= $3) RETURNING job_id"
                 )))
                 .bind(ErrorKind::LeaseExpired.as_str())
                 .bind(self.max_attempts)
+                .bind(self.max_claims)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(err)?;
                 let requeued = sqlx::query(AssertSqlSafe(format!(
                     "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
-                       updated_at = {now} WHERE id IN ({expired_ids})"
+                       started = 0, updated_at = {now} WHERE id IN ({expired_ids})"
                 )))
                 .execute(&mut *tx)
                 .await

@@ -1,10 +1,16 @@
 //! The durable queue: the `images` table, worked through leases.
 //!
 //! An image is `pending` until a worker claims it; the claim sets `running`, the worker's id
-//! as `lease_owner`, a `lease_expires_at`, and counts the attempt. The worker heartbeats its
-//! leases while it works and writes its result only where it still holds the lease, so a
-//! result is never recorded twice. Leases that expire (a dead worker) are handed back to
-//! `pending`, or failed for good once the attempts are used up (a poison image).
+//! as `lease_owner`, a `lease_expires_at`, and counts the claim (`claims`). When the worker
+//! starts the image it records so ([`Queue::record`]: `started`, and the attempt counted in
+//! `attempts`), in the same transaction as its next outcomes. The worker heartbeats its leases
+//! while it works and writes its result only where it still holds the lease, so a result is
+//! never recorded twice. Leases that expire (a dead worker) are handed back to `pending`: a
+//! dead worker costs an attempt only to the images it had started. An image is failed for good
+//! once its attempts are used up (a poison image), or once it has been claimed
+//! [`Queue::with_max_claims`] times without an outcome (one that brings its worker down before
+//! its start is recorded). A worker that stops hands its unstarted images back at once, their
+//! claims refunded ([`Queue::hand_back`]).
 //!
 //! Which jobs a claim draws from is the [`scheduler`]'s decision (fair shares across tenants,
 //! then jobs); a claim then leases the images of all those jobs in **one statement**. Job
@@ -43,7 +49,7 @@ pub struct ClaimedImage {
     pub seq: i64,
     pub store_id: String,
     pub url: String,
-    /// Including this one.
+    /// Attempts, this one included once the image is started.
     pub attempts: i64,
 }
 
@@ -113,6 +119,7 @@ pub struct Queue {
     owner: String,
     lease: Duration,
     max_attempts: i64,
+    max_claims: i64,
     scheduler: Scheduler,
     /// Images this process claimed and has not yet recorded or let go: the only leases the
     /// heartbeat renews. (Renewing every lease of the owner would keep alive forever an image
@@ -124,6 +131,9 @@ pub struct Queue {
 /// could not use to the jobs that filled their share.
 const CLAIM_PASSES: usize = 3;
 
+/// Claims of one image without an outcome after which it is failed, unless told otherwise.
+pub const DEFAULT_MAX_CLAIMS: u32 = 10;
+
 impl Queue {
     pub fn new(db: Db, owner: String, lease: Duration, max_attempts: u32) -> Self {
         Self {
@@ -132,8 +142,16 @@ impl Queue {
             owner,
             lease,
             max_attempts: i64::from(max_attempts),
+            max_claims: i64::from(DEFAULT_MAX_CLAIMS.max(max_attempts)),
             held: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Fails an image for good once it has been claimed `max_claims` times without an outcome
+    /// (at least the attempts: every attempt is a claim).
+    pub fn with_max_claims(mut self, max_claims: u32) -> Self {
+        self.max_claims = i64::from(max_claims).max(self.max_attempts);
+        self
     }
 
     pub fn owner(&self) -> &str {
@@ -237,10 +255,11 @@ impl Queue {
                        AND available_at <= {{now}} ORDER BY seq LIMIT plan.take \
                      FOR UPDATE SKIP LOCKED) AS i) \
                  UPDATE images SET status = 'running', lease_owner = $2, \
-                   lease_expires_at = {{now}} + $3, attempts = attempts + 1, updated_at = {{now}} \
+                   lease_expires_at = {{now}} + $3, claims = claims + 1, started = 0, \
+                   updated_at = {{now}} \
                  FROM async_commit WHERE images.id = ANY(ARRAY(SELECT id FROM picked)) \
                  RETURNING images.id, images.job_id, images.seq, images.store_id, images.url, \
-                   images.attempts",
+                   images.attempts + 1 AS attempts",
                 rows = self.db.json_rows("$1")
             )),
             // SQLite has no LATERAL: one LIMITed select per job, joined by UNION ALL. The
@@ -266,9 +285,10 @@ impl Queue {
                     .collect();
                 self.db.with_clock(&format!(
                     "UPDATE images SET status = 'running', lease_owner = $2, \
-                       lease_expires_at = {{now}} + $3, attempts = attempts + 1, updated_at = {{now}} \
+                       lease_expires_at = {{now}} + $3, claims = claims + 1, started = 0, \
+                       updated_at = {{now}} \
                      WHERE $1 = $1 AND id IN ({}) \
-                     RETURNING id, job_id, seq, store_id, url, attempts",
+                     RETURNING id, job_id, seq, store_id, url, attempts + 1 AS attempts",
                     selects.join(" UNION ALL ")
                 ))
             }
@@ -309,13 +329,44 @@ impl Queue {
             .await
     }
 
-    /// Records outcomes in one transaction, each only where this worker still holds the
-    /// image's lease, then advances the counters of the jobs they belong to (finishing a job
-    /// when its last image is in). Returns how many outcomes were recorded.
+    /// Records outcomes (see [`Queue::record`]).
     pub async fn complete(&self, outcomes: &[(i64, Outcome)]) -> Result<usize, DbError> {
-        if outcomes.is_empty() {
+        self.record(&[], outcomes).await
+    }
+
+    /// Records, in one transaction and each only where this worker still holds the image's
+    /// lease: that the images `started` were started (their attempt counted), then the
+    /// outcomes, then advances the counters of the jobs they belong to (finishing a job when
+    /// its last image is in). An outcome of an image whose start was not recorded counts its
+    /// attempt itself, so the count is right whichever comes first. Returns how many outcomes
+    /// were recorded.
+    pub async fn record(
+        &self,
+        started: &[i64],
+        outcomes: &[(i64, Outcome)],
+    ) -> Result<usize, DbError> {
+        if outcomes.is_empty() && started.is_empty() {
             return Ok(0);
         }
+        let mut started = started.to_vec();
+        started.sort_unstable();
+        let start_sql = self.db.with_clock(&format!(
+            "UPDATE images SET started = 1, attempts = attempts + 1 WHERE id IN ( \
+               SELECT id FROM images WHERE {held} AND started = 0 AND {ours} {lock})",
+            held = self.db.held_by("$1"),
+            ours = self.db.any_of(
+                "id",
+                &format!(
+                    "SELECT CAST(t.value AS BIGINT) FROM {}",
+                    self.db.json_rows("$2")
+                )
+            ),
+            lock = match self.db.backend() {
+                Backend::Postgres => "ORDER BY id FOR UPDATE",
+                Backend::Sqlite => "",
+            },
+        ));
+        let started = json!(started).to_string();
         let mut rows: Vec<(i64, Value)> =
             outcomes.iter().map(|(id, o)| (*id, o.row(*id))).collect();
         rows.sort_unstable_by_key(|(id, _)| *id);
@@ -337,7 +388,9 @@ impl Queue {
                FROM {rows}), \
              mine AS {fence}(SELECT id FROM images WHERE {held} AND {ours} {lock}) \
              UPDATE images SET status = v.status, width = v.width, height = v.height, \
-               perimeter = v.perimeter, attempts = images.attempts - v.refund, \
+               perimeter = v.perimeter, \
+               attempts = images.attempts + (1 - images.started) * (1 - v.refund), \
+               claims = images.claims - v.refund, started = 0, \
                error = CASE WHEN v.refund = 1 THEN images.error ELSE v.error END, \
                error_kind = CASE WHEN v.refund = 1 THEN images.error_kind ELSE v.error_kind END, \
                available_at = {{now}} + v.delay_ms, lease_owner = NULL, lease_expires_at = NULL, \
@@ -354,12 +407,24 @@ impl Queue {
             .db
             .timed(async |conn| {
                 let mut tx = conn.begin().await.map_err(err)?;
-                let updated: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(sql))
-                    .bind(&self.owner)
-                    .bind(rows)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(err)?;
+                if started != "[]" {
+                    sqlx::query(AssertSqlSafe(start_sql))
+                        .bind(&self.owner)
+                        .bind(started)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(err)?;
+                }
+                let updated: Vec<(i64, String)> = if outcomes.is_empty() {
+                    Vec::new()
+                } else {
+                    sqlx::query_as(AssertSqlSafe(sql))
+                        .bind(&self.owner)
+                        .bind(rows)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(err)?
+                };
                 let mut per_job: BTreeMap<i64, jobs::Finished> = BTreeMap::new();
                 for (job_id, status) in &updated {
                     let counts = per_job.entry(*job_id).or_default();

@@ -10,8 +10,12 @@ pub struct WorkerConfig {
     pub processing_delay: DelayRange,
     /// How long a claimed image stays leased without a heartbeat.
     pub lease: Duration,
-    /// How many times an image may be claimed before it is failed for good.
+    /// How many times an image may be started (downloaded and measured) before it is failed
+    /// for good.
     pub max_attempts: u32,
+    /// How many times an image may be claimed without an outcome (its workers stopped before
+    /// finishing it) before it is failed for good; at least `max_attempts`.
+    pub max_claims: u32,
     /// First wait before retrying a transient download failure; doubles per attempt.
     pub retry_base: Duration,
     /// Longest wait between two attempts.
@@ -32,6 +36,7 @@ impl Default for WorkerConfig {
             },
             lease: Duration::from_secs(30),
             max_attempts: 3,
+            max_claims: crate::queue::DEFAULT_MAX_CLAIMS,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),

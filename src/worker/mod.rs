@@ -37,13 +37,13 @@ use crate::fetch::origins::{Admission, OriginPermit, Origins};
 use crate::fetch::{FetchConfig, FetchError, Fetcher, origin_of};
 use crate::metrics::Metrics;
 use crate::queue::backoff::backoff;
-use crate::queue::{ClaimedImage, Outcome, Queue};
+use crate::queue::{ClaimedImage, Queue};
 use crate::webhooks::WebhookConfig;
 use crate::webhooks::deliver::Deliverer;
 use process::{Processor, count_outcome, run_one};
 use upkeep::{heartbeat, listen, reaper};
 use waiting::{Waiting, fruitless_pause};
-use writer::{MAX_WRITE_BATCH, write_outcomes};
+use writer::{MAX_WRITE_BATCH, Note, write_outcomes};
 
 /// Most images claimed in one round trip.
 const MAX_CLAIM: usize = 256;
@@ -88,7 +88,8 @@ impl WorkerPool {
         metrics: Arc<Metrics>,
     ) -> Result<Self, FetchError> {
         let fetcher = Fetcher::new(fetch)?;
-        let queue = Queue::new(db.clone(), new_worker_id(), w.lease, w.max_attempts);
+        let queue = Queue::new(db.clone(), new_worker_id(), w.lease, w.max_attempts)
+            .with_max_claims(w.max_claims);
         metrics.worker_slots.set(w.concurrency as i64);
         let deliverer = Deliverer::new(
             db.clone(),
@@ -139,7 +140,7 @@ impl WorkerPool {
         writer: W,
     ) -> Result<(), WorkerError>
     where
-        W: FnOnce(Arc<Queue>, mpsc::Receiver<(i64, Outcome)>, Duration, Arc<Metrics>) -> F,
+        W: FnOnce(Arc<Queue>, mpsc::Receiver<Note>, Duration, Arc<Metrics>) -> F,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         tracing::info!(
@@ -167,7 +168,6 @@ impl WorkerPool {
             self.metrics.clone(),
             background.clone(),
         ));
-        helpers.spawn(self.deliverer.clone().run(background.clone()));
         if self.db.backend() == Backend::Postgres {
             helpers.spawn(listen(
                 self.db.url().to_string(),
@@ -175,7 +175,8 @@ impl WorkerPool {
                 background.clone(),
             ));
         }
-        let (results, results_rx) = mpsc::channel(self.concurrency * 2 + MAX_WRITE_BATCH);
+        // Room for each slot's start and outcome, twice over, and a batch.
+        let (results, results_rx) = mpsc::channel(self.concurrency * 4 + MAX_WRITE_BATCH);
         // The writer ends when every sender is gone (after the drain); ending sooner, or a
         // panic, means outcomes are no longer recorded: stop claiming at once.
         let writer_down = CancellationToken::new();
@@ -194,6 +195,8 @@ impl WorkerPool {
                 ended
             })
         };
+        // Deliveries stop being claimed when images do, and drain beside them.
+        helpers.spawn(self.deliverer.clone().run(stop_claiming.clone()));
         {
             let (stop, down, shutdown) =
                 (stop_claiming.clone(), writer_down.clone(), shutdown.clone());
@@ -206,7 +209,17 @@ impl WorkerPool {
             });
         }
 
-        let in_flight = self.claim_loop(&stop_claiming, &results).await;
+        let (in_flight, waiting) = self.claim_loop(&stop_claiming, &results).await;
+        // Claimed and never started: back to the queue before the drain, claims refunded, so
+        // other workers take them up while this one finishes what it started.
+        let unstarted = waiting.into_ids();
+        match self.queue.hand_back(&unstarted).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(handed_back = n, "handed unstarted images back to the queue"),
+            Err(error) => {
+                tracing::warn!(%error, "could not hand unstarted images back; released after the drain")
+            }
+        }
         // `results` is still alive here, so a writer that has ended did not end normally.
         let writer_failed = writer_down.is_cancelled();
         drop(results);
@@ -248,7 +261,8 @@ impl WorkerPool {
         }
     }
 
-    /// Claims and starts images until shutdown; returns the tasks still running.
+    /// Claims and starts images until shutdown; returns the tasks still running and the images
+    /// claimed but not started.
     ///
     /// Claimed images wait in a small local buffer (at most one round of `concurrency`) so
     /// that a slot freed by a finished image starts the next one at once, while the claim
@@ -263,8 +277,8 @@ impl WorkerPool {
     async fn claim_loop(
         &self,
         shutdown: &CancellationToken,
-        results: &mpsc::Sender<(i64, Outcome)>,
-    ) -> JoinSet<()> {
+        results: &mpsc::Sender<Note>,
+    ) -> (JoinSet<()>, Waiting) {
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let target = self.concurrency.min(MAX_CLAIM);
         let mut waiting = Waiting::new(target, self.concurrency);
@@ -333,7 +347,7 @@ impl WorkerPool {
                 _ = shutdown.cancelled() => break,
             }
         }
-        tasks
+        (tasks, waiting)
     }
 
     /// Starts images while slots are free: parked images whose origin has room first, then
@@ -344,7 +358,7 @@ impl WorkerPool {
         slots: &Arc<Semaphore>,
         waiting: &mut Waiting,
         tasks: &mut JoinSet<()>,
-        results: &mpsc::Sender<(i64, Outcome)>,
+        results: &mpsc::Sender<Note>,
     ) -> usize {
         let mut started = 0;
         loop {
@@ -354,6 +368,9 @@ impl WorkerPool {
             let Some((image, origin)) = self.next_startable(waiting, results).await else {
                 return started;
             };
+            // Recorded with the writer's next batch; the outcome counts the attempt itself
+            // if it gets there first.
+            let _ = results.send(Note::Started(image.id)).await;
             self.start(tasks, image, slot, origin, results.clone());
             started += 1;
         }
@@ -364,7 +381,7 @@ impl WorkerPool {
     async fn next_startable(
         &self,
         waiting: &mut Waiting,
-        results: &mpsc::Sender<(i64, Outcome)>,
+        results: &mpsc::Sender<Note>,
     ) -> Option<(ClaimedImage, Option<OriginPermit>)> {
         // Parked images first: they were claimed earlier.
         let origins: Vec<String> = waiting.parked.keys().cloned().collect();
@@ -435,7 +452,7 @@ impl WorkerPool {
         origin: &str,
         retry_in: Duration,
         failed_probes: u32,
-        results: &mpsc::Sender<(i64, Outcome)>,
+        results: &mpsc::Sender<Note>,
     ) {
         self.metrics.fetch_breaker_deferrals.inc();
         // A little jitter, so the deferred images do not all come back in the same instant.
@@ -443,7 +460,7 @@ impl WorkerPool {
         let outcome = self
             .processor
             .breaker_open(&image, origin, after, failed_probes);
-        let _ = results.send((image.id, outcome)).await;
+        let _ = results.send(Note::Done(image.id, outcome)).await;
     }
 
     fn start(
@@ -452,7 +469,7 @@ impl WorkerPool {
         image: ClaimedImage,
         permit: OwnedSemaphorePermit,
         origin: Option<OriginPermit>,
-        results: mpsc::Sender<(i64, Outcome)>,
+        results: mpsc::Sender<Note>,
     ) {
         let processor = self.processor.clone();
         let metrics = self.metrics.clone();
@@ -472,7 +489,7 @@ impl WorkerPool {
                 // the writer falls behind, claiming slows with it, instead of leasing ever more
                 // images whose outcomes wait (and whose leases must be renewed) unbounded.
                 // The writer only stops after every sender is dropped, so this succeeds.
-                let _ = results.send((image.id, outcome)).await;
+                let _ = results.send(Note::Done(image.id, outcome)).await;
                 drop(permit);
                 freed.notify_one();
             }

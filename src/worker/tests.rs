@@ -46,7 +46,7 @@ async fn pool_with_a_job(n: usize) -> (tempfile::TempDir, Db, WorkerPool) {
 async fn a_writer_that_stops_stops_the_pool_and_its_leases() {
     let (_dir, db, pool) = pool_with_a_job(40).await;
     let writer = |_queue: Arc<Queue>,
-                  mut rx: mpsc::Receiver<(i64, Outcome)>,
+                  mut rx: mpsc::Receiver<Note>,
                   _lease: Duration,
                   _metrics: Arc<Metrics>| async move {
         rx.recv().await;
@@ -79,7 +79,7 @@ async fn a_writer_that_stops_stops_the_pool_and_its_leases() {
 async fn a_writer_that_ends_early_also_stops_the_pool() {
     let (_dir, _db, pool) = pool_with_a_job(10).await;
     let writer = |_queue: Arc<Queue>,
-                  rx: mpsc::Receiver<(i64, Outcome)>,
+                  rx: mpsc::Receiver<Note>,
                   _lease: Duration,
                   _metrics: Arc<Metrics>| async move {
         drop(rx);

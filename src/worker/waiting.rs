@@ -84,6 +84,15 @@ impl Waiting {
         self.parked_count += 1;
     }
 
+    /// Every image waiting here, ready or parked, by id (for handing them back).
+    pub(super) fn into_ids(self) -> Vec<i64> {
+        let parked = self
+            .parked
+            .into_values()
+            .flat_map(|p| p.by_job.into_values().flatten());
+        self.ready.into_iter().chain(parked).map(|i| i.id).collect()
+    }
+
     pub(super) fn unpark(&mut self, origin: &str) -> Option<ClaimedImage> {
         let parked = self.parked.get_mut(origin)?;
         let image = parked.pop();

@@ -1,5 +1,6 @@
-//! The outcome writer: one task per pool that records the outcomes of finished images in
-//! batches (one transaction each), retrying while the database is away, up to the lease.
+//! The outcome writer: one task per pool that records, in batches (one transaction each),
+//! which images were started and the outcomes of finished ones, retrying while the database
+//! is away, up to the lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,15 +12,25 @@ use crate::metrics::Metrics;
 use crate::queue::backoff::backoff;
 use crate::queue::{Outcome, Queue};
 
-/// Most outcomes recorded in one transaction.
-pub(super) const MAX_WRITE_BATCH: usize = 512;
+/// Most notes recorded in one transaction (an image gives two: its start, its outcome).
+pub(super) const MAX_WRITE_BATCH: usize = 1024;
+
+/// What the writer records.
+#[derive(Debug)]
+pub(super) enum Note {
+    /// The image was started: its attempt counts from now (a worker that dies now costs it
+    /// one).
+    Started(i64),
+    /// The image's outcome.
+    Done(i64, Outcome),
+}
 
 /// Records outcomes in batches: whatever has arrived while the previous batch was written;
 /// up to [`Queue::parallel_writes`] batches in flight while full batches wait. A write that
 /// panics takes the writer down with it (the pool then stops claiming).
 pub(super) async fn write_outcomes(
     queue: Arc<Queue>,
-    mut rx: mpsc::Receiver<(i64, Outcome)>,
+    mut rx: mpsc::Receiver<Note>,
     lease: Duration,
     metrics: Arc<Metrics>,
 ) {
@@ -53,16 +64,19 @@ pub(super) async fn write_outcomes(
 
 /// Records one batch, retrying while the database is unavailable, up to the lease: past it
 /// the images belong to someone else anyway, so they are let go to be redone.
-async fn write_batch(
-    queue: Arc<Queue>,
-    batch: Vec<(i64, Outcome)>,
-    lease: Duration,
-    metrics: Arc<Metrics>,
-) {
+async fn write_batch(queue: Arc<Queue>, notes: Vec<Note>, lease: Duration, metrics: Arc<Metrics>) {
+    let mut starts = Vec::new();
+    let mut batch = Vec::with_capacity(notes.len());
+    for note in notes {
+        match note {
+            Note::Started(id) => starts.push(id),
+            Note::Done(id, outcome) => batch.push((id, outcome)),
+        }
+    }
     let started = tokio::time::Instant::now();
     let mut failures = 0u32;
     loop {
-        match queue.complete(&batch).await {
+        match queue.record(&starts, &batch).await {
             Ok(recorded) => {
                 if recorded < batch.len() {
                     metrics

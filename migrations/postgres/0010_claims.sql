@@ -1,0 +1,10 @@
+-- Attempts counted when a worker starts an image, claims counted when it leases one. Keep in
+-- step with migrations/sqlite/0010_claims.sql.
+--
+-- `attempts` used to be raised by the claim, so a worker that died charged an attempt to every
+-- image it had leased, started or not. Now the claim raises `claims`, and `attempts` is raised
+-- (with `started` set) once the worker records that it started the image: a dead worker costs
+-- an attempt only to the images it was working on. `claims` has a cap of its own, so an image
+-- that brings its worker down before its start is recorded still ends.
+ALTER TABLE images ADD COLUMN claims BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN started BIGINT NOT NULL DEFAULT 0;
