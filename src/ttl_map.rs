@@ -73,18 +73,6 @@ impl<K: Eq + Hash, V> TtlMap<K, V> {
         self.lock().remove(key);
     }
 
-    /// Changes the value of a fresh `key` in place, keeping the time it was written; `None`
-    /// when there is no fresh entry.
-    pub fn modify<Q, R>(&self, key: &Q, change: impl FnOnce(&mut V) -> R) -> Option<R>
-    where
-        K: Borrow<Q>,
-        Q: Eq + Hash + ?Sized,
-    {
-        let mut entries = self.lock();
-        let (at, value) = entries.get_mut(key)?;
-        (at.elapsed() < self.ttl).then(|| change(value))
-    }
-
     /// Changes the value of `key` in place, starting from `init()` when there is none (a
     /// stale one is kept: `change` decides what its age means), and marks it written now.
     pub fn upsert<R>(
@@ -124,15 +112,8 @@ mod tests {
         let map = TtlMap::new(Duration::from_millis(30));
         map.insert("a".to_string(), 1);
         assert_eq!(map.get("a"), Some(1));
-        assert_eq!(map.modify("a", |v| *v += 1), Some(()));
-        assert_eq!(map.get("a"), Some(2));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(map.get("a"), None);
-        assert_eq!(
-            map.modify("a", |v| *v += 1),
-            None,
-            "a stale entry is not changed"
-        );
         map.remove("a");
         assert!(map.is_empty());
     }

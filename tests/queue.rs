@@ -294,6 +294,96 @@ async fn poison_image_fails_after_its_attempts(backend: Backend) {
     );
 }
 
+/// The tenants' counters follow every way a job's images and the job itself change: a job of
+/// known and unknown stores, outcomes recorded, a lease taken back, a cancel, a prune. Each
+/// counter equals what aggregating the jobs table gives, and the recount finds nothing to fix
+/// until a counter is broken behind its back.
+async fn tenant_counters_follow_submits_outcomes_cancels_and_prunes(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    let done = create_job(&db, STORE_A, 3).await;
+    let cancelled = create_job(&db, STORE_A, 4).await;
+    let _open = create_job(&db, STORE_B, 5).await;
+    // A job of an unknown store only: failed at once.
+    let body = payload(&[("S-UNKNOWN", vec!["http://img.invalid/x.png".into()])]).to_string();
+    let submission = Submission::parse(body.as_bytes(), &Limits::default()).unwrap();
+    db::jobs::create(
+        &db,
+        db::jobs::Owner::unlimited("default"),
+        &submission,
+        &HashSet::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    let q = Queue::new(db.clone(), "w".into(), Duration::from_secs(30), 3);
+    let claimed = q.claim(3).await.unwrap();
+    assert!(claimed.iter().all(|c| c.job_id == done));
+    let fail = Outcome::Failed {
+        kind: ErrorKind::HttpStatus,
+        message: "HTTP 404".into(),
+    };
+    q.complete(&[
+        (claimed[0].id, ok()),
+        (claimed[1].id, ok()),
+        (claimed[2].id, fail),
+    ])
+    .await
+    .unwrap();
+    db::jobs::cancel(&db, db::jobs::Scope::All, cancelled)
+        .await
+        .unwrap();
+    let expected = |db: Db| async move {
+        let (aggregated,): (String,) = sqlx::query_as(
+            "SELECT CAST(SUM(CASE WHEN status = 'ongoing' THEN total - succeeded - failed ELSE 0 END) AS TEXT) || ' ' || \
+               CAST(SUM(succeeded) AS TEXT) || ' ' || CAST(SUM(failed) AS TEXT) || ' ' || \
+               CAST(SUM(CASE WHEN status = 'ongoing' THEN 1 ELSE 0 END) AS TEXT) || ' ' || \
+               CAST(SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS TEXT) || ' ' || \
+               CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS TEXT) || ' ' || \
+               CAST(SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END) AS TEXT) FROM jobs",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        let c = db::counts::totals(&db).await.unwrap();
+        let counted = format!(
+            "{} {} {} {} {} {} {}",
+            c.unfinished_images,
+            c.images_succeeded,
+            c.images_failed,
+            c.jobs_ongoing,
+            c.jobs_completed,
+            c.jobs_failed,
+            c.jobs_cancelled
+        );
+        (aggregated, counted)
+    };
+    let (aggregated, counted) = expected(db.clone()).await;
+    assert_eq!(counted, aggregated);
+    assert_eq!(
+        counted, "5 2 6 1 0 2 1",
+        "unfinished, succeeded, failed, then jobs by state"
+    );
+    // Pruning the finished jobs takes them out of the counts too.
+    for job in [done, cancelled] {
+        db::retention::delete_images(&db, job, 1000).await.unwrap();
+        db::retention::delete_job(&db, job).await.unwrap();
+    }
+    let (aggregated, counted) = expected(db.clone()).await;
+    assert_eq!(counted, aggregated);
+    assert_eq!(db::counts::recount_unfinished(&db).await.unwrap(), 0);
+    sqlx::query("UPDATE tenant_counts SET unfinished_images = 999")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(db::counts::recount_unfinished(&db).await.unwrap(), 1);
+    let (aggregated, counted) = expected(db.clone()).await;
+    assert_eq!(
+        counted, aggregated,
+        "the recount puts a broken counter right"
+    );
+}
+
 /// Workers that die before they record the start of an image cost it claims, not attempts;
 /// past the claims cap it fails for good, with words that say so.
 async fn an_image_claimed_by_workers_that_all_died_fails_after_its_claims(backend: Backend) {
@@ -661,6 +751,7 @@ on_both_backends!(
     jobs_waiting_on_retries_do_not_hide_newer_jobs,
     poison_image_fails_after_its_attempts,
     an_image_claimed_by_workers_that_all_died_fails_after_its_claims,
+    tenant_counters_follow_submits_outcomes_cancels_and_prunes,
     unstarted_images_are_handed_back_with_their_claims_refunded,
     retry_waits_for_its_time,
     flaky_host_succeeds_and_broken_host_fails_after_retries,

@@ -133,13 +133,8 @@ pub async fn jobs_by_ids(db: &Db, scope: Scope<'_>, ids: &[i64]) -> Result<Vec<J
 
 /// A tenant's jobs by state: its job rows only (no image is read).
 pub async fn tenant_job_states(db: &Db, tenant: &str) -> Result<Vec<(String, i64)>, DbError> {
-    sqlx::query_as(
-        "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM jobs WHERE tenant = $1 GROUP BY status",
-    )
-    .bind(tenant)
-    .fetch_all(db.pool())
-    .await
-    .map_err(err)
+    let counts = super::counts::of_tenant(db, tenant).await?;
+    Ok(super::jobs::job_states(&counts))
 }
 
 /// Images back in the queue after an attempt (a transient failure or a dead worker's lease),

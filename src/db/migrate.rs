@@ -7,62 +7,34 @@ use sqlx::{AssertSqlSafe, Executor};
 
 use super::{Backend, Db, DbError, err, now_ms};
 
-/// (version, SQL) per backend, applied in order; never edit one that has shipped.
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
-    (
-        2,
-        include_str!("../../migrations/sqlite/0002_idempotency_and_worker.sql"),
-    ),
-    (3, include_str!("../../migrations/sqlite/0003_tenants.sql")),
-    (
-        4,
-        include_str!("../../migrations/sqlite/0004_fair_claims.sql"),
-    ),
-    (5, include_str!("../../migrations/sqlite/0005_api_keys.sql")),
-    (6, include_str!("../../migrations/sqlite/0006_workers.sql")),
-    (7, include_str!("../../migrations/sqlite/0007_webhooks.sql")),
-    (
-        9,
-        include_str!("../../migrations/sqlite/0009_ui_sessions.sql"),
-    ),
-    (10, include_str!("../../migrations/sqlite/0010_claims.sql")),
-];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/postgres/0001_init.sql")),
-    (
-        2,
-        include_str!("../../migrations/postgres/0002_idempotency_and_worker.sql"),
-    ),
-    (
-        3,
-        include_str!("../../migrations/postgres/0003_tenants.sql"),
-    ),
-    (
-        4,
-        include_str!("../../migrations/postgres/0004_fair_claims.sql"),
-    ),
-    (
-        5,
-        include_str!("../../migrations/postgres/0005_api_keys.sql"),
-    ),
-    (
-        6,
-        include_str!("../../migrations/postgres/0006_workers.sql"),
-    ),
-    (
-        7,
-        include_str!("../../migrations/postgres/0007_webhooks.sql"),
-    ),
-    (
-        9,
-        include_str!("../../migrations/postgres/0009_ui_sessions.sql"),
-    ),
-    (
-        10,
-        include_str!("../../migrations/postgres/0010_claims.sql"),
-    ),
-];
+/// Declares the migrations once for both backends: (version, file name without `.sql`), each
+/// file under `migrations/sqlite/` and `migrations/postgres/`. Applied in order; never edit
+/// one that has shipped.
+macro_rules! migrations {
+    ($($version:literal $name:literal),* $(,)?) => {
+        const SQLITE_MIGRATIONS: &[(i64, &str)] = &[$((
+            $version,
+            include_str!(concat!("../../migrations/sqlite/", $name, ".sql")),
+        )),*];
+        const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[$((
+            $version,
+            include_str!(concat!("../../migrations/postgres/", $name, ".sql")),
+        )),*];
+    };
+}
+
+migrations! {
+    1 "0001_init",
+    2 "0002_idempotency_and_worker",
+    3 "0003_tenants",
+    4 "0004_fair_claims",
+    5 "0005_api_keys",
+    6 "0006_workers",
+    7 "0007_webhooks",
+    9 "0009_ui_sessions",
+    10 "0010_claims",
+    11 "0011_tenant_counts",
+}
 
 impl Db {
     /// Applies the migrations this database has not seen yet, each in its own transaction.

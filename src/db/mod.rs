@@ -6,6 +6,7 @@
 //! so there is one query path; the few statements whose SQL must differ (the queue's claim)
 //! branch on [`Backend`].
 
+pub mod counts;
 pub(crate) mod dashboard;
 pub mod images;
 pub mod jobs;
@@ -152,8 +153,6 @@ pub struct Db {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// When this process last refreshed the images table's planner statistics (epoch ms).
     analyzed_at: Arc<std::sync::atomic::AtomicI64>,
-    /// Tenants' unfinished images as this process last counted them (see [`jobs::create`]).
-    quota_estimate: Arc<jobs::QuotaEstimate>,
 }
 
 /// A bulk insert at least this large refreshes the planner statistics (PostgreSQL).
@@ -231,7 +230,6 @@ impl Db {
             limits,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             analyzed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
-            quota_estimate: Arc::default(),
         })
     }
 
@@ -259,10 +257,6 @@ impl Db {
                 )))
             }
         }
-    }
-
-    pub(crate) fn quota_estimate(&self) -> &jobs::QuotaEstimate {
-        &self.quota_estimate
     }
 
     /// The limits every session of this pool runs under.

@@ -3,10 +3,13 @@
 //! the queue's writers are never kept waiting behind a large delete. Only finished jobs' rows
 //! are touched, and no worker holds those: no statement here waits on the queue's locks.
 
+use std::collections::BTreeMap;
+
 use std::time::Duration;
 
 use sqlx::AssertSqlSafe;
 
+use super::counts::{self, Delta};
 use super::{Backend, Db, DbError, err};
 
 /// A finished job that retention may delete.
@@ -65,17 +68,17 @@ pub async fn delete_job(db: &Db, job_id: i64) -> Result<(u64, u64), DbError> {
         Backend::Postgres => " FOR UPDATE",
         Backend::Sqlite => "",
     };
-    let finished: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT id FROM jobs WHERE id = $1 AND status <> 'ongoing'{lock}"
+    let finished: Option<(String, String, i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT tenant, status, succeeded, failed FROM jobs WHERE id = $1 AND status <> 'ongoing'{lock}"
     )))
     .bind(job_id)
     .fetch_optional(&mut *tx)
     .await
     .map_err(err)?;
-    if finished.is_none() {
+    let Some((tenant, status, succeeded, failed)) = finished else {
         tx.rollback().await.map_err(err)?;
         return Ok((0, 0));
-    }
+    };
     let deliveries = sqlx::query("DELETE FROM webhook_deliveries WHERE job_id = $1")
         .bind(job_id)
         .execute(&mut *tx)
@@ -88,6 +91,17 @@ pub async fn delete_job(db: &Db, job_id: i64) -> Result<(u64, u64), DbError> {
         .await
         .map_err(err)?
         .rows_affected();
+    // The job leaves the tenant's counts with its images (the reverse of finishing it).
+    let finished = Delta::job_finished(&status);
+    let gone = Delta {
+        images_succeeded: -succeeded,
+        images_failed: -failed,
+        jobs_completed: -finished.jobs_completed,
+        jobs_failed: -finished.jobs_failed,
+        jobs_cancelled: -finished.jobs_cancelled,
+        ..Delta::default()
+    };
+    counts::apply(db, &mut tx, &BTreeMap::from([(tenant, gone)])).await?;
     tx.commit().await.map_err(err)?;
     Ok((jobs, deliveries))
 }

@@ -158,6 +158,7 @@ impl WorkerPool {
         ));
         helpers.spawn(reaper(
             self.queue.clone(),
+            self.db.clone(),
             self.lease / 2,
             background.clone(),
         ));

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::jobs::WORK_CHANNEL;
+use crate::db::{Db, counts};
 use crate::queue::Queue;
 use crate::queue::backoff::backoff;
 
@@ -26,7 +27,10 @@ pub(super) async fn heartbeat(queue: Arc<Queue>, every: Duration, stop: Cancella
     }
 }
 
-pub(super) async fn reaper(queue: Arc<Queue>, every: Duration, stop: CancellationToken) {
+/// Takes back expired leases every `every` (with jitter), and about once a minute recounts the
+/// tenants' unfinished images (see [`counts::recount_unfinished`]).
+pub(super) async fn reaper(queue: Arc<Queue>, db: Db, every: Duration, stop: CancellationToken) {
+    let mut last_recount = tokio::time::Instant::now();
     loop {
         // Jitter keeps many workers from reaping in lockstep.
         let wait = every.mul_f64(0.75 + fastrand::f64() * 0.5);
@@ -37,8 +41,19 @@ pub(super) async fn reaper(queue: Arc<Queue>, every: Duration, stop: Cancellatio
         if let Err(error) = queue.reap_expired().await {
             tracing::warn!(%error, "reaping expired leases failed");
         }
+        if last_recount.elapsed() >= RECOUNT_EVERY {
+            last_recount = tokio::time::Instant::now();
+            match counts::recount_unfinished(&db).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(tenants = n, "corrected tenants' unfinished-image counts"),
+                Err(error) => tracing::warn!(%error, "recounting unfinished images failed"),
+            }
+        }
     }
 }
+
+/// How often one worker recounts the tenants' unfinished images.
+const RECOUNT_EVERY: Duration = Duration::from_secs(60);
 
 /// Wakes the claim loop when any process commits new work (PostgreSQL NOTIFY).
 pub(super) async fn listen(url: String, wake: Arc<Notify>, stop: CancellationToken) {

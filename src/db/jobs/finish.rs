@@ -2,11 +2,12 @@
 //! final status in the same transaction as the results (the job row's lock serialises
 //! concurrent finishers), gathering the per-store errors, and cancelling a job.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::{Scope, get};
+use crate::db::counts::{self, Delta};
 use crate::db::{Backend, Db, DbError, err, images};
 use crate::domain::{ErrorKind, FirstFailure, Job, JobStatus, StoreError, StoreFailure};
 
@@ -51,7 +52,8 @@ pub async fn cancel(db: &Db, scope: Scope<'_>, id: i64) -> Result<Cancel, DbErro
             .map_err(err)?
             .rows_affected() as i64;
         let count_sql = format!(
-            "UPDATE jobs SET failed = failed + $2 WHERE id = $1 AND status = 'ongoing'{} RETURNING id",
+            "UPDATE jobs SET failed = failed + $2 WHERE id = $1 AND status = 'ongoing'{} \
+             RETURNING tenant",
             scope.condition(3)
         );
         let count = sqlx::query(AssertSqlSafe(count_sql)).bind(id).bind(stopped);
@@ -60,7 +62,8 @@ pub async fn cancel(db: &Db, scope: Scope<'_>, id: i64) -> Result<Cancel, DbErro
             .fetch_optional(&mut *tx)
             .await
             .map_err(err)?;
-        if updated.is_some() {
+        if let Some(row) = updated {
+            let tenant: String = sqlx::Row::try_get(&row, "tenant").map_err(err)?;
             let errors = store_errors(db, &mut tx, id).await?;
             let json =
                 serde_json::to_string(&errors).map_err(|e| DbError::Encoding(e.to_string()))?;
@@ -73,6 +76,13 @@ pub async fn cancel(db: &Db, scope: Scope<'_>, id: i64) -> Result<Cancel, DbErro
             .await
             .map_err(err)?;
             crate::db::webhooks::enqueue(db, &mut tx, id).await?;
+            let mut delta = Delta {
+                unfinished_images: -stopped,
+                images_failed: stopped,
+                ..Delta::default()
+            };
+            delta.add(Delta::job_finished("cancelled"));
+            counts::apply(db, &mut tx, &BTreeMap::from([(tenant, delta)])).await?;
             tx.commit().await.map_err(err)?;
             tracing::info!(job.id = id, images.cancelled = stopped, "job cancelled");
             let job = get(db, scope, id)
@@ -96,14 +106,15 @@ pub struct Finished {
 }
 
 /// Adds finished images to their jobs' counters and, for each job this finishes, sets its
-/// final status. Runs inside the caller's transaction, after its image rows: the job rows
-/// are locked in id order (PostgreSQL), so when two workers finish a job's last images at
-/// once, the second sees the first's counts and exactly one of them finalizes, and two
-/// writers never lock the same jobs in opposite orders. One statement for all the jobs.
+/// final status; then the tenants' counters ([`counts`]). Runs inside the caller's
+/// transaction, after its image rows: the job rows are locked in id order (PostgreSQL), so
+/// when two workers finish a job's last images at once, the second sees the first's counts
+/// and exactly one of them finalizes, and two writers never lock the same jobs in opposite
+/// orders. One statement for all the jobs.
 pub async fn record_finished(
     db: &Db,
     conn: &mut AnyConnection,
-    per_job: &std::collections::BTreeMap<i64, Finished>,
+    per_job: &BTreeMap<i64, Finished>,
 ) -> Result<(), DbError> {
     if per_job.is_empty() {
         return Ok(());
@@ -128,49 +139,92 @@ pub async fn record_finished(
            status = CASE WHEN {completes} THEN 'completed' ELSE jobs.status END, \
            finished_at = CASE WHEN {completes} THEN {{now}} ELSE jobs.finished_at END \
          FROM v WHERE jobs.id = v.id AND jobs.id IN (SELECT id FROM locked) \
-         RETURNING jobs.id, jobs.status, jobs.total, jobs.succeeded, jobs.failed, \
+         RETURNING jobs.id, jobs.tenant, jobs.status, jobs.total, jobs.succeeded, jobs.failed, \
            CAST(CASE WHEN jobs.webhook_url IS NULL THEN 0 ELSE 1 END AS BIGINT) AS hooked",
         rows = db.json_rows("$1"),
         ours = db.any_of("id", "SELECT id FROM v"),
         completes = "jobs.status = 'ongoing' AND jobs.failed + v.failed = 0 \
            AND jobs.succeeded + v.succeeded >= jobs.total"
     ));
-    let updated: Vec<(i64, String, i64, i64, i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+    let updated: Vec<Counted> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(serde_json::Value::Array(rows).to_string())
         .fetch_all(&mut *conn)
         .await
         .map_err(err)?;
-    let mut failed_jobs: Vec<(i64, i64)> = Vec::new();
-    for (id, status, total, succeeded, failed, hooked) in updated {
-        let all_in = succeeded + failed >= total;
-        if status == JobStatus::Ongoing.as_str() && all_in {
-            failed_jobs.push((id, failed));
+    let mut deltas: BTreeMap<String, Delta> = BTreeMap::new();
+    let mut failed_jobs: Vec<(i64, i64, String)> = Vec::new();
+    for job in updated {
+        let added = per_job.get(&job.id).copied().unwrap_or_default();
+        deltas.entry(job.tenant.clone()).or_default().add(Delta {
+            unfinished_images: -(added.succeeded + added.failed),
+            images_succeeded: added.succeeded,
+            images_failed: added.failed,
+            ..Delta::default()
+        });
+        let all_in = job.succeeded + job.failed >= job.total;
+        if job.status == JobStatus::Ongoing.as_str() && all_in {
+            failed_jobs.push((job.id, job.failed, job.tenant));
             continue;
         }
         // Completed here, by this statement (not before: its counters were short until now).
-        let added = per_job.get(&id).map_or(0, |f| f.succeeded + f.failed);
-        if status == JobStatus::Completed.as_str() && all_in && succeeded + failed - added < total {
-            if hooked == 1 {
-                crate::db::webhooks::enqueue(db, conn, id).await?;
+        let before = job.succeeded + job.failed - added.succeeded - added.failed;
+        if job.status == JobStatus::Completed.as_str() && all_in && before < job.total {
+            if job.hooked == 1 {
+                crate::db::webhooks::enqueue(db, conn, job.id).await?;
             }
-            tracing::info!(job.id = id, status = status.as_str(), "job finished");
+            deltas
+                .entry(job.tenant)
+                .or_default()
+                .add(Delta::job_finished(&job.status));
+            tracing::info!(
+                job.id = job.id,
+                status = job.status.as_str(),
+                "job finished"
+            );
         }
     }
     failed_jobs.sort_unstable();
-    for (job_id, failed) in failed_jobs {
-        finalize(db, conn, job_id, failed).await?;
+    for (job_id, failed, tenant) in failed_jobs {
+        let status = finalize(db, conn, job_id, failed).await?;
+        deltas
+            .entry(tenant)
+            .or_default()
+            .add(Delta::job_finished(status.as_str()));
     }
-    Ok(())
+    counts::apply(db, conn, &deltas).await
 }
 
-/// Sets the final status of a job whose images are all finished. With no failure that is one
-/// row update; otherwise the per-store errors are gathered from its failed images.
+/// A job row as [`record_finished`] left it.
+struct Counted {
+    id: i64,
+    tenant: String,
+    status: String,
+    total: i64,
+    succeeded: i64,
+    failed: i64,
+    /// 1 when the job has a webhook.
+    hooked: i64,
+}
+
+crate::db::from_row!(Counted {
+    id: i64,
+    tenant: String,
+    status: String,
+    total: i64,
+    succeeded: i64,
+    failed: i64,
+    hooked: i64,
+});
+
+/// Sets the final status of a job whose images are all finished, and returns it (the caller
+/// counts the job as finished). With no failure that is one row update; otherwise the
+/// per-store errors are gathered from its failed images.
 pub(super) async fn finalize(
     db: &Db,
     conn: &mut AnyConnection,
     job_id: i64,
     failed: i64,
-) -> Result<(), DbError> {
+) -> Result<JobStatus, DbError> {
     let (status, errors_json) = if failed == 0 {
         (JobStatus::Completed, None)
     } else {
@@ -190,7 +244,7 @@ pub(super) async fn finalize(
     .map_err(err)?;
     crate::db::webhooks::enqueue(db, conn, job_id).await?;
     tracing::info!(job.id = job_id, status = status.as_str(), "job finished");
-    Ok(())
+    Ok(status)
 }
 
 /// One error per store with a failed image, in the order stores first appear in the job.

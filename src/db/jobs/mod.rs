@@ -7,10 +7,8 @@
 mod create;
 mod finish;
 
-pub use create::{Created, Idempotency, Owner, QuotaEstimate, create};
+pub use create::{Created, Idempotency, Owner, create};
 pub use finish::{Cancel, Finished, cancel, record_finished};
-
-use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
@@ -142,57 +140,37 @@ pub struct StateCounts {
     pub images: Vec<(String, i64)>,
 }
 
-/// Counts jobs and images by state without scanning the images table: finished images are
-/// summed from the job counters, leased ones come from the small `running` partial index, and
-/// the rest of the ongoing jobs' images are pending.
+/// Counts jobs and images by state from the tenants' counters ([`super::counts`]: one row per
+/// tenant, however many jobs): leased images come from the small `running` partial index, and
+/// the rest of the unfinished images are pending.
 pub async fn state_counts(db: &Db) -> Result<StateCounts, DbError> {
-    let mut counts = StateCounts::default();
-    let mut by_status: HashMap<String, i64> = ["ongoing", "completed", "failed", "cancelled"]
-        .iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
-    struct Totals {
-        status: String,
-        jobs: i64,
-        succeeded: Option<i64>,
-        failed: Option<i64>,
-        open: Option<i64>,
-    }
-    super::from_row!(Totals {
-        status: String,
-        jobs: i64,
-        succeeded: Option<i64>,
-        failed: Option<i64>,
-        open: Option<i64>,
-    });
-    let rows: Vec<Totals> = sqlx::query_as(
-        "SELECT status, CAST(COUNT(*) AS BIGINT) AS jobs, CAST(SUM(succeeded) AS BIGINT) AS succeeded, \
-         CAST(SUM(failed) AS BIGINT) AS failed, CAST(SUM(total - succeeded - failed) AS BIGINT) AS open \
-         FROM jobs GROUP BY status",
-    )
-    .fetch_all(db.pool())
-    .await
-    .map_err(err)?;
-    let (mut succeeded, mut failed, mut unfinished) = (0i64, 0i64, 0i64);
-    for t in rows {
-        by_status.insert(t.status, t.jobs);
-        succeeded += t.succeeded.unwrap_or(0);
-        failed += t.failed.unwrap_or(0);
-        unfinished += t.open.unwrap_or(0);
-    }
+    let totals = super::counts::totals(db).await?;
     let running: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE status = 'running'")
         .fetch_one(db.pool())
         .await
         .map_err(err)?;
-    counts.jobs = by_status.into_iter().collect();
-    counts.jobs.sort();
-    counts.images = vec![
-        ("pending".into(), (unfinished - running).max(0)),
-        ("running".into(), running),
-        ("succeeded".into(), succeeded),
-        ("failed".into(), failed),
-    ];
-    Ok(counts)
+    Ok(StateCounts {
+        jobs: job_states(&totals),
+        images: vec![
+            (
+                "pending".into(),
+                (totals.unfinished_images - running).max(0),
+            ),
+            ("running".into(), running),
+            ("succeeded".into(), totals.images_succeeded),
+            ("failed".into(), totals.images_failed),
+        ],
+    })
+}
+
+/// Jobs by state word, from counters.
+pub fn job_states(counts: &super::counts::Counts) -> Vec<(String, i64)> {
+    vec![
+        ("cancelled".into(), counts.jobs_cancelled),
+        ("completed".into(), counts.jobs_completed),
+        ("failed".into(), counts.jobs_failed),
+        ("ongoing".into(), counts.jobs_ongoing),
+    ]
 }
 
 /// Whether a job is still ongoing (false also when it does not exist).
