@@ -108,6 +108,7 @@ pub async fn build(
             )),
             auth,
             webhook_secret_overlap: config.webhooks.secret_overlap,
+            trusted_proxies: config.api.trusted_proxies.clone(),
         }
     });
     let retention = config.retention.older_than.map(|older_than| {

@@ -18,6 +18,8 @@ use crate::retention::RetentionConfig;
 use crate::webhooks::WebhookConfig;
 use crate::worker::WorkerConfig;
 
+/// The proxies the API believes, a section of [`ApiConfig`].
+pub use crate::web::client::TrustedProxies;
 /// The API's read timeouts, a section of [`ApiConfig`].
 pub use crate::web::serve::ReadTimeouts;
 
@@ -64,6 +66,8 @@ pub struct ApiConfig {
     pub auth: AuthConfig,
     /// The dashboard's sign-in sessions.
     pub sessions: SessionConfig,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ApiConfig {
@@ -74,6 +78,7 @@ impl Default for ApiConfig {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             sessions: SessionConfig::default(),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! A map whose entries are trusted for a while, bounded: what every in-process cache of the
-//! service is (key lookups, sign-in sessions, rate buckets, counts). An entry older than the
+//! service is (key lookups, sign-in sessions). An entry older than the
 //! map's time to live is no longer returned, and once the map holds its bound of entries,
 //! the stale ones are swept out before the next is added, so a client that keeps inventing
 //! keys cannot grow it for long.
@@ -73,25 +73,6 @@ impl<K: Eq + Hash, V> TtlMap<K, V> {
         self.lock().remove(key);
     }
 
-    /// Changes the value of `key` in place, starting from `init()` when there is none (a
-    /// stale one is kept: `change` decides what its age means), and marks it written now.
-    pub fn upsert<R>(
-        &self,
-        key: K,
-        init: impl FnOnce() -> V,
-        change: impl FnOnce(&mut V) -> R,
-    ) -> R {
-        let mut entries = self.lock();
-        if !entries.contains_key(&key) {
-            self.sweep_if_full(&mut entries);
-        }
-        let (at, value) = entries
-            .entry(key)
-            .or_insert_with(|| (Instant::now(), init()));
-        *at = Instant::now();
-        change(value)
-    }
-
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
@@ -132,20 +113,5 @@ mod tests {
             map.insert(key, key);
         }
         assert_eq!(map.len(), 5);
-    }
-
-    #[test]
-    fn upsert_starts_from_init_and_marks_the_entry_fresh() {
-        let map = TtlMap::new(Duration::from_secs(60));
-        let n = map.upsert(
-            "k",
-            || 10,
-            |v| {
-                *v -= 1;
-                *v
-            },
-        );
-        assert_eq!(n, 9);
-        assert_eq!(map.upsert("k", || 10, |v| *v), 9);
     }
 }

@@ -206,7 +206,7 @@ pub struct Authenticator {
     keys_exist: Mutex<Option<(bool, Instant)>>,
     /// The keyless caller (its limits come from the database), trusted for [`CACHE_TTL`].
     keyless: Mutex<Option<(Caller, Instant)>>,
-    submits: rate::SubmitRate,
+    submits: rate::Buckets,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -220,12 +220,12 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     pub fn new(db: Db, config: AuthConfig) -> Self {
         Self {
+            submits: rate::Buckets::new(db.clone()),
             db,
             config,
             cache: TtlMap::new(CACHE_TTL),
             keys_exist: Mutex::new(None),
             keyless: Mutex::new(None),
-            submits: rate::SubmitRate::default(),
         }
     }
 
@@ -258,12 +258,16 @@ impl Authenticator {
 
     /// Takes one of the caller's tenant's submit tokens; `Err` says how long until one is
     /// available.
-    pub fn take_submit_token(&self, caller: &Caller) -> Result<(), Duration> {
+    pub async fn take_submit_token(
+        &self,
+        caller: &Caller,
+    ) -> Result<Result<(), Duration>, DbError> {
         match caller.limits.submits_per_minute {
-            None => Ok(()),
-            Some(per_minute) => self
-                .submits
-                .take(&caller.tenant, per_minute, Instant::now()),
+            None => Ok(Ok(())),
+            Some(per_minute) => {
+                let key = format!("submit:{}", caller.tenant);
+                self.submits.take(&key, per_minute, None).await
+            }
         }
     }
 

@@ -1,77 +1,63 @@
-//! The per-tenant submit rate: one token bucket per tenant, in this process's memory.
+//! Rates that hold for the service as a whole: token buckets kept in the database
+//! ([`crate::db::rates`]) on its clock, so the configured number is the same however many API
+//! processes answer. Used for each tenant's submits and for the dashboard's failed sign-ins per
+//! client address.
 //!
-//! A tenant allowed N submits a minute has a bucket of N tokens that refills at N per minute;
-//! each submit takes one. A quiet tenant can therefore send a burst of N at once, and then N a
-//! minute. With several API processes each keeps its own buckets, so the limit is per process.
+//! A key allowed N a minute has a bucket of N tokens that refills at N per minute; each use
+//! takes one. A quiet key can therefore make a burst of N at once, and then N a minute.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ttl_map::TtlMap;
+use crate::db::{self, Db, DbError};
 
-/// Every bucket refills within a minute (its rate is its capacity per minute): one untouched
-/// for longer is full, and dropping it changes nothing (keys from client addresses, as the
-/// dashboard's sign-in uses, are not bounded by anything an operator made).
-const FULL_AFTER: Duration = Duration::from_secs(60);
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
+#[derive(Debug, Clone)]
+pub struct Buckets {
+    db: Db,
 }
 
-/// Buckets by tenant. The map holds one small entry per tenant that has submitted, and a
-/// tenant exists only through a key an operator created, so it stays small.
-#[derive(Debug)]
-pub struct SubmitRate {
-    buckets: TtlMap<String, Bucket>,
-}
-
-impl Default for SubmitRate {
-    fn default() -> Self {
-        Self {
-            buckets: TtlMap::new(FULL_AFTER),
-        }
-    }
-}
-
-impl SubmitRate {
-    /// Takes one token from `tenant`'s bucket at `now`, for a rate of `per_minute`; when the
-    /// bucket is empty, says how long until it holds one again.
-    pub fn take(&self, tenant: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
-        self.use_bucket(tenant, per_minute, now, 1.0)
+impl Buckets {
+    pub fn new(db: Db) -> Self {
+        Self { db }
     }
 
-    /// Whether `key`'s bucket holds a token at `now`, without taking it; when empty, how
-    /// long until it holds one. (The dashboard's sign-in checks first and takes a token only
-    /// for a failed attempt.)
-    pub fn check(&self, key: &str, per_minute: u32, now: Instant) -> Result<(), Duration> {
-        self.use_bucket(key, per_minute, now, 0.0)
-    }
-
-    fn use_bucket(
+    /// Takes one token from `key`'s bucket, for a rate of `per_minute`; when the bucket is
+    /// empty, `Err` says how long until it holds one again. `now` (epoch ms) replaces the
+    /// database's clock (tests).
+    pub async fn take(
         &self,
         key: &str,
         per_minute: u32,
-        now: Instant,
+        now: Option<i64>,
+    ) -> Result<Result<(), Duration>, DbError> {
+        self.use_bucket(key, per_minute, 1.0, now).await
+    }
+
+    /// Whether `key`'s bucket holds a token, without taking it. (The dashboard's sign-in
+    /// checks first and takes a token only for a failed attempt.)
+    pub async fn check(
+        &self,
+        key: &str,
+        per_minute: u32,
+        now: Option<i64>,
+    ) -> Result<Result<(), Duration>, DbError> {
+        self.use_bucket(key, per_minute, 0.0, now).await
+    }
+
+    async fn use_bucket(
+        &self,
+        key: &str,
+        per_minute: u32,
         cost: f64,
-    ) -> Result<(), Duration> {
+        now: Option<i64>,
+    ) -> Result<Result<(), Duration>, DbError> {
         let capacity = f64::from(per_minute.max(1));
-        let per_second = capacity / 60.0;
-        let init = || Bucket {
-            tokens: capacity,
-            updated: now,
-        };
-        self.buckets.upsert(key.to_string(), init, |bucket| {
-            let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-            bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
-            bucket.updated = now.max(bucket.updated);
-            if bucket.tokens >= 1.0 {
-                bucket.tokens -= cost;
-                Ok(())
-            } else {
-                Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
-            }
-        })
+        let per_ms = capacity / 60_000.0;
+        Ok(
+            match db::rates::take(&self.db, key, capacity, per_ms, cost, now).await? {
+                None => Ok(()),
+                Some(wait_ms) => Err(Duration::from_millis(wait_ms.max(0) as u64)),
+            },
+        )
     }
 }
 
@@ -79,52 +65,68 @@ impl SubmitRate {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_burst_of_the_rate_passes_then_one_token_per_interval() {
-        let rate = SubmitRate::default();
-        let start = Instant::now();
+    async fn buckets() -> (tempfile::TempDir, Buckets) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let db = Db::connect(&url, 2).await.unwrap();
+        db.migrate().await.unwrap();
+        (dir, Buckets::new(db))
+    }
+
+    const START: i64 = 1_800_000_000_000;
+
+    #[tokio::test]
+    async fn a_burst_of_the_rate_passes_then_one_token_per_interval() {
+        let (_dir, rate) = buckets().await;
+        let at = |secs: i64| Some(START + secs * 1000);
         for i in 0..6 {
-            assert!(rate.take("a", 6, start).is_ok(), "submit {i} of the burst");
+            assert!(
+                rate.take("a", 6, at(0)).await.unwrap().is_ok(),
+                "submit {i} of the burst"
+            );
         }
-        let wait = rate.take("a", 6, start).unwrap_err();
+        let wait = rate.take("a", 6, at(0)).await.unwrap().unwrap_err();
         assert_eq!(wait.as_secs(), 10, "6 a minute: one every 10 s");
         // Half the interval later, still empty, and the wait has halved.
-        let wait = rate
-            .take("a", 6, start + Duration::from_secs(5))
-            .unwrap_err();
+        let wait = rate.take("a", 6, at(5)).await.unwrap().unwrap_err();
         assert_eq!(wait.as_secs(), 5);
-        assert!(rate.take("a", 6, start + Duration::from_secs(10)).is_ok());
-        assert!(rate.take("a", 6, start + Duration::from_secs(10)).is_err());
+        assert!(rate.take("a", 6, at(10)).await.unwrap().is_ok());
+        assert!(rate.take("a", 6, at(10)).await.unwrap().is_err());
     }
 
-    #[test]
-    fn a_check_takes_nothing() {
-        let rate = SubmitRate::default();
-        let now = Instant::now();
+    #[tokio::test]
+    async fn a_check_takes_nothing() {
+        let (_dir, rate) = buckets().await;
         for _ in 0..5 {
-            assert!(rate.check("a", 1, now).is_ok());
+            assert!(rate.check("a", 1, Some(START)).await.unwrap().is_ok());
         }
-        assert!(rate.take("a", 1, now).is_ok());
-        assert!(rate.check("a", 1, now).is_err());
+        assert!(rate.take("a", 1, Some(START)).await.unwrap().is_ok());
+        assert!(rate.check("a", 1, Some(START)).await.unwrap().is_err());
     }
 
-    #[test]
-    fn tenants_have_their_own_buckets() {
-        let rate = SubmitRate::default();
-        let now = Instant::now();
-        assert!(rate.take("a", 1, now).is_ok());
-        assert!(rate.take("a", 1, now).is_err());
-        assert!(rate.take("b", 1, now).is_ok());
+    #[tokio::test]
+    async fn keys_have_their_own_buckets() {
+        let (_dir, rate) = buckets().await;
+        assert!(rate.take("a", 1, Some(START)).await.unwrap().is_ok());
+        assert!(rate.take("a", 1, Some(START)).await.unwrap().is_err());
+        assert!(rate.take("b", 1, Some(START)).await.unwrap().is_ok());
     }
 
-    #[test]
-    fn a_quiet_bucket_refills_only_to_its_capacity() {
-        let rate = SubmitRate::default();
-        let start = Instant::now();
-        assert!(rate.take("a", 2, start).is_ok());
-        let later = start + Duration::from_secs(3600);
-        assert!(rate.take("a", 2, later).is_ok());
-        assert!(rate.take("a", 2, later).is_ok());
-        assert!(rate.take("a", 2, later).is_err());
+    #[tokio::test]
+    async fn a_quiet_bucket_refills_only_to_its_capacity() {
+        let (_dir, rate) = buckets().await;
+        assert!(rate.take("a", 2, Some(START)).await.unwrap().is_ok());
+        let later = Some(START + 3_600_000);
+        assert!(rate.take("a", 2, later).await.unwrap().is_ok());
+        assert!(rate.take("a", 2, later).await.unwrap().is_ok());
+        assert!(rate.take("a", 2, later).await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn idle_buckets_are_swept() {
+        let (_dir, rate) = buckets().await;
+        assert!(rate.take("old", 1, Some(1_000)).await.unwrap().is_ok());
+        assert!(rate.take("new", 1, None).await.unwrap().is_ok());
+        assert_eq!(db::rates::sweep(&rate.db).await.unwrap(), 1);
     }
 }

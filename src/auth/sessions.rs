@@ -10,11 +10,11 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::rate::SubmitRate;
+use super::rate::Buckets;
 use super::{Authenticator, CACHE_TTL, Caller, LAST_USED_RESOLUTION};
 use crate::db::{self, Db, DbError};
 use crate::ttl_map::TtlMap;
@@ -65,7 +65,7 @@ pub struct Sessions {
     /// Session lookups by id hash, each trusted for [`CACHE_TTL`].
     cache: TtlMap<String, Option<Caller>>,
     /// Failed sign-ins by client address.
-    failures: SubmitRate,
+    failures: Buckets,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -79,11 +79,11 @@ impl std::fmt::Debug for Sessions {
 impl Sessions {
     pub fn new(db: Db, auth: Arc<Authenticator>, config: SessionConfig) -> Self {
         Self {
+            failures: Buckets::new(db.clone()),
             db,
             auth,
             config,
             cache: TtlMap::new(CACHE_TTL),
-            failures: SubmitRate::default(),
         }
     }
 
@@ -141,13 +141,23 @@ impl Sessions {
 
     /// Signs in with `key` from `client`: a new session if the key is live.
     pub async fn sign_in(&self, key: &str, client: Option<IpAddr>) -> Result<SignIn, DbError> {
-        let bucket = client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
-        let now = Instant::now();
-        if let Err(wait) = self.failures.check(&bucket, FAILURES_PER_MINUTE, now) {
+        let bucket = format!(
+            "signin:{}",
+            client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string())
+        );
+        if let Err(wait) = self
+            .failures
+            .check(&bucket, FAILURES_PER_MINUTE, None)
+            .await?
+        {
             return Ok(SignIn::TooMany(wait));
         }
         let Some(row) = self.auth.live_key(key.trim()).await? else {
-            let _ = self.failures.take(&bucket, FAILURES_PER_MINUTE, now);
+            // Empty or not, the refusal is what counts.
+            let _ = self
+                .failures
+                .take(&bucket, FAILURES_PER_MINUTE, None)
+                .await?;
             return Ok(SignIn::Refused);
         };
         let at = db::now_ms();

@@ -10,11 +10,13 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use super::db::DbArgs;
-use super::values::{Span, parse_allow_hosts, parse_delay, parse_public_url, secs};
+use super::values::{
+    Span, parse_allow_hosts, parse_delay, parse_public_url, parse_trusted_proxies, secs,
+};
 use crate::app::{self, Roles};
 use crate::auth::sessions::SessionConfig;
 use crate::auth::{AuthConfig, AuthMode};
-use crate::config::{ApiConfig, Config};
+use crate::config::{ApiConfig, Config, TrustedProxies};
 use crate::domain::Limits;
 use crate::fetch::FetchConfig;
 use crate::fetch::guard::AllowList;
@@ -85,6 +87,10 @@ pub struct ServeArgs {
     /// `https://` one makes the dashboard's cookies `Secure`.
     #[arg(long, env = "RP_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
+    /// Reverse proxies in front of the API (addresses and CIDRs, comma-separated) whose
+    /// `X-Forwarded-For` names the client; from anyone else the header is ignored.
+    #[arg(long, env = "RP_TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
+    pub trusted_proxies: TrustedProxies,
     /// A dashboard sign-in session unused for this long ends: `12h`, `30m`.
     #[arg(long, env = "RP_UI_SESSION_IDLE", default_value_t = Span(SessionConfig::default().idle))]
     pub ui_session_idle: Span,
@@ -258,6 +264,7 @@ impl ServeArgs {
             max_unfinished_images: self.tenant_max_unfinished_images,
             submits_per_minute: self.tenant_submits_per_minute,
         };
+        config.api.trusted_proxies = self.trusted_proxies.clone();
         config.api.sessions = SessionConfig {
             idle: self.ui_session_idle.0,
             public_url: self

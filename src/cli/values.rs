@@ -73,6 +73,10 @@ pub fn parse_allow_hosts(text: &str) -> Result<AllowList, String> {
     AllowList::parse(text)
 }
 
+pub fn parse_trusted_proxies(text: &str) -> Result<crate::config::TrustedProxies, String> {
+    crate::config::TrustedProxies::parse(text)
+}
+
 pub fn parse_delay(text: &str) -> Result<DelayRange, String> {
     DelayRange::parse(text)
 }

@@ -34,6 +34,7 @@ migrations! {
     9 "0009_ui_sessions",
     10 "0010_claims",
     11 "0011_tenant_counts",
+    12 "0012_rate_buckets",
 }
 
 impl Db {

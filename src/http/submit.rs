@@ -58,7 +58,7 @@ async fn submit(
     // A submit with a key may be a replay: it creates nothing, so it takes no submit token
     // (a client retrying safely gets its job, not a 429); it is looked up once the body is in.
     if key.is_none() {
-        take_submit_token(&state, &caller)?;
+        take_submit_token(&state, &caller).await?;
     }
     // A declared length over the limit is refused before a byte is read (and before an
     // `Expect: 100-continue` client is invited to send it).
@@ -74,7 +74,7 @@ async fn submit(
         if let Some(job_id) = replay(&state, &caller, key, &body_hash(&bytes)).await? {
             return Ok((StatusCode::CREATED, Json(Submitted { job_id })));
         }
-        take_submit_token(&state, &caller)?;
+        take_submit_token(&state, &caller).await?;
     }
     let job_id = accept(&state, &caller, key, &bytes).await?;
     Ok((StatusCode::CREATED, Json(Submitted { job_id })))

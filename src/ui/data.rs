@@ -168,7 +168,7 @@ impl<'a> Data<'a> {
     /// Submits a job body through the API's own path: the same rate limit and quota, the same
     /// validation, the same errors.
     pub async fn submit(&self, body: &[u8]) -> Result<i64, SubmitError> {
-        submit::take_submit_token(self.state, self.caller)?;
+        submit::take_submit_token(self.state, self.caller).await?;
         submit::accept(self.state, self.caller, None, body).await
     }
 }

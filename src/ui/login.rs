@@ -131,7 +131,8 @@ pub async fn sign_in(
             Some("key: paste an API key".into()),
         ));
     }
-    match state.sessions.sign_in(key, Some(peer.ip())).await? {
+    let client = state.trusted_proxies.client(peer.ip(), &headers);
+    match state.sessions.sign_in(key, Some(client)).await? {
         SignIn::Started { id } => {
             let mut response = see_other(&next);
             let (name, value) = session::cookie(state.sessions.config(), &id, &headers);

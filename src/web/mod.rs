@@ -10,6 +10,7 @@
 //! into JSON and the dashboard into a page.
 
 pub mod body;
+pub mod client;
 pub mod export;
 pub mod jobs;
 pub mod layers;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// How long a rotated-out webhook secret keeps signing beside the new one.
     pub webhook_secret_overlap: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (for the sign-in throttle).
+    pub trusted_proxies: client::TrustedProxies,
     /// The dashboard's sign-in sessions.
     pub sessions: Arc<Sessions>,
 }

@@ -43,10 +43,11 @@ pub enum SubmitError {
 }
 
 /// Takes one of the caller's tenant's submit tokens, or says when to come back (429).
-pub fn take_submit_token(state: &AppState, caller: &Caller) -> Result<(), SubmitError> {
+pub async fn take_submit_token(state: &AppState, caller: &Caller) -> Result<(), SubmitError> {
     state
         .auth
         .take_submit_token(caller)
+        .await?
         .map_err(|retry_after| SubmitError::TooMany {
             message: format!(
                 "tenant {}: more than {} submits a minute; retry later",

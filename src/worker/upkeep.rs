@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::jobs::WORK_CHANNEL;
-use crate::db::{Db, counts};
+use crate::db::{Db, counts, rates};
 use crate::queue::Queue;
 use crate::queue::backoff::backoff;
 
@@ -28,7 +28,7 @@ pub(super) async fn heartbeat(queue: Arc<Queue>, every: Duration, stop: Cancella
 }
 
 /// Takes back expired leases every `every` (with jitter), and about once a minute recounts the
-/// tenants' unfinished images (see [`counts::recount_unfinished`]).
+/// tenants' unfinished images (see [`counts::recount_unfinished`]) and sweeps idle rate buckets.
 pub(super) async fn reaper(queue: Arc<Queue>, db: Db, every: Duration, stop: CancellationToken) {
     let mut last_recount = tokio::time::Instant::now();
     loop {
@@ -47,6 +47,9 @@ pub(super) async fn reaper(queue: Arc<Queue>, db: Db, every: Duration, stop: Can
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(tenants = n, "corrected tenants' unfinished-image counts"),
                 Err(error) => tracing::warn!(%error, "recounting unfinished images failed"),
+            }
+            if let Err(error) = rates::sweep(&db).await {
+                tracing::warn!(%error, "sweeping idle rate buckets failed");
             }
         }
     }
