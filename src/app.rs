@@ -245,12 +245,25 @@ impl App {
                 None => Ok(()),
             }
         };
+        // The database's clock as this process tells it (Db::now_ms), re-measured every minute.
+        let clock = async {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                    _ = token.cancelled() => return,
+                }
+                if let Err(error) = self.db.sync_clock().await {
+                    tracing::debug!(%error, "could not read the database's clock");
+                }
+            }
+        };
         let retention = async {
             if let Some(pruner) = self.retention {
                 pruner.run_periodically(token.clone()).await;
             }
         };
-        let (served, ops_served, worked, ()) = tokio::join!(api, ops, workers, retention);
+        let (served, ops_served, worked, (), ()) =
+            tokio::join!(api, ops, workers, retention, clock);
         self.db.close().await;
         served?;
         ops_served?;

@@ -343,7 +343,7 @@ impl Authenticator {
     /// Writes `last used` in the background when the stored value is older than
     /// [`LAST_USED_RESOLUTION`] (the request does not wait for it).
     fn record_use(&self, row: &db::keys::KeyRow) {
-        let now = db::now_ms();
+        let now = self.db.now_ms();
         let resolution = LAST_USED_RESOLUTION.as_millis() as i64;
         if row.last_used_at.is_some_and(|t| now - t < resolution) {
             return;

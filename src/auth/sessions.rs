@@ -115,7 +115,7 @@ impl Sessions {
         if let Some(hit) = self.cache.get(&hash) {
             return Ok(hit);
         }
-        let now = db::now_ms();
+        let now = self.db.now_ms();
         let caller =
             match db::ui_sessions::find_live(&self.db, &hash, now, now - self.idle_ms()).await? {
                 None => None,
@@ -160,7 +160,7 @@ impl Sessions {
                 .await?;
             return Ok(SignIn::Refused);
         };
-        let at = db::now_ms();
+        let at = self.db.now_ms();
         // Sessions that can no longer be used go when a new one comes: the table holds about
         // the live ones.
         let idle_since = at - self.idle_ms();

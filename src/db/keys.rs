@@ -1,7 +1,7 @@
 //! API key rows: created by `retail-pulse keys create`, looked up by the hash of the key a
 //! request presents, listed and revoked. The key itself is never stored (see [`crate::auth`]).
 
-use super::{Db, DbError, err, now_ms};
+use super::{Db, DbError, err};
 
 /// A key as stored: everything but the secret, which exists only in the creator's hands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub async fn insert(db: &Db, key: &NewKey<'_>) -> Result<KeyRow, DbError> {
         .bind(key.tenant)
         .bind(i64::from(key.admin))
         .bind(key.key_hash)
-        .bind(now_ms())
+        .bind(db.now_ms())
         .bind(key.max_unfinished_images)
         .bind(key.submits_per_minute)
         .fetch_one(db.pool())
@@ -96,7 +96,7 @@ pub async fn revoke(db: &Db, name: &str) -> Result<Revoke, DbError> {
         let _turn = db.write_turn().await;
         sqlx::query_as::<_, KeyRow>(sqlx::AssertSqlSafe(sql))
             .bind(name)
-            .bind(now_ms())
+            .bind(db.now_ms())
             .fetch_optional(db.pool())
             .await
             .map_err(err)?

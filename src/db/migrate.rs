@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::{AssertSqlSafe, Executor};
 
-use super::{Backend, Db, DbError, err, now_ms};
+use super::{Backend, Db, DbError, err};
 
 /// Declares the migrations once for both backends: (version, file name without `.sql`), each
 /// file under `migrations/sqlite/` and `migrations/postgres/`. Applied in order; never edit
@@ -90,7 +90,7 @@ impl Db {
                         "INSERT INTO rp_schema_migrations (version, applied_at) VALUES ($1, $2)",
                     )
                     .bind(version)
-                    .bind(now_ms())
+                    .bind(self.now_ms())
                     .execute(&mut *tx)
                     .await?;
                     tx.commit().await

@@ -154,6 +154,8 @@ pub struct Db {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// When this process last refreshed the images table's planner statistics (epoch ms).
     analyzed_at: Arc<std::sync::atomic::AtomicI64>,
+    /// The database's clock minus this host's, in ms, as last measured ([`Db::sync_clock`]).
+    clock_offset: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A bulk insert at least this large refreshes the planner statistics (PostgreSQL).
@@ -224,14 +226,38 @@ impl Db {
             }
         };
         let pool = options.connect(url).await.map_err(err)?;
-        Ok(Self {
+        let db = Self {
             pool,
             backend,
             url: url.to_string(),
             limits,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             analyzed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
-        })
+            clock_offset: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        };
+        db.sync_clock().await?;
+        Ok(db)
+    }
+
+    /// Measures how far the database's clock is from this host's (half the round trip is the
+    /// error), so that [`Db::now_ms`] tells the database's time without asking it. Called at
+    /// start and about once a minute after (`app`).
+    pub async fn sync_clock(&self) -> Result<i64, DbError> {
+        let before = local_now_ms();
+        let theirs = self.now().await?;
+        let after = local_now_ms();
+        let offset = theirs - (before + after) / 2;
+        self.clock_offset
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        Ok(offset)
+    }
+
+    /// Now on the database's clock, in epoch milliseconds, without a query: this host's clock
+    /// corrected by the last measured offset. What every time written or compared outside SQL
+    /// uses, so a host whose clock is off still agrees with the others (and with the times
+    /// SQL writes with `{now}`).
+    pub fn now_ms(&self) -> i64 {
+        local_now_ms() + self.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `op` on one connection of the pool under the client-side deadline of a queue
@@ -290,7 +316,7 @@ impl Db {
         if self.backend != Backend::Postgres || rows < ANALYZE_AFTER_ROWS {
             return;
         }
-        let now = now_ms();
+        let now = local_now_ms();
         let last = self.analyzed_at.load(Ordering::Relaxed);
         if now - last < ANALYZE_INTERVAL_MS
             || self
@@ -400,7 +426,7 @@ fn server_address(url: &str) -> Option<(String, u16)> {
     Some((host, parsed.port().unwrap_or(5432)))
 }
 
-/// Milliseconds since the Unix epoch: how every time is stored.
-pub fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch on this host's clock (only [`Db::now_ms`] uses it).
+fn local_now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

@@ -5,14 +5,14 @@ use std::collections::HashSet;
 use serde_json::json;
 use sqlx::AssertSqlSafe;
 
-use super::{Db, DbError, err, now_ms};
+use super::{Db, DbError, err};
 use crate::stores::Store;
 
 const CHUNK: usize = 5000;
 
 /// Inserts or refreshes stores (never deletes). Returns how many rows were written.
 pub async fn upsert(db: &Db, stores: &[Store]) -> Result<usize, DbError> {
-    let now = now_ms();
+    let now = db.now_ms();
     let _turn = db.write_turn().await;
     let mut tx = db.pool().begin().await.map_err(err)?;
     // `WHERE true` keeps SQLite from reading ON CONFLICT as a join constraint.

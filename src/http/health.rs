@@ -74,7 +74,7 @@ async fn open_metrics(State(state): State<AppState>) -> Result<impl IntoResponse
 /// The database counts behind the state gauges.
 async fn snapshot(db: &Db) -> Result<Snapshot, DbError> {
     let counts = db::jobs::state_counts(db).await?;
-    let now = db::now_ms();
+    let now = db.now_ms();
     let workers = db::workers::list(db)
         .await?
         .iter()

@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::auth::Caller;
+use crate::db;
 use crate::db::workers::WorkerRow;
-use crate::db::{self, now_ms};
 use crate::domain::WorkerState;
 use crate::domain::time::format_ms;
 
@@ -78,7 +78,7 @@ async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Work
             "/api/workers: needs an admin key".into(),
         ));
     }
-    let now = now_ms();
+    let now = state.db.now_ms();
     let rows = db::workers::list(&state.db).await?;
     Ok(Json(WorkerList {
         workers: rows.into_iter().map(|r| WorkerBody::new(r, now)).collect(),

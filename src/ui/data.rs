@@ -10,7 +10,7 @@ use crate::auth::Caller;
 use crate::db::dashboard::{self, Direction, ImageView, JobCursor, JobFilter};
 use crate::db::jobs::{self, Cancel, Scope};
 use crate::db::workers::{self, WorkerRow};
-use crate::db::{Db, DbError, now_ms};
+use crate::db::{Db, DbError};
 use crate::domain::Job;
 use crate::domain::{ImageStatus, JobStatus};
 use crate::web::AppState;
@@ -72,7 +72,7 @@ impl<'a> Data<'a> {
     }
 
     pub async fn overview(&self, recent: i64) -> Result<Overview, DbError> {
-        let now = now_ms();
+        let now = self.db().now_ms();
         let (by_state, operations) = match self.scope() {
             Scope::All => {
                 let counts = jobs::state_counts(self.db()).await?;

@@ -118,7 +118,7 @@ pub(super) async fn page(
         .await?
         .pop()
         .and_then(|body| body.webhook);
-    let now = crate::db::now_ms();
+    let now = state.db.now_ms();
     let page = JobPage {
         layout: Layout::new(format!("Job {id}"), "jobs", &viewer),
         job: JobLine::new(&job, now),
@@ -178,7 +178,7 @@ pub(super) async fn cancel(
     if form.get("confirm").map(String::as_str) != Some("yes") {
         let page = ConfirmCancelPage {
             layout: Layout::new(format!("Cancel job {id}?"), "jobs", &viewer),
-            job: JobLine::new(&job, crate::db::now_ms()),
+            job: JobLine::new(&job, state.db.now_ms()),
             csrf: viewer.csrf.token.clone(),
         };
         return Ok(html(StatusCode::OK, &page, viewer.cookie()));

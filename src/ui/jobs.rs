@@ -111,7 +111,7 @@ pub(super) async fn list(
         created_from: from,
         created_to: to,
     };
-    let now = crate::db::now_ms();
+    let now = state.db.now_ms();
     let (rows, next) = data.jobs(&filter, cursor, JOBS_PER_PAGE).await?;
     let keep = [("from", from_text), ("to", to_text)];
     let states = std::iter::once(("", "All"))

@@ -221,7 +221,8 @@ impl Deliverer {
             .map_err(|e| DbError::Encoding(format!("no random bytes for a secret: {e}")))?;
         let secrets = rows::signing_secrets(&self.db, &delivery.tenant, &fresh).await?;
         let body = super::event_body(job);
-        let timestamp = chrono::Utc::now().timestamp();
+        // The database's clock, as every other time of the service (receivers check it).
+        let timestamp = self.db.now_ms().div_euclid(1000);
         let signature =
             match super::signature_header(&secrets, &delivery.message_id, timestamp, &body) {
                 Ok(signature) => signature,

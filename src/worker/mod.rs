@@ -165,7 +165,7 @@ impl WorkerPool {
         // This process's row in the worker registry; marked stopped when `background` ends.
         helpers.spawn(registry::run(
             self.db.clone(),
-            registry::this_process(self.id(), self.concurrency),
+            registry::this_process(self.id(), self.concurrency, self.db.now_ms()),
             self.metrics.clone(),
             background.clone(),
         ));

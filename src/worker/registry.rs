@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::db::Db;
 use crate::db::workers::{self, OutcomeCount, WorkerInfo};
-use crate::db::{Db, now_ms};
 use crate::domain::ErrorKind;
 use crate::domain::worker::{HEARTBEAT_INTERVAL, PRUNE_AFTER};
 use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
@@ -22,13 +22,14 @@ use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 pub const MINUTES_KEPT: Duration = Duration::from_secs(2 * 3600);
 
 /// Describes this process for the registry.
-pub fn this_process(id: &str, slots: usize) -> WorkerInfo {
+/// This process as the registry shows it, started at `started_at` (epoch ms).
+pub fn this_process(id: &str, slots: usize, started_at: i64) -> WorkerInfo {
     WorkerInfo {
         id: id.to_string(),
         host: host_name(),
         pid: i64::from(std::process::id()),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at: now_ms(),
+        started_at,
         slots: slots as i64,
     }
 }
@@ -61,13 +62,13 @@ pub async fn run(db: Db, info: WorkerInfo, metrics: Arc<Metrics>, stop: Cancella
     }
     // The last images' counts, then the row says the process is gone.
     beat(&db, &info, &metrics, &mut counts).await;
-    if let Err(error) = workers::mark_stopped(&db, &info.id, now_ms()).await {
+    if let Err(error) = workers::mark_stopped(&db, &info.id, db.now_ms()).await {
         tracing::warn!(%error, "could not mark this worker stopped in the registry");
     }
 }
 
 async fn beat(db: &Db, info: &WorkerInfo, metrics: &Metrics, counts: &mut Counts) {
-    let now = now_ms();
+    let now = db.now_ms();
     let totals = read_totals(metrics);
     let deltas = counts.since_last(&totals);
     let busy = metrics.worker_slots_busy.get().max(0);
@@ -199,7 +200,7 @@ mod tests {
 
     #[test]
     fn this_process_names_its_host_pid_and_version() {
-        let info = this_process("worker-1-abc", 8);
+        let info = this_process("worker-1-abc", 8, 0);
         assert!(!info.host.is_empty());
         assert_eq!(info.pid, i64::from(std::process::id()));
         assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
