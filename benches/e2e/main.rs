@@ -12,7 +12,7 @@
 //! RP_BENCH_P2_WORKERS (100), RP_BENCH_SUBMITS (20), RP_BENCH_POLLERS (32),
 //! RP_BENCH_OUT (docs/BENCHMARKS.md).
 
-#[path = "../../tests/common/service.rs"]
+#[path = "../../tests/it/common/service.rs"]
 mod service;
 
 mod dashboard;
@@ -21,7 +21,7 @@ mod harness;
 mod image_host;
 mod latency;
 mod memory;
-#[path = "../../tests/common/range.rs"]
+#[path = "../../tests/it/common/range.rs"]
 mod range;
 mod scale;
 mod scaleout;

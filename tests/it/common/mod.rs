@@ -37,7 +37,6 @@ pub enum Backend {
 
 /// Runs each named `async fn name(backend: Backend)` as two tests, `sqlite::name` and
 /// `postgres::name`.
-#[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -62,6 +61,7 @@ macro_rules! on_both_backends {
         }
     };
 }
+pub(crate) use on_both_backends;
 
 /// True when PostgreSQL tests can run; otherwise says clearly that this one is skipped.
 fn postgres_available(test: &str) -> bool {

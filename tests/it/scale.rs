@@ -1,12 +1,12 @@
 //! Scale-out on PostgreSQL: one API process and several `worker` processes share one database.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::service::Service;
-use common::{ImageServer, STORE_A, TestDb, payload};
 use serde_json::json;
+
+use crate::common;
+use crate::common::service::Service;
+use crate::common::{ImageServer, STORE_A, TestDb, payload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
 

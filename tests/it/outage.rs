@@ -4,15 +4,15 @@
 //! The restart disturbs every connection to the local server, so it runs while no other
 //! PostgreSQL test does ([`common::postgres_alone`]).
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::relay::{Mode, Relay};
-use common::service::Service;
-use common::{ImageServer, STORE_A, TestDb, payload};
 use serde_json::{Value, json};
+
+use crate::common;
+use crate::common::relay::{Mode, Relay};
+use crate::common::service::Service;
+use crate::common::{ImageServer, STORE_A, TestDb, payload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
 
