@@ -1,5 +1,6 @@
 //! The black-box tests, one module per area, in one test binary: one link instead of one per
-//! area.
+//! area, and every helper in `common` is used by some test (the compiler says when one no
+//! longer is).
 //!
 //! The modules share this process, and whatever is global to it or to the machine (the local
 //! PostgreSQL server, network namespaces, ports) is shared across modules as it is between

@@ -1,11 +1,11 @@
 //! Shared test harness: a fresh database per test (SQLite file or PostgreSQL database), a
 //! local image server that generates real encoded images, the app started in-process on
 //! port 0, and a small JSON client.
-#![allow(dead_code)]
 
 pub mod binary;
 pub mod images;
 pub mod keys;
+pub mod launch;
 pub mod netns;
 pub mod range;
 pub mod relay;
@@ -22,7 +22,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, oneshot};
 use tokio::task::JoinHandle;
 
-#[allow(unused_imports)] // not every test binary serves images
 pub use images::ImageServer;
 
 /// The environment variable naming a PostgreSQL server for the tests (any database on it;

@@ -1,19 +1,17 @@
-#![allow(dead_code)]
-
 //! The real `retail-pulse` binary as a separate process (for kill -9, several workers, and
-//! the benchmark's memory figures). It is told to bind port 0 and announces its address in
-//! its JSON log, which is read here — no guessing of free ports, no sleeps.
+//! reading what it logs), started by [`launch`](super::launch::launch).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
+
+use super::launch::launch;
 
 pub struct Service {
     pub child: Child,
     /// Every line the service has written to stdout (its log), so far.
-    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub lines: Arc<Mutex<Vec<String>>>,
     /// `http://addr` for `serve`; empty for `worker`.
     pub base: String,
 }
@@ -22,55 +20,11 @@ impl Service {
     /// Starts `retail-pulse <subcommand>` with these environment variables (added to
     /// `DATABASE_URL`, a port-0 bind, private networks allowed and JSON logs).
     pub fn start(binary: &str, subcommand: &str, db_url: &str, extra: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(binary);
-        cmd.arg(subcommand)
-            .env("DATABASE_URL", db_url)
-            .env("RP_BIND", "127.0.0.1:0")
-            .env("RP_ALLOW_PRIVATE_NETWORKS", "true")
-            .env("RP_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start retail-pulse");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let listens = subcommand == "serve" || extra.iter().any(|(k, _)| *k == "RP_METRICS_BIND");
-        let waits_for = if listens {
-            "listening"
-        } else {
-            "worker pool started"
-        };
-        // RP_TEST_ECHO_LOGS=1 shows the service's log lines (on stderr) when debugging a test.
-        let echo = std::env::var("RP_TEST_ECHO_LOGS").is_ok();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
         let kept = lines.clone();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if echo {
-                    eprintln!("{line}");
-                }
-                kept.lock().unwrap().push(line.clone());
-                if !sent
-                    && let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == waits_for
-                {
-                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
-                    sent = true;
-                }
-            }
+        let (child, base) = launch(binary, subcommand, db_url, extra, move |line| {
+            kept.lock().unwrap().push(line)
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("retail-pulse {subcommand} did not start"));
-        let base = if addr.is_empty() {
-            String::new()
-        } else {
-            format!("http://{addr}")
-        };
         Service { child, lines, base }
     }
 
@@ -109,14 +63,6 @@ impl Service {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
         self.child.wait().expect("wait")
-    }
-
-    /// Peak resident memory of the process so far, in bytes (Linux).
-    pub fn peak_rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
     }
 }
 
