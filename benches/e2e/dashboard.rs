@@ -56,7 +56,7 @@ pub async fn run(backend: Backend, _host: &ImageHost, o: &Opts, f: &mut Figures)
 /// Starts `serve --no-workers` on `db`, submits a job of `images` images and times its page.
 async fn job_page_time(db: &BenchDb, images: usize) -> JobPageTime {
     let svc = start("serve", db, &[("RP_NO_WORKERS", "true".to_string())]);
-    let http = reqwest::Client::new();
+    let c = Client::new(&svc.base);
     let visits: Vec<Value> = (0..images.div_ceil(100))
         .map(|v| {
             let urls: Vec<String> = (v * 100..((v + 1) * 100).min(images))
@@ -65,8 +65,8 @@ async fn job_page_time(db: &BenchDb, images: usize) -> JobPageTime {
             json!({"store_id": "S00339218", "image_url": urls, "visit_time": "2026-11-28T10:00:00Z"})
         })
         .collect();
-    let id = svc
-        .submit(&http, &json!({"count": visits.len(), "visits": visits}))
+    let (id, _) = c
+        .submit(&json!({"count": visits.len(), "visits": visits}).to_string())
         .await;
     let paths = [
         format!("/ui/jobs/{id}"),
@@ -79,8 +79,9 @@ async fn job_page_time(db: &BenchDb, images: usize) -> JobPageTime {
     for i in 0..SAMPLES + paths.len() {
         let path = &paths[i % paths.len()];
         let started = Instant::now();
-        let res = http
-            .get(format!("{}{path}", svc.base))
+        let res = c
+            .http
+            .get(format!("{}{path}", c.base))
             .send()
             .await
             .expect("job page");

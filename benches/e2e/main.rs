@@ -12,19 +12,19 @@
 //! RP_BENCH_P2_WORKERS (100), RP_BENCH_SUBMITS (20), RP_BENCH_POLLERS (32),
 //! RP_BENCH_OUT (docs/BENCHMARKS.md).
 
-#[path = "../../tests/common/service.rs"]
-mod service;
-
 mod dashboard;
 mod fetch_limit;
 mod harness;
 mod image_host;
 mod latency;
+#[path = "../../tests/it/common/launch.rs"]
+mod launch;
 mod memory;
-#[path = "../../tests/common/range.rs"]
+#[path = "../../tests/it/common/range.rs"]
 mod range;
 mod scale;
 mod scaleout;
+mod service;
 mod shapes;
 mod throughput;
 

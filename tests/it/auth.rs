@@ -3,18 +3,20 @@
 //! keys are needed (`auto` from loopback and from another host, `required`, `off`), the
 //! per-tenant quota and submit rate, and the client's `--api-key`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::binary;
-use common::keys::{create_key, keys, revoke_key};
-use common::netns::NetNs;
-use common::{Answer, Backend, STORE_A, TestApp, TestDb, payload, test_config};
 use retail_pulse::app::Roles;
 use retail_pulse::auth::AuthMode;
 use retail_pulse::config::Config;
 use serde_json::{Value, json};
+
+use crate::common;
+use crate::common::binary;
+use crate::common::keys::{create_key, keys, revoke_key};
+use crate::common::netns::NetNs;
+use crate::common::{
+    Answer, Backend, STORE_A, TestApp, TestDb, on_both_backends, payload, test_config,
+};
 
 /// How long a revoked key (or the first key, in `auto` mode) may take to be seen.
 const PROPAGATION: Duration = Duration::from_secs(2);

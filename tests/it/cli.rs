@@ -2,14 +2,14 @@
 //! real binary against the real app started in this process (SQLite), checked by exit code and
 //! output.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
 use serde_json::Value;
+
+use crate::common;
+use crate::common::{ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_retail-pulse");
 

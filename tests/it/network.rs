@@ -12,8 +12,6 @@
 //! `RP_REQUIRE_NETNS=1` (CI) it fails instead. The scenarios take turns ([`SERIAL`]), since
 //! their timings matter.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
@@ -21,12 +19,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::binary::BINARY;
-use common::images::raw_server_on;
-use common::netns::NetNs;
-use common::{ImageServer, STORE_A, payload};
 use serde_json::Value;
 use sqlx::Row;
+
+use crate::common;
+use crate::common::binary::BINARY;
+use crate::common::images::raw_server_on;
+use crate::common::netns::NetNs;
+use crate::common::{ImageServer, STORE_A, payload};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -1,5 +1,3 @@
-#![allow(dead_code)]
-
 //! The real `retail-pulse` binary run to its end, as a user runs a command: exit code,
 //! stdout and stderr.
 

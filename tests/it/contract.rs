@@ -1,14 +1,14 @@
 //! The HTTP contract (../shared/CONTRACT.md), end to end against the real app, on SQLite and
 //! on PostgreSQL: every submit and status case, per-image results, and the extended API.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{
-    Backend, ImageServer, STORE_A, STORE_B, STORE_C, TestApp, TestDb, payload, test_config,
-};
 use serde_json::{Value, json};
+
+use crate::common::{
+    Backend, ImageServer, STORE_A, STORE_B, STORE_C, TestApp, TestDb, on_both_backends, payload,
+    test_config,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -2,17 +2,19 @@
 //! app started in this process on each backend. With RP_SCREENSHOTS=1 (`scripts/screenshots`)
 //! the tests also save the pages at desktop and phone widths into docs/img/.
 
-#[path = "ui/browser.rs"]
 mod browser;
-mod common;
 
 use std::time::Duration;
 
-use browser::{DESKTOP, PHONE, screenshot, text, wait_until, with_browser};
-use common::{Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
 use fantoccini::{Client, Locator};
 use retail_pulse::worker::DelayRange;
 use serde_json::{Value, json};
+
+use crate::common;
+use crate::common::{
+    Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, on_both_backends, payload, test_config,
+};
+use browser::{DESKTOP, PHONE, screenshot, text, wait_until, with_browser};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -2,14 +2,16 @@
 //! gauge, the pages as plain HTML (no JavaScript), the forms' CSRF protection, and the job
 //! page's time budget on a 100,000-image job.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::keys::create_key;
-use common::{Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
 use retail_pulse::app::Roles;
 use serde_json::{Value, json};
+
+use crate::common;
+use crate::common::keys::create_key;
+use crate::common::{
+    Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, on_both_backends, payload, test_config,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 

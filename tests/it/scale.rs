@@ -1,20 +1,22 @@
 //! Scale-out on PostgreSQL: one API process and several `worker` processes share one database.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::service::Service;
-use common::{ImageServer, STORE_A, TestDb, payload};
 use serde_json::json;
+
+use crate::common;
+use crate::common::service::Service;
+use crate::common::{ImageServer, STORE_A, TestDb, payload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_processes_share_a_job_and_survive_losing_one() {
-    if !common::postgres_available("worker_processes_share_a_job_and_survive_losing_one") {
+    let Some(_turn) =
+        common::postgres_turn("worker_processes_share_a_job_and_survive_losing_one").await
+    else {
         return;
-    }
+    };
     let db = TestDb::new(common::Backend::Postgres).await;
     let images = ImageServer::start().await;
     let worker_env = [

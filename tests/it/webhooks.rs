@@ -3,8 +3,6 @@
 //! Standard Webhooks crate, and HMAC-SHA256 written out here); retries, `410 Gone`, the
 //! address guard, a restart mid-delivery, secret rotation, and `prune` with its archive.
 
-mod common;
-
 use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -13,15 +11,18 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::service::Service;
-use common::{
-    Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, binary, keys, payload, test_config,
-};
 use hmac::{Hmac, Mac};
 use retail_pulse::app::Roles;
 use retail_pulse::config::Config;
 use serde_json::{Value, json};
 use sha2::Sha256;
+
+use crate::common;
+use crate::common::service::Service;
+use crate::common::{
+    Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, binary, keys, on_both_backends,
+    payload, test_config,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// A store that is not in the master: a job made only of it finishes at submit.

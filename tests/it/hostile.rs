@@ -1,16 +1,17 @@
 //! Hostile input: malformed bodies, URLs that point inward, hosts that misbehave, and
 //! arbitrary bytes where JSON or an image is expected. Nothing may answer 500, panic or hang.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::images::raw_server;
-use common::{Backend, ImageServer, STORE_A, TestApp, TestDb, payload, test_config};
 use proptest::prelude::*;
 use retail_pulse::domain::{Limits, Submission};
 use retail_pulse::fetch::guard::AllowList;
 use serde_json::{Value, json};
+
+use crate::common::images::raw_server;
+use crate::common::{
+    Backend, ImageServer, STORE_A, TestApp, TestDb, on_both_backends, payload, test_config,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 

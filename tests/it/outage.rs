@@ -1,22 +1,20 @@
 //! The database goes away under the service: a PostgreSQL restart mid-job (the API answers
 //! 503 quickly, the job completes unattended once it is back), and a worker host that
 //! vanishes in the middle of a transaction (the queue must not freeze behind its session).
-//! The restart disturbs every connection to the local server, so the tests of this binary
-//! take turns ([`SERIAL`]); cargo runs test binaries one after another.
-
-mod common;
+//! The restart disturbs every connection to the local server, so it runs while no other
+//! PostgreSQL test does ([`common::postgres_alone`]).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::relay::{Mode, Relay};
-use common::service::Service;
-use common::{ImageServer, STORE_A, TestDb, payload};
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
+use crate::common;
+use crate::common::relay::{Mode, Relay};
+use crate::common::service::Service;
+use crate::common::{ImageServer, STORE_A, TestDb, payload};
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const BIN: &str = env!("CARGO_BIN_EXE_retail-pulse");
 
 /// The local cluster's version, when this machine can restart it (`pg_ctlcluster`, as root).
 fn local_cluster() -> Option<String> {
@@ -46,10 +44,10 @@ fn cluster(version: &str, action: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_job_is_ridden_out() {
-    if !common::postgres_available("postgres_restart_mid_job_is_ridden_out") {
+    let Some(_alone) = common::postgres_alone("postgres_restart_mid_job_is_ridden_out").await
+    else {
         return;
-    }
-    let _turn = SERIAL.lock().await;
+    };
     let Some(version) = local_cluster() else {
         eprintln!(
             "SKIPPED postgres_restart_mid_job_is_ridden_out: no local cluster to restart (pg_ctlcluster, /etc/postgresql)"
@@ -135,12 +133,12 @@ impl Alive for std::process::Child {
 /// the vanished worker stays idle in a transaction past the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_host_vanishing_mid_transaction_does_not_freeze_the_queue() {
-    if !common::postgres_available(
-        "a_worker_host_vanishing_mid_transaction_does_not_freeze_the_queue",
-    ) {
+    let Some(_turn) =
+        common::postgres_turn("a_worker_host_vanishing_mid_transaction_does_not_freeze_the_queue")
+            .await
+    else {
         return;
-    }
-    let _turn = SERIAL.lock().await;
+    };
     let db = TestDb::new(common::Backend::Postgres).await;
     let images = ImageServer::start().await;
     let without_limits = std::env::var("RP_TEST_WITHOUT_SESSION_LIMITS").is_ok();
@@ -341,9 +339,11 @@ async fn db_now(pool: &sqlx::PgPool) -> i64 {
 /// Every pooled connection runs under the configured limits, not only the first one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_limits_are_in_force_on_every_pooled_connection() {
-    if !common::postgres_available("session_limits_are_in_force_on_every_pooled_connection") {
+    let Some(_turn) =
+        common::postgres_turn("session_limits_are_in_force_on_every_pooled_connection").await
+    else {
         return;
-    }
+    };
     let db = TestDb::new(common::Backend::Postgres).await;
     let config = retail_pulse::db::DbConfig {
         url: db.url.clone(),

@@ -1,11 +1,11 @@
 //! Shared test harness: a fresh database per test (SQLite file or PostgreSQL database), a
 //! local image server that generates real encoded images, the app started in-process on
 //! port 0, and a small JSON client.
-#![allow(dead_code)]
 
 pub mod binary;
 pub mod images;
 pub mod keys;
+pub mod launch;
 pub mod netns;
 pub mod range;
 pub mod relay;
@@ -19,10 +19,9 @@ use retail_pulse::config::Config;
 use retail_pulse::worker::DelayRange;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard, oneshot};
 use tokio::task::JoinHandle;
 
-#[allow(unused_imports)] // not every test binary serves images
 pub use images::ImageServer;
 
 /// The environment variable naming a PostgreSQL server for the tests (any database on it;
@@ -37,7 +36,6 @@ pub enum Backend {
 
 /// Runs each named `async fn name(backend: Backend)` as two tests, `sqlite::name` and
 /// `postgres::name`.
-#[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -52,18 +50,20 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if !$crate::common::postgres_available(stringify!($name)) {
+                    let Some(_turn) = $crate::common::postgres_turn(stringify!($name)).await
+                    else {
                         return;
-                    }
+                    };
                     super::$name($crate::common::Backend::Postgres).await
                 }
             )*
         }
     };
 }
+pub(crate) use on_both_backends;
 
 /// True when PostgreSQL tests can run; otherwise says clearly that this one is skipped.
-pub fn postgres_available(test: &str) -> bool {
+fn postgres_available(test: &str) -> bool {
     if std::env::var(POSTGRES_ENV).is_ok_and(|v| !v.is_empty()) {
         true
     } else {
@@ -72,6 +72,31 @@ pub fn postgres_available(test: &str) -> bool {
         );
         false
     }
+}
+
+/// Every PostgreSQL test of this binary uses the same server, and one of them stops it
+/// (`outage::postgres_restart_mid_job_is_ridden_out`): that one runs alone
+/// ([`postgres_alone`]), the others share it ([`postgres_turn`]). Each test takes its turn
+/// once, at its start, and holds it to its end — never twice, as a second shared turn would
+/// wait behind a test waiting to be alone.
+static POSTGRES_TURNS: RwLock<()> = RwLock::const_new(());
+
+/// For a PostgreSQL test: its turn on the server, shared with the other PostgreSQL tests and
+/// held until dropped; `None` (after saying it is skipped) when PostgreSQL tests cannot run.
+pub async fn postgres_turn(test: &str) -> Option<RwLockReadGuard<'static, ()>> {
+    if !postgres_available(test) {
+        return None;
+    }
+    Some(POSTGRES_TURNS.read().await)
+}
+
+/// For a test that disturbs every connection to the server (a restart): waits until no other
+/// PostgreSQL test runs, and keeps them waiting until dropped. `None` as [`postgres_turn`].
+pub async fn postgres_alone(test: &str) -> Option<RwLockWriteGuard<'static, ()>> {
+    if !postgres_available(test) {
+        return None;
+    }
+    Some(POSTGRES_TURNS.write().await)
 }
 
 /// A database made for one test and removed after it.

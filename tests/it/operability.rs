@@ -1,14 +1,16 @@
 //! What operators see: health, readiness, metrics that move with the work, the jobs list,
 //! request ids, and log lines that carry the ids of the image they are about.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::service::Service;
-use common::{Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
 use serde_json::Value;
+
+use crate::common;
+use crate::common::service::Service;
+use crate::common::{
+    Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, on_both_backends, payload, test_config,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,18 +1,20 @@
 //! The durable queue: fairness between jobs, leases (exclusive claims, expiry, results only
 //! under the lease, poison images), retries, graceful shutdown, and a hard kill mid-job.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::service::Service;
-use common::{Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, payload, test_config};
 use retail_pulse::db::{self, Db};
 use retail_pulse::domain::{ErrorKind, Limits, Submission};
 use retail_pulse::queue::{Outcome, Queue};
 use retail_pulse::worker::DelayRange;
 use serde_json::json;
+
+use crate::common;
+use crate::common::service::Service;
+use crate::common::{
+    Backend, ImageServer, STORE_A, STORE_B, TestApp, TestDb, on_both_backends, payload, test_config,
+};
 
 async fn migrated(db: &TestDb) -> Db {
     let handle = Db::connect(&db.url, 8).await.unwrap();

@@ -1,5 +1,3 @@
-#![allow(dead_code)]
-
 //! API keys for tests, made the way an operator makes them: the real binary's
 //! `retail-pulse keys …` against the test's database.
 

@@ -1,5 +1,3 @@
-#![allow(dead_code)]
-
 //! Network namespaces for tests: another host, on this machine. [`NetNs::create`] makes a
 //! namespace joined to the root namespace by a veth pair, each end with an address of a /30
 //! in 198.18.0.0/15 (RFC 2544's range for network tests, never routed on the internet). A
