@@ -331,6 +331,42 @@ async fn results_prints_json_lines_or_the_csv_and_exits_2_for_an_unknown_job() {
     app.stop().await;
 }
 
+/// Every subcommand that opens the database takes the same flags and honours them, `keys` as
+/// much as `serve`: against a server that accepts connections and never answers, each gives
+/// up after `--db-acquire-timeout-secs` (0.3 s here), not after the default 1.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_database_subcommand_honours_the_database_flags() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://u@{}/x", silent.local_addr().unwrap());
+    let flags = [
+        "--database-url",
+        url.as_str(),
+        "--db-acquire-timeout-secs",
+        "0.3",
+    ];
+    for command in [
+        &["keys", "list"][..],
+        &["keys", "revoke", "someone"],
+        &["keys", "create", "--name", "someone"],
+        &["migrate"],
+        &["prune", "--older-than", "30d"],
+    ] {
+        let args: Vec<&str> = command.iter().chain(flags.iter()).copied().collect();
+        let started = Instant::now();
+        let out = run(&args).await;
+        let took = started.elapsed();
+        assert_ne!(out.code, 0, "{command:?}: {out}");
+        assert!(
+            out.stderr.contains("database unavailable"),
+            "{command:?}: {out}"
+        );
+        assert!(
+            took < Duration::from_millis(1200),
+            "{command:?} took {took:?}: it ignored --db-acquire-timeout-secs"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_comes_from_rp_server_when_not_given() {
     let (_db, app, images) = setup().await;
@@ -616,6 +652,76 @@ mod containers {
         assert_eq!(
             table, expected,
             "docs/CONFIGURATION.md table vs the binary's variables"
+        );
+    }
+
+    /// The default each row of docs/CONFIGURATION.md states is the one the binary has: a
+    /// single value in backticks is compared with the flag's default (numbers as numbers),
+    /// `empty` with an empty default, and a word (none, off, …) stands for a flag without one.
+    /// One source for each default, the area's `Default`; this keeps the reference on it.
+    #[test]
+    fn configuration_reference_states_the_defaults_the_binary_has() {
+        let reference = repo_file("docs/CONFIGURATION.md");
+        let start = reference
+            .find("## Configuration")
+            .expect("a Configuration section");
+        let end = reference[start..]
+            .find("\n## ")
+            .map_or(reference.len(), |e| start + e);
+        let cli = Cli::command();
+        let default_of = |env: &str| -> Option<Option<String>> {
+            fn find(cmd: &clap::Command, env: &str) -> Option<Option<String>> {
+                for arg in cmd.get_arguments() {
+                    if arg.get_env().is_some_and(|e| e == env) {
+                        return Some(
+                            arg.get_default_values()
+                                .first()
+                                .map(|v| v.to_string_lossy().into_owned()),
+                        );
+                    }
+                }
+                cmd.get_subcommands().find_map(|sub| find(sub, env))
+            }
+            find(&cli, env)
+        };
+        let same = |a: &str, b: &str| match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => a == b,
+        };
+        let mut checked = 0;
+        for line in reference[start..end].lines().filter(|l| l.starts_with('|')) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (Some(env), Some(stated)) = (cells.get(2), cells.get(3)) else {
+                continue;
+            };
+            let env = env.trim_matches('`');
+            if NON_FLAG_ENV.contains(&env) || !env.starts_with("RP_") && env != "DATABASE_URL" {
+                continue;
+            }
+            let binary = default_of(env).unwrap_or_else(|| panic!("{env}: read by no command"));
+            let single = stated
+                .strip_prefix('`')
+                .and_then(|v| v.strip_suffix('`'))
+                .filter(|v| !v.contains('`'));
+            match (single, binary.as_deref()) {
+                (Some(value), Some(default)) => assert!(
+                    same(value, default),
+                    "{env}: the reference says `{value}`, the binary's default is `{default}`"
+                ),
+                (Some(value), None) => {
+                    panic!("{env}: the reference says `{value}`, the flag has no default")
+                }
+                (None, Some("")) => assert_eq!(*stated, "empty", "{env}"),
+                (None, Some(default)) => panic!(
+                    "{env}: the binary's default is `{default}`, the reference says {stated:?}"
+                ),
+                (None, None) => {}
+            }
+            checked += 1;
+        }
+        assert!(
+            checked > 40,
+            "only {checked} rows read: is the table still there?"
         );
     }
 

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod architecture;
 mod auth;
 mod cli;
 mod contract;
