@@ -378,7 +378,7 @@ async fn main() {
 
     println!("\n{t}");
     let doc = format!(
-        "# Benchmarks\n\nProduced by `cargo bench --bench e2e` (see README, \"Performance\"). Rerun to refresh; \
+        "# Benchmarks\n\nProduced by `cargo bench --bench e2e` (see docs/PERFORMANCE.md). Rerun to refresh; \
          the figures depend on the machine.\n\n{t}"
     );
     if let Some(dir) = std::path::Path::new(&o.out).parent() {
