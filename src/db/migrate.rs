@@ -35,6 +35,7 @@ migrations! {
     10 "0010_claims",
     11 "0011_tenant_counts",
     12 "0012_rate_buckets",
+    13 "0013_origins",
 }
 
 impl Db {

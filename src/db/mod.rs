@@ -11,6 +11,7 @@ pub(crate) mod dashboard;
 pub mod images;
 pub mod jobs;
 pub(crate) mod keys;
+pub(crate) mod origins;
 pub mod rates;
 pub mod retention;
 pub(crate) mod session;

@@ -15,6 +15,15 @@
 //! [`Origins::admit`] answers "may this image start now?"; the [`OriginPermit`] it hands out
 //! is held for the download and told how it went ([`OriginPermit::report`]). This module only
 //! counts and decides; waiting (parking or deferring an image) is the worker's business.
+//!
+//! **Shared** ([`Origins::shared`]): when several worker processes share one database, the
+//! limit is the budget of the origin across all of them, and the breaker is opened once for
+//! all. Each process then holds a share of each busy origin's budget and may start only that
+//! many downloads; it reports what it wants and what it saw ([`Origins::take_demand`]) and
+//! takes its share, the breaker's state and the right to probe from what the database says
+//! ([`Origins::apply`]; the worker's sync does the talking). A share is trusted only for a
+//! while: a process that cannot reach the database stops starting downloads once its share
+//! would have lapsed for the others.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +52,14 @@ pub enum Admission {
 #[derive(Debug, Default)]
 struct Origin {
     in_flight: usize,
+    /// Shared mode: this process's share of the origin's budget.
+    permits: usize,
+    /// Shared mode: an image waited for a permit, or for the probe, since the last sync.
+    starved: bool,
+    /// Shared mode: what downloads found since the last sync (reachable, was the probe).
+    events: Vec<(bool, bool)>,
+    /// Shared mode: this process may send the probe once the cool-down is over.
+    probe_granted: bool,
     /// Consecutive origin failures (reset by any answer).
     failures: u32,
     /// Set while the breaker is open (after that instant a probe may go).
@@ -54,8 +71,37 @@ struct Origin {
 
 impl Origin {
     fn idle(&self) -> bool {
-        self.in_flight == 0 && self.failures == 0 && self.open_until.is_none()
+        self.in_flight == 0
+            && self.failures == 0
+            && self.open_until.is_none()
+            && self.permits == 0
+            && !self.starved
+            && self.events.is_empty()
     }
+}
+
+/// What one origin's entry asks of the shared state (see [`Origins::take_demand`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    pub origin: String,
+    pub in_flight: usize,
+    pub permits: usize,
+    /// More downloads would start if the share allowed (or a probe is due).
+    pub starved: bool,
+    /// What downloads found since the last sync, in order: (reachable, was the probe).
+    pub events: Vec<(bool, bool)>,
+}
+
+/// What the shared state grants one origin's entry (see [`Origins::apply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub origin: String,
+    pub permits: usize,
+    /// The breaker is open for this much longer (`None`: closed).
+    pub open_for: Option<Duration>,
+    pub failed_probes: u32,
+    /// This process sends the probe when the cool-down is over.
+    pub probe: bool,
 }
 
 /// The limits and breakers of every origin this process downloads from.
@@ -68,6 +114,11 @@ pub struct Origins {
     metrics: Arc<Metrics>,
     /// Signalled whenever a download ends, so images parked for its origin may start.
     released: tokio::sync::Notify,
+    /// Shared mode: until when the last shares are good (`None`: not shared; the limit is
+    /// this process's own).
+    shares_valid_until: Mutex<Option<Instant>>,
+    /// Shared mode: signalled when an image waited for a share, so the sync asks at once.
+    starving: tokio::sync::Notify,
 }
 
 impl Origins {
@@ -85,7 +136,95 @@ impl Origins {
             state: Mutex::new(HashMap::new()),
             metrics,
             released: tokio::sync::Notify::new(),
+            shares_valid_until: Mutex::new(None),
+            starving: tokio::sync::Notify::new(),
         }
+    }
+
+    /// As [`Origins::new`], with `limit` the origin's budget across every process sharing the
+    /// database, held through shares the worker's sync gets ([`Origins::apply`]): until the
+    /// first sync, nothing may start.
+    pub fn shared(
+        limit: usize,
+        breaker_failures: u32,
+        cooldown: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let origins = Self::new(limit, breaker_failures, cooldown, metrics);
+        *origins.shares_valid_until.lock().expect("origins lock") = Some(Instant::now());
+        origins
+    }
+
+    pub fn breaker_failures(&self) -> u32 {
+        self.breaker_failures
+    }
+
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+
+    /// Notified when an image waited for a share (the sync should ask now).
+    pub fn starving(&self) -> &tokio::sync::Notify {
+        &self.starving
+    }
+
+    /// This process's share of `entry`'s budget now (its own limit when not shared).
+    fn allowed(&self, entry: &Origin) -> Option<usize> {
+        match *self.shares_valid_until.lock().expect("origins lock") {
+            None => None,
+            Some(until) if Instant::now() < until => Some(entry.permits.min(self.limit)),
+            Some(_) => Some(0),
+        }
+    }
+
+    /// Every origin's demand since the last call (events drained, `starved` reset).
+    pub fn take_demand(&self) -> Vec<Demand> {
+        let mut state = self.state.lock().expect("origins lock");
+        let demand = state
+            .iter_mut()
+            .map(|(origin, entry)| Demand {
+                origin: origin.clone(),
+                in_flight: entry.in_flight,
+                permits: entry.permits,
+                starved: std::mem::take(&mut entry.starved),
+                events: std::mem::take(&mut entry.events),
+            })
+            .collect();
+        state.retain(|_, e| !e.idle());
+        demand
+    }
+
+    /// Takes the shared state: each origin's share and breaker, good for `valid_for`.
+    pub fn apply(&self, grants: Vec<Grant>, valid_for: Duration) {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("origins lock");
+        for grant in grants {
+            let entry = state.entry(grant.origin.clone()).or_default();
+            entry.permits = grant.permits;
+            entry.failed_probes = grant.failed_probes;
+            entry.probe_granted = grant.probe;
+            let was_open = entry.open_until.is_some();
+            entry.open_until = grant.open_for.map(|d| now + d);
+            match (was_open, entry.open_until.is_some()) {
+                (false, true) => {
+                    self.metrics.fetch_breakers_open.inc();
+                    tracing::warn!(
+                        origin = grant.origin,
+                        "circuit breaker open (shared): the origin's images are deferred"
+                    );
+                }
+                (true, false) => {
+                    self.metrics.fetch_breakers_open.dec();
+                    entry.failures = 0;
+                }
+                _ => {}
+            }
+        }
+        state.retain(|_, e| !e.idle());
+        drop(state);
+        *self.shares_valid_until.lock().expect("origins lock") = Some(now + valid_for);
+        self.released.notify_waiters();
+        self.released.notify_one();
     }
 
     /// Notified when a download of some origin ends (a permit was dropped).
@@ -110,7 +249,13 @@ impl Origins {
                     failed_probes: entry.failed_probes,
                 };
             }
-            if entry.probing {
+            let shared = self.allowed(entry).is_some();
+            if entry.probing || (shared && !entry.probe_granted) {
+                // Shared: another process may be probing; this one asks for the probe.
+                entry.starved |= shared;
+                if shared {
+                    self.starving.notify_one();
+                }
                 return Admission::Open {
                     retry_in: WHILE_PROBING.min(self.cooldown),
                     failed_probes: entry.failed_probes,
@@ -119,7 +264,12 @@ impl Origins {
             // Cool-down over: this image is the probe, whatever else is in flight.
             probe = true;
             entry.probing = true;
-        } else if entry.in_flight >= self.limit {
+            entry.probe_granted = false;
+        } else if entry.in_flight >= self.allowed(entry).unwrap_or(self.limit) {
+            if self.allowed(entry).is_some() {
+                entry.starved = true;
+                self.starving.notify_one();
+            }
             return Admission::Busy;
         }
         entry.in_flight += 1;
@@ -144,6 +294,9 @@ impl Origins {
         };
         if probe {
             entry.probing = false;
+        }
+        if self.allowed(entry).is_some() {
+            entry.events.push((reachable, probe));
         }
         if reachable {
             entry.failures = 0;
@@ -318,5 +471,46 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         drop(go(o.admit("http://a:80")));
         let _next = go(o.admit("http://a:80"));
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_origin_starts_only_what_its_share_allows() {
+        let o = Arc::new(Origins::shared(
+            8,
+            5,
+            Duration::from_secs(1),
+            Arc::new(Metrics::new()),
+        ));
+        assert!(
+            matches!(o.admit("http://a:80"), Admission::Busy),
+            "no share before a sync"
+        );
+        let demand = o.take_demand();
+        assert_eq!(demand.len(), 1);
+        assert!(demand[0].starved);
+        o.apply(
+            vec![Grant {
+                origin: "http://a:80".into(),
+                permits: 2,
+                open_for: None,
+                failed_probes: 0,
+                probe: false,
+            }],
+            Duration::from_secs(2),
+        );
+        let _a = match o.admit("http://a:80") {
+            Admission::Go(p) => p,
+            other => panic!("{other:?}"),
+        };
+        let _b = match o.admit("http://a:80") {
+            Admission::Go(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(o.admit("http://a:80"), Admission::Busy));
     }
 }

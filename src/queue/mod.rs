@@ -51,6 +51,9 @@ pub struct ClaimedImage {
     pub url: String,
     /// Attempts, this one included once the image is started.
     pub attempts: i64,
+    /// How many of the image's leases expired before (its workers died or hung while it was
+    /// leased): above 0, its start is recorded before it runs.
+    pub expiries: i64,
 }
 
 crate::db::from_row!(ClaimedImage {
@@ -60,6 +63,7 @@ crate::db::from_row!(ClaimedImage {
     store_id: String,
     url: String,
     attempts: i64,
+    expiries: i64,
 });
 
 /// What became of a claimed image.
@@ -259,7 +263,7 @@ impl Queue {
                    updated_at = {{now}} \
                  FROM async_commit WHERE images.id = ANY(ARRAY(SELECT id FROM picked)) \
                  RETURNING images.id, images.job_id, images.seq, images.store_id, images.url, \
-                   images.attempts + 1 AS attempts",
+                   images.attempts + 1 AS attempts, images.expiries",
                 rows = self.db.json_rows("$1")
             )),
             // SQLite has no LATERAL: one LIMITed select per job, joined by UNION ALL. The
@@ -288,7 +292,7 @@ impl Queue {
                        lease_expires_at = {{now}} + $3, claims = claims + 1, started = 0, \
                        updated_at = {{now}} \
                      WHERE $1 = $1 AND id IN ({}) \
-                     RETURNING id, job_id, seq, store_id, url, attempts + 1 AS attempts",
+                     RETURNING id, job_id, seq, store_id, url, attempts + 1 AS attempts, expiries",
                     selects.join(" UNION ALL ")
                 ))
             }
@@ -486,6 +490,7 @@ mod tests {
             store_id: "S".into(),
             url: "u".into(),
             attempts: 1,
+            expiries: 0,
         }
     }
 

@@ -11,6 +11,7 @@
 //! finished, and hand the rest back to the queue.
 
 pub(crate) mod config;
+mod origins_sync;
 pub(crate) mod process;
 pub(crate) mod registry;
 mod upkeep;
@@ -67,6 +68,8 @@ pub struct WorkerPool {
     metrics: Arc<Metrics>,
     deliverer: Arc<Deliverer>,
     origins: Arc<Origins>,
+    /// The longest a download can take (a probe's right outlasts it).
+    fetch_timeout: Duration,
     /// Signalled whenever an image task ends (a slot and an origin permit were freed).
     freed: Arc<Notify>,
 }
@@ -100,7 +103,8 @@ impl WorkerPool {
             w.shutdown_grace,
             metrics.clone(),
         );
-        let origins = Arc::new(Origins::new(
+        // The budget of each origin holds across every worker sharing the database.
+        let origins = Arc::new(Origins::shared(
             fetch.max_per_origin(w.concurrency),
             fetch.breaker_failures,
             fetch.breaker_cooldown,
@@ -118,6 +122,7 @@ impl WorkerPool {
             lease: w.lease,
             poll_interval: w.poll_interval,
             shutdown_grace: w.shutdown_grace,
+            fetch_timeout: fetch.timeout,
             wake,
         })
     }
@@ -196,6 +201,15 @@ impl WorkerPool {
                 ended
             })
         };
+        // This process's shares of the origins' budgets and the shared breakers; kept until
+        // the drain is over (the last downloads still report).
+        helpers.spawn(origins_sync::run(
+            self.db.clone(),
+            self.id().to_string(),
+            self.origins.clone(),
+            self.fetch_timeout,
+            background.clone(),
+        ));
         // Deliveries stop being claimed when images do, and drain beside them.
         helpers.spawn(self.deliverer.clone().run(stop_claiming.clone()));
         {
@@ -369,9 +383,17 @@ impl WorkerPool {
             let Some((image, origin)) = self.next_startable(waiting, results).await else {
                 return started;
             };
-            // Recorded with the writer's next batch; the outcome counts the attempt itself
-            // if it gets there first.
-            let _ = results.send(Note::Started(image.id)).await;
+            if image.expiries > 0 {
+                // A worker died while this image was leased: record its start before it runs,
+                // so that if it brings this worker down too, the attempt is charged to it.
+                if let Err(error) = self.queue.record(&[image.id], &[]).await {
+                    tracing::warn!(%error, image.id = image.id, "could not record a start ahead");
+                }
+            } else {
+                // Recorded with the writer's next batch; the outcome counts the attempt
+                // itself if it gets there first.
+                let _ = results.send(Note::Started(image.id)).await;
+            }
             self.start(tasks, image, slot, origin, results.clone());
             started += 1;
         }

@@ -238,6 +238,7 @@ mod tests {
             store_id: "S".into(),
             url: "http://a/1.png".into(),
             attempts,
+            expiries: 0,
         }
     }
 

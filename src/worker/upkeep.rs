@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::jobs::WORK_CHANNEL;
-use crate::db::{Db, counts, rates};
+use crate::db::{Db, counts, origins, rates};
 use crate::queue::Queue;
 use crate::queue::backoff::backoff;
 
@@ -50,6 +50,9 @@ pub(super) async fn reaper(queue: Arc<Queue>, db: Db, every: Duration, stop: Can
             }
             if let Err(error) = rates::sweep(&db).await {
                 tracing::warn!(%error, "sweeping idle rate buckets failed");
+            }
+            if let Err(error) = origins::sweep(&db).await {
+                tracing::warn!(%error, "sweeping idle origin state failed");
             }
         }
     }

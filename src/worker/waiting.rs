@@ -128,6 +128,7 @@ mod tests {
             store_id: "S".into(),
             url: "u".into(),
             attempts: 1,
+            expiries: 0,
         };
         let mut parked = Parked::default();
         for id in 1..=5 {

@@ -18,6 +18,7 @@ mod hostile;
 mod network;
 mod operability;
 mod outage;
+mod processes;
 mod queue;
 mod scale;
 mod ui;

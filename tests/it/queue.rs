@@ -386,40 +386,42 @@ async fn tenant_counters_follow_submits_outcomes_cancels_and_prunes(backend: Bac
     );
 }
 
-/// Workers that die before they record the start of an image cost it claims, not attempts;
-/// past the claims cap it fails for good, with words that say so.
-async fn an_image_claimed_by_workers_that_all_died_fails_after_its_claims(backend: Backend) {
+/// A worker that dies before it starts an image costs the image nothing: its claim comes
+/// back with the lease, and the expiry is counted, so the next worker knows to record the
+/// start before running it (`expiries`). A worker that dies after the start is recorded costs
+/// it that attempt.
+async fn a_dead_workers_unstarted_images_cost_nothing_and_come_back_marked(backend: Backend) {
     let tdb = TestDb::new(backend).await;
     let db = migrated(&tdb).await;
-    let job = create_job(&db, STORE_A, 1).await;
-    for claim in 1..=4 {
-        let doomed = Queue::new(
-            db.clone(),
-            format!("doomed{claim}"),
-            Duration::from_millis(50),
-            2,
-        )
-        .with_max_claims(4);
-        let c = doomed.claim(1).await.unwrap();
-        assert_eq!(c.len(), 1, "claim {claim} takes it");
-        assert_eq!(c[0].attempts, 1, "no start was ever recorded");
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(doomed.reap_expired().await.unwrap(), 1);
-    }
-    let last = Queue::new(db.clone(), "last".into(), Duration::from_secs(30), 2);
-    assert!(last.claim(1).await.unwrap().is_empty());
-    let row = db::jobs::get(&db, db::jobs::Scope::All, job)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.status.as_str(), "failed");
-    assert!(
-        row.errors[0]
-            .error
-            .contains("abandoned after 4 claims without an outcome"),
-        "{:?}",
-        row.errors
+    create_job(&db, STORE_A, 1).await;
+    let worker = |name: &str| Queue::new(db.clone(), name.into(), Duration::from_millis(50), 3);
+    let first = worker("died-before-starting");
+    let c = first.claim(1).await.unwrap();
+    assert_eq!((c[0].attempts, c[0].expiries), (1, 0));
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(first.reap_expired().await.unwrap(), 1);
+    let second = worker("died-after-starting");
+    let c = second.claim(1).await.unwrap();
+    assert_eq!(
+        (c[0].attempts, c[0].expiries),
+        (1, 1),
+        "no attempt spent, the expiry counted"
     );
+    second.record(&[c[0].id], &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(second.reap_expired().await.unwrap(), 1);
+    let third = worker("third");
+    let c = third.claim(1).await.unwrap();
+    assert_eq!(
+        (c[0].attempts, c[0].expiries),
+        (2, 2),
+        "the started one cost an attempt"
+    );
+    let (claims,): (i64,) = sqlx::query_as("SELECT CAST(claims AS BIGINT) FROM images")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(claims, 2, "the second worker's claim and this one");
 }
 
 /// A stopping worker hands back what it claimed and never started: pending at once, the claim
@@ -752,7 +754,7 @@ on_both_backends!(
     a_lease_let_go_is_not_renewed,
     jobs_waiting_on_retries_do_not_hide_newer_jobs,
     poison_image_fails_after_its_attempts,
-    an_image_claimed_by_workers_that_all_died_fails_after_its_claims,
+    a_dead_workers_unstarted_images_cost_nothing_and_come_back_marked,
     tenant_counters_follow_submits_outcomes_cancels_and_prunes,
     unstarted_images_are_handed_back_with_their_claims_refunded,
     retry_waits_for_its_time,

@@ -36,8 +36,9 @@ impl Service {
             .send()
             .await
             .expect("submit");
-        assert_eq!(res.status().as_u16(), 201, "submit refused");
+        let status = res.status().as_u16();
         let body: Value = serde_json::from_slice(&res.bytes().await.expect("body")).expect("JSON");
+        assert_eq!(status, 201, "submit refused: {body}");
         body["job_id"].as_i64().expect("job_id")
     }
 

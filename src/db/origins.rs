@@ -1,0 +1,297 @@
+//! The per-origin state every worker process shares (`origin_breakers`, `origin_shares`): each
+//! origin's circuit breaker, and the shares of its download budget the processes hold.
+//!
+//! One transaction per sync of one process ([`sync`]). It locks the breaker rows of the
+//! origins it touches, in origin order, so two processes' syncs of one origin take turns: a
+//! process raises its share only under that lock, and only to what the budget leaves after the
+//! shares the others hold, so the shares together never exceed the budget. A share lapses
+//! with its lease when its process stops syncing (it died: its downloads died with it).
+
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use super::{Backend, Db, DbError, err};
+
+/// One origin's demand from one process, as [`sync`] takes it.
+#[derive(Debug, Clone)]
+pub struct Want {
+    pub origin: String,
+    pub in_flight: i64,
+    pub starved: bool,
+    /// (reachable, was the probe), in order.
+    pub events: Vec<(bool, bool)>,
+}
+
+/// What [`sync`] grants one origin's entry.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub origin: String,
+    pub permits: i64,
+    /// Milliseconds the breaker stays open (`None`: closed).
+    pub open_for_ms: Option<i64>,
+    pub failed_probes: i64,
+    pub probe: bool,
+}
+
+/// How the processes share: each origin's budget, the breaker's threshold and cool-down, and
+/// how long a share and a probe right last.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub budget: i64,
+    pub breaker_failures: i64,
+    pub cooldown_ms: i64,
+    pub lease_ms: i64,
+    pub probe_ms: i64,
+}
+
+struct Breaker {
+    failures: i64,
+    open_until: Option<i64>,
+    failed_probes: i64,
+    probe_owner: Option<String>,
+    probe_until: Option<i64>,
+}
+
+super::from_row!(Breaker {
+    failures: i64,
+    open_until: Option<i64>,
+    failed_probes: i64,
+    probe_owner: Option<String>,
+    probe_until: Option<i64>,
+});
+
+struct Share {
+    permits: i64,
+    wanted: i64,
+}
+
+super::from_row!(Share {
+    permits: i64,
+    wanted: i64,
+});
+
+/// Water filling: `budget` split over `wanted`, each getting at most what it wants and what
+/// one cannot use going to the others; returns the share of `wanted[me]`.
+fn fair_share(budget: i64, wanted: &[i64], me: usize) -> i64 {
+    let mut left = budget.max(0);
+    let mut order: Vec<usize> = (0..wanted.len()).collect();
+    order.sort_by_key(|&i| wanted[i]);
+    let mut shares = vec![0; wanted.len()];
+    for (k, &i) in order.iter().enumerate() {
+        let even = left / (order.len() - k) as i64;
+        shares[i] = wanted[i].min(even);
+        left -= shares[i];
+    }
+    shares[me]
+}
+
+/// Syncs `owner`'s view of these origins with the shared state: its breaker events applied
+/// (opening a breaker once its failures reach the threshold, closing it on an answer), its
+/// share set (raised toward a fair split of the budget among the processes that want some,
+/// never above what the others leave; lowered to what it has in flight when it wants no
+/// more), the right to probe handed to it when the cool-down is over and nobody probes.
+pub async fn sync(
+    db: &Db,
+    owner: &str,
+    rules: Rules,
+    wants: &[Want],
+) -> Result<Vec<Granted>, DbError> {
+    if wants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut wants = wants.to_vec();
+    wants.sort_by(|a, b| a.origin.cmp(&b.origin));
+    let lock = match db.backend() {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    };
+    let _turn = db.write_turn().await;
+    db.timed(async |conn| {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(err)?;
+        let now: i64 = sqlx::query_scalar(AssertSqlSafe(db.with_clock("SELECT {now}")))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        let mut granted = Vec::with_capacity(wants.len());
+        for want in &wants {
+            granted.push(sync_one(&mut tx, owner, rules, want, now, lock).await?);
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(granted)
+    })
+    .await
+}
+
+async fn sync_one(
+    conn: &mut AnyConnection,
+    owner: &str,
+    rules: Rules,
+    want: &Want,
+    now: i64,
+    lock: &str,
+) -> Result<Granted, DbError> {
+    sqlx::query(
+        "INSERT INTO origin_breakers (origin, failures, failed_probes, updated_at) \
+         VALUES ($1, 0, 0, $2) ON CONFLICT (origin) DO NOTHING",
+    )
+    .bind(&want.origin)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?;
+    let mut b: Breaker = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT failures, open_until, failed_probes, probe_owner, probe_until \
+         FROM origin_breakers WHERE origin = $1{lock}"
+    )))
+    .bind(&want.origin)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(err)?;
+    // A probe right that lapsed (its process died mid-probe) is free again.
+    if b.probe_until.is_some_and(|until| until < now) {
+        b.probe_owner = None;
+        b.probe_until = None;
+    }
+    for &(reachable, probe) in &want.events {
+        if probe && b.probe_owner.as_deref() == Some(owner) {
+            b.probe_owner = None;
+            b.probe_until = None;
+        }
+        if reachable {
+            b.failures = 0;
+            b.failed_probes = 0;
+            b.open_until = None;
+            continue;
+        }
+        b.failures += 1;
+        if rules.breaker_failures == 0 {
+            continue;
+        }
+        match b.open_until {
+            // A failed probe opens it again; downloads started before it opened change nothing.
+            Some(_) if probe => {
+                b.failed_probes += 1;
+                b.open_until = Some(now + rules.cooldown_ms);
+            }
+            Some(_) => {}
+            None if b.failures >= rules.breaker_failures => {
+                b.open_until = Some(now + rules.cooldown_ms);
+            }
+            None => {}
+        }
+    }
+    // The probe: once the cool-down is over, to the first process that wants it.
+    let mut probe = b.probe_owner.as_deref() == Some(owner);
+    if b.open_until.is_some_and(|until| until <= now) && b.probe_owner.is_none() && want.starved {
+        b.probe_owner = Some(owner.to_string());
+        b.probe_until = Some(now + rules.probe_ms);
+        probe = true;
+    }
+    sqlx::query(
+        "UPDATE origin_breakers SET failures = $2, open_until = $3, failed_probes = $4, \
+         probe_owner = $5, probe_until = $6, updated_at = $7 WHERE origin = $1",
+    )
+    .bind(&want.origin)
+    .bind(b.failures)
+    .bind(b.open_until)
+    .bind(b.failed_probes)
+    .bind(b.probe_owner.as_deref())
+    .bind(b.probe_until)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?;
+
+    // The share.
+    let others: Vec<Share> = sqlx::query_as(
+        "SELECT permits, wanted FROM origin_shares \
+         WHERE origin = $1 AND owner <> $2 AND expires_at > $3",
+    )
+    .bind(&want.origin)
+    .bind(owner)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    let held: i64 = others.iter().map(|s| s.permits).sum();
+    // A process with downloads of the origin in flight, or waiting, wants the whole budget:
+    // the processes that want some split it evenly. An idle one gives its share back.
+    let wanted = if want.starved || want.in_flight > 0 {
+        rules.budget
+    } else {
+        0
+    };
+    let mut all: Vec<i64> = others.iter().map(|s| s.wanted).collect();
+    all.push(wanted);
+    let fair = fair_share(rules.budget, &all, all.len() - 1);
+    // Toward the fair split; never above what the others leave (so the shares together
+    // never exceed the budget), never below what it has in flight.
+    let target = fair;
+    let permits = target.min(rules.budget - held).max(want.in_flight).max(0);
+    if permits == 0 && wanted == 0 {
+        sqlx::query("DELETE FROM origin_shares WHERE origin = $1 AND owner = $2")
+            .bind(&want.origin)
+            .bind(owner)
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
+    } else {
+        sqlx::query(
+            "INSERT INTO origin_shares (origin, owner, permits, wanted, expires_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (origin, owner) DO UPDATE SET \
+             permits = excluded.permits, wanted = excluded.wanted, expires_at = excluded.expires_at",
+        )
+        .bind(&want.origin)
+        .bind(owner)
+        .bind(permits)
+        .bind(wanted)
+        .bind(now + rules.lease_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    }
+    Ok(Granted {
+        origin: want.origin.clone(),
+        permits,
+        open_for_ms: b.open_until.map(|until| (until - now).max(0)),
+        failed_probes: b.failed_probes,
+        probe,
+    })
+}
+
+/// Deletes shares long lapsed and breakers closed and unused for an hour.
+pub async fn sweep(db: &Db) -> Result<u64, DbError> {
+    let _turn = db.write_turn().await;
+    let shares = sqlx::query(AssertSqlSafe(
+        db.with_clock("DELETE FROM origin_shares WHERE expires_at < {now} - 60000"),
+    ))
+    .execute(db.pool())
+    .await
+    .map_err(err)?
+    .rows_affected();
+    let breakers = sqlx::query(AssertSqlSafe(db.with_clock(
+        "DELETE FROM origin_breakers WHERE open_until IS NULL AND failures = 0 \
+         AND updated_at < {now} - 3600000 \
+         AND origin NOT IN (SELECT origin FROM origin_shares)",
+    )))
+    .execute(db.pool())
+    .await
+    .map_err(err)?
+    .rows_affected();
+    Ok(shares + breakers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_goes_to_who_wants_it_evenly() {
+        let three: Vec<i64> = (0..3).map(|i| fair_share(8, &[8, 8, 8], i)).collect();
+        assert_eq!(three.iter().sum::<i64>(), 8, "{three:?}");
+        assert!(three.iter().all(|s| (2..=3).contains(s)), "{three:?}");
+        assert_eq!(fair_share(8, &[8, 8], 0), 4);
+        assert_eq!(fair_share(8, &[1, 8], 1), 7);
+        assert_eq!(fair_share(8, &[0, 0, 8], 2), 8);
+        assert_eq!(fair_share(8, &[3], 0), 3);
+    }
+}
