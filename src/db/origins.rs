@@ -16,6 +16,7 @@ use super::{Backend, Db, DbError, err};
 pub struct Want {
     pub origin: String,
     pub in_flight: i64,
+    pub permits: i64,
     pub starved: bool,
     /// (reachable, was the probe), in order.
     pub events: Vec<(bool, bool)>,
@@ -30,6 +31,9 @@ pub struct Granted {
     pub open_for_ms: Option<i64>,
     pub failed_probes: i64,
     pub probe: bool,
+    /// The breaker's row was locked (another process mid-sync, or one that vanished holding
+    /// it): the share was only renewed as it was, and the breaker fields say nothing.
+    pub stale: bool,
 }
 
 /// How the processes share: each origin's budget, the breaker's threshold and cool-down, and
@@ -100,8 +104,11 @@ pub async fn sync(
     }
     let mut wants = wants.to_vec();
     wants.sort_by(|a, b| a.origin.cmp(&b.origin));
+    // A row another session holds is skipped, not waited for: a process that vanished in the
+    // middle of its sync may hold it until the server ends its session, and the others must
+    // go on meanwhile with the shares they have.
     let lock = match db.backend() {
-        Backend::Postgres => " FOR UPDATE",
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
     };
     let _turn = db.write_turn().await;
@@ -138,14 +145,32 @@ async fn sync_one(
     .execute(&mut *conn)
     .await
     .map_err(err)?;
-    let mut b: Breaker = sqlx::query_as(AssertSqlSafe(format!(
+    let locked: Option<Breaker> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT failures, open_until, failed_probes, probe_owner, probe_until \
          FROM origin_breakers WHERE origin = $1{lock}"
     )))
     .bind(&want.origin)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(err)?;
+    let Some(mut b) = locked else {
+        // Keep the share as it is (renewing it changes no total).
+        sqlx::query("UPDATE origin_shares SET expires_at = $3 WHERE origin = $1 AND owner = $2")
+            .bind(&want.origin)
+            .bind(owner)
+            .bind(now + rules.lease_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
+        return Ok(Granted {
+            origin: want.origin.clone(),
+            permits: want.permits.max(want.in_flight),
+            open_for_ms: None,
+            failed_probes: 0,
+            probe: false,
+            stale: true,
+        });
+    };
     // A probe right that lapsed (its process died mid-probe) is free again.
     if b.probe_until.is_some_and(|until| until < now) {
         b.probe_owner = None;
@@ -227,7 +252,10 @@ async fn sync_one(
     // never exceed the budget), never below what it has in flight.
     let target = fair;
     let permits = target.min(rules.budget - held).max(want.in_flight).max(0);
-    if permits == 0 && wanted == 0 {
+    // Until the process applies a lower share it may still start downloads up to the one it
+    // holds: the database keeps the higher of the two until its next sync.
+    let recorded = permits.max(want.permits);
+    if recorded == 0 && wanted == 0 {
         sqlx::query("DELETE FROM origin_shares WHERE origin = $1 AND owner = $2")
             .bind(&want.origin)
             .bind(owner)
@@ -242,7 +270,7 @@ async fn sync_one(
         )
         .bind(&want.origin)
         .bind(owner)
-        .bind(permits)
+        .bind(recorded)
         .bind(wanted)
         .bind(now + rules.lease_ms)
         .execute(&mut *conn)
@@ -255,6 +283,7 @@ async fn sync_one(
         open_for_ms: b.open_until.map(|until| (until - now).max(0)),
         failed_probes: b.failed_probes,
         probe,
+        stale: false,
     })
 }
 

@@ -102,6 +102,8 @@ pub struct Grant {
     pub failed_probes: u32,
     /// This process sends the probe when the cool-down is over.
     pub probe: bool,
+    /// Only the share is known this time; the breaker stays as this process sees it.
+    pub stale: bool,
 }
 
 /// The limits and breakers of every origin this process downloads from.
@@ -201,6 +203,9 @@ impl Origins {
         for grant in grants {
             let entry = state.entry(grant.origin.clone()).or_default();
             entry.permits = grant.permits;
+            if grant.stale {
+                continue;
+            }
             entry.failed_probes = grant.failed_probes;
             entry.probe_granted = grant.probe;
             let was_open = entry.open_until.is_some();
@@ -500,6 +505,7 @@ mod shared_tests {
                 open_for: None,
                 failed_probes: 0,
                 probe: false,
+                stale: false,
             }],
             Duration::from_secs(2),
         );

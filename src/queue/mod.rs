@@ -129,6 +129,8 @@ pub struct Queue {
     /// heartbeat renews. (Renewing every lease of the owner would keep alive forever an image
     /// whose outcome could not be written during a database outage.)
     held: Mutex<HashSet<i64>>,
+    /// Outcomes this process has queued for recording and not yet recorded (or given up on).
+    unrecorded: std::sync::atomic::AtomicUsize,
 }
 
 /// Most statements one claim issues: a first split, and passes that hand what some jobs
@@ -148,7 +150,28 @@ impl Queue {
             max_attempts: i64::from(max_attempts),
             max_claims: i64::from(DEFAULT_MAX_CLAIMS.max(max_attempts)),
             held: Mutex::new(HashSet::new()),
+            unrecorded: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// An outcome is on its way to [`Queue::record`] (the worker's writer).
+    pub fn outcome_queued(&self) {
+        self.unrecorded
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `n` queued outcomes were recorded, or given up on.
+    pub fn outcomes_settled(&self, n: usize) {
+        let _ = self.unrecorded.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |left| Some(left.saturating_sub(n)),
+        );
+    }
+
+    /// Outcomes queued and not yet recorded.
+    pub fn unrecorded(&self) -> usize {
+        self.unrecorded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Fails an image for good once it has been claimed `max_claims` times without an outcome

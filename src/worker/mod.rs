@@ -25,6 +25,7 @@ pub use config::{DelayRange, WorkerConfig};
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -45,6 +46,9 @@ use process::{Processor, count_outcome, run_one};
 use upkeep::{heartbeat, listen, reaper};
 use waiting::{Waiting, fruitless_pause};
 use writer::{MAX_WRITE_BATCH, Note, write_outcomes};
+
+/// The longest a suspect image waits for this worker to be otherwise idle before it starts.
+const ALONE_WAIT: Duration = Duration::from_secs(2);
 
 /// Most images claimed in one round trip.
 const MAX_CLAIM: usize = 256;
@@ -68,6 +72,9 @@ pub struct WorkerPool {
     metrics: Arc<Metrics>,
     deliverer: Arc<Deliverer>,
     origins: Arc<Origins>,
+    /// Suspects (images whose lease expired before) in flight: while one runs, nothing else
+    /// starts.
+    solo: Arc<AtomicUsize>,
     /// The longest a download can take (a probe's right outlasts it).
     fetch_timeout: Duration,
     /// Signalled whenever an image task ends (a slot and an origin permit were freed).
@@ -123,6 +130,7 @@ impl WorkerPool {
             poll_interval: w.poll_interval,
             shutdown_grace: w.shutdown_grace,
             fetch_timeout: fetch.timeout,
+            solo: Arc::new(AtomicUsize::new(0)),
             wake,
         })
     }
@@ -377,15 +385,23 @@ impl WorkerPool {
     ) -> usize {
         let mut started = 0;
         loop {
+            if self.solo.load(Ordering::SeqCst) > 0 {
+                // A suspect runs alone (see below).
+                return started;
+            }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 return started;
             };
             let Some((image, origin)) = self.next_startable(waiting, results).await else {
                 return started;
             };
-            if image.expiries > 0 {
-                // A worker died while this image was leased: record its start before it runs,
-                // so that if it brings this worker down too, the attempt is charged to it.
+            let suspect = image.expiries > 0;
+            if suspect {
+                // A worker died while this image was leased: it may be what killed it. It runs
+                // alone, once what is in flight has finished and been recorded (so that if it
+                // brings this worker down too, no other image pays for it), and its start is
+                // recorded before it runs (so the attempt is charged to it).
+                self.wait_alone(tasks).await;
                 if let Err(error) = self.queue.record(&[image.id], &[]).await {
                     tracing::warn!(%error, image.id = image.id, "could not record a start ahead");
                 }
@@ -483,7 +499,23 @@ impl WorkerPool {
         let outcome = self
             .processor
             .breaker_open(&image, origin, after, failed_probes);
+        self.queue.outcome_queued();
         let _ = results.send(Note::Done(image.id, outcome)).await;
+    }
+
+    /// Waits until nothing of this worker is in flight and every outcome queued is recorded,
+    /// at most [`ALONE_WAIT`].
+    async fn wait_alone(&self, tasks: &mut JoinSet<()>) {
+        let deadline = tokio::time::Instant::now() + ALONE_WAIT;
+        loop {
+            while tasks.try_join_next().is_some() {}
+            if (tasks.is_empty() && self.queue.unrecorded() == 0)
+                || tokio::time::Instant::now() >= deadline
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn start(
@@ -497,6 +529,11 @@ impl WorkerPool {
         let processor = self.processor.clone();
         let metrics = self.metrics.clone();
         let freed = self.freed.clone();
+        let queue = self.queue.clone();
+        let solo = (image.expiries > 0).then(|| self.solo.clone());
+        if let Some(solo) = &solo {
+            solo.fetch_add(1, Ordering::SeqCst);
+        }
         let span = tracing::info_span!("image", image.id = image.id, job.id = image.job_id, store.id = %image.store_id);
         tasks.spawn(
             async move {
@@ -512,8 +549,12 @@ impl WorkerPool {
                 // the writer falls behind, claiming slows with it, instead of leasing ever more
                 // images whose outcomes wait (and whose leases must be renewed) unbounded.
                 // The writer only stops after every sender is dropped, so this succeeds.
+                queue.outcome_queued();
                 let _ = results.send(Note::Done(image.id, outcome)).await;
                 drop(permit);
+                if let Some(solo) = solo {
+                    solo.fetch_sub(1, Ordering::SeqCst);
+                }
                 freed.notify_one();
             }
             .instrument(span),

@@ -45,6 +45,7 @@ pub(super) async fn run(
             .map(|d| Want {
                 origin: d.origin.clone(),
                 in_flight: d.in_flight as i64,
+                permits: d.permits as i64,
                 starved: d.starved,
                 events: d.events.clone(),
             })
@@ -60,6 +61,7 @@ pub(super) async fn run(
                         open_for: g.open_for_ms.map(|ms| Duration::from_millis(ms as u64)),
                         failed_probes: g.failed_probes.clamp(0, i64::from(u32::MAX)) as u32,
                         probe: g.probe,
+                        stale: g.stale,
                     })
                     .collect();
                 origins.apply(grants, TRUSTED);

@@ -78,6 +78,7 @@ async fn write_batch(queue: Arc<Queue>, notes: Vec<Note>, lease: Duration, metri
     loop {
         match queue.record(&starts, &batch).await {
             Ok(recorded) => {
+                queue.outcomes_settled(batch.len());
                 if recorded < batch.len() {
                     metrics
                         .late_results_refused
@@ -90,6 +91,7 @@ async fn write_batch(queue: Arc<Queue>, notes: Vec<Note>, lease: Duration, metri
                 return;
             }
             Err(error) if started.elapsed() > lease => {
+                queue.outcomes_settled(batch.len());
                 queue.let_go(batch.iter().map(|(id, _)| *id));
                 tracing::error!(%error, dropped = batch.len(), "cannot record outcomes; their images will be retried");
                 return;

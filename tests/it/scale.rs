@@ -103,18 +103,18 @@ async fn worker_processes_share_a_job_and_survive_losing_one() {
     // Each image was fetched once, except those the killed worker had taken and not yet
     // recorded (in flight, in its buffer, or with the outcome on its way to the database):
     // they were claimed a second time, by the survivor. So every extra fetch is matched by an
-    // image with a second claim — and no live worker ever fetched an image another held.
+    // image whose lease expired — and no live worker ever fetched an image another held.
     // (Attempts count only the starts the dead worker had recorded, so they can be fewer.)
     let fetched = images.requests() as i64;
     let reclaimed: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE job_id = $1 AND claims >= 2")
+        sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE job_id = $1 AND expiries >= 1")
             .bind(job)
             .fetch_one(&pool)
             .await
             .unwrap();
     assert!(
         fetched >= n && fetched - n <= reclaimed,
-        "{fetched} fetches for {n} images, {reclaimed} claimed twice"
+        "{fetched} fetches for {n} images, {reclaimed} taken back from the dead worker"
     );
     eprintln!(
         "dead worker's images taken over {:?} after kill -9 (lease 1.5 s); job done {:?} after the kill",
