@@ -36,6 +36,7 @@ migrations! {
     11 "0011_tenant_counts",
     12 "0012_rate_buckets",
     13 "0013_origins",
+    14 "0014_crashes",
 }
 
 impl Db {

@@ -154,7 +154,8 @@ impl Queue {
     /// or failed once their attempts are used up (only a started image's attempt was counted)
     /// or they have been claimed `max_claims` times without an outcome. An image that was not
     /// started gets its claim back (the worker's death was not its doing); every one counts
-    /// the expiry, so its next worker records its start before running it. Safe to run from every worker at once:
+    /// the expiry, so its next worker records its start before running it; a started one also
+    /// counts a crash, so it runs alone. Safe to run from every worker at once:
     /// rows another transaction holds are skipped (and taken back on a later pass).
     pub async fn reap_expired(&self) -> Result<u64, DbError> {
         let expired_ids = self.db.with_clock(match self.db.backend() {
@@ -180,7 +181,7 @@ impl Queue {
                          THEN 'abandoned after ' || CAST(attempts AS TEXT) || ' attempts: its worker stopped or stalled while processing it' \
                          ELSE 'abandoned after ' || CAST(claims AS TEXT) || ' claims without an outcome: its workers stopped before finishing it' END \
                          || COALESCE('; earlier: ' || error, ''), \
-                       error_kind = $1, started = 0, expiries = expiries + 1, updated_at = {now} \
+                       error_kind = $1, started = 0, expiries = expiries + 1, crashes = crashes + started, updated_at = {now} \
                      WHERE id IN ({expired_ids}) AND (attempts >= $2 OR claims - 1 + started >= $3) \
                      RETURNING job_id"
                 )))
@@ -193,6 +194,7 @@ impl Queue {
                 let requeued = sqlx::query(AssertSqlSafe(format!(
                     "UPDATE images SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, \
                        claims = claims - 1 + started, started = 0, expiries = expiries + 1, \
+                       crashes = crashes + started, \
                        updated_at = {now} WHERE id IN ({expired_ids})"
                 )))
                 .execute(&mut *tx)

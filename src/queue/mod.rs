@@ -54,6 +54,9 @@ pub struct ClaimedImage {
     /// How many of the image's leases expired before (its workers died or hung while it was
     /// leased): above 0, its start is recorded before it runs.
     pub expiries: i64,
+    /// How many of those leases expired while it was running (its start was recorded): above
+    /// 0, it may be what brought its worker down, and it runs alone.
+    pub crashes: i64,
 }
 
 crate::db::from_row!(ClaimedImage {
@@ -64,6 +67,7 @@ crate::db::from_row!(ClaimedImage {
     url: String,
     attempts: i64,
     expiries: i64,
+    crashes: i64,
 });
 
 /// What became of a claimed image.
@@ -286,7 +290,7 @@ impl Queue {
                    updated_at = {{now}} \
                  FROM async_commit WHERE images.id = ANY(ARRAY(SELECT id FROM picked)) \
                  RETURNING images.id, images.job_id, images.seq, images.store_id, images.url, \
-                   images.attempts + 1 AS attempts, images.expiries",
+                   images.attempts + 1 AS attempts, images.expiries, images.crashes",
                 rows = self.db.json_rows("$1")
             )),
             // SQLite has no LATERAL: one LIMITed select per job, joined by UNION ALL. The
@@ -315,7 +319,7 @@ impl Queue {
                        lease_expires_at = {{now}} + $3, claims = claims + 1, started = 0, \
                        updated_at = {{now}} \
                      WHERE $1 = $1 AND id IN ({}) \
-                     RETURNING id, job_id, seq, store_id, url, attempts + 1 AS attempts, expiries",
+                     RETURNING id, job_id, seq, store_id, url, attempts + 1 AS attempts, expiries, crashes",
                     selects.join(" UNION ALL ")
                 ))
             }
@@ -514,6 +518,7 @@ mod tests {
             url: "u".into(),
             attempts: 1,
             expiries: 0,
+            crashes: 0,
         }
     }
 

@@ -356,6 +356,12 @@ impl WorkerPool {
                 } else {
                     fruitless = 0;
                 }
+            } else if fruitless > 0 && waiting.is_empty() {
+                // What the pause waited for has started: the origin has room again, so the
+                // next claim need not wait (pausing on would cap a worker whose images are all
+                // of one origin at one claim a second).
+                fruitless = 0;
+                next_claim = tokio::time::Instant::now();
             }
             let claim_due = waiting.wants_more(target, &slots);
             let until = next_claim.max(tokio::time::Instant::now() + Duration::from_millis(1));
@@ -395,22 +401,29 @@ impl WorkerPool {
             let Some((image, origin)) = self.next_startable(waiting, results).await else {
                 return started;
             };
-            let suspect = image.expiries > 0;
-            if suspect {
-                // A worker died while this image was leased: it may be what killed it. It runs
-                // alone, once what is in flight has finished and been recorded (so that if it
-                // brings this worker down too, no other image pays for it), and its start is
-                // recorded before it runs (so the attempt is charged to it).
+            let mut recorded = None;
+            if image.crashes > 0 {
+                // This image was running when a worker died or hung: it may be what killed it.
+                // It runs alone, once what is in flight has finished and been recorded (so
+                // that if it brings this worker down too, no other image pays for it), and its
+                // start is recorded before it runs (so the attempt is charged to it).
                 self.wait_alone(tasks).await;
                 if let Err(error) = self.queue.record(&[image.id], &[]).await {
                     tracing::warn!(%error, image.id = image.id, "could not record a start ahead");
                 }
+            } else if image.expiries > 0 {
+                // A worker died while this image was leased, maybe before it could record
+                // that the image had started: the start is recorded (with the outcomes queued
+                // before it) before the image runs, beside the others.
+                let (answer, ahead) = tokio::sync::oneshot::channel();
+                let _ = results.send(Note::StartedAhead(image.id, answer)).await;
+                recorded = Some(ahead);
             } else {
                 // Recorded with the writer's next batch; the outcome counts the attempt
                 // itself if it gets there first.
                 let _ = results.send(Note::Started(image.id)).await;
             }
-            self.start(tasks, image, slot, origin, results.clone());
+            self.start(tasks, image, slot, origin, recorded, results.clone());
             started += 1;
         }
     }
@@ -524,19 +537,24 @@ impl WorkerPool {
         image: ClaimedImage,
         permit: OwnedSemaphorePermit,
         origin: Option<OriginPermit>,
+        recorded: Option<tokio::sync::oneshot::Receiver<()>>,
         results: mpsc::Sender<Note>,
     ) {
         let processor = self.processor.clone();
         let metrics = self.metrics.clone();
         let freed = self.freed.clone();
         let queue = self.queue.clone();
-        let solo = (image.expiries > 0).then(|| self.solo.clone());
+        let solo = (image.crashes > 0).then(|| self.solo.clone());
         if let Some(solo) = &solo {
             solo.fetch_add(1, Ordering::SeqCst);
         }
         let span = tracing::info_span!("image", image.id = image.id, job.id = image.job_id, store.id = %image.store_id);
         tasks.spawn(
             async move {
+                if let Some(recorded) = recorded {
+                    // Dropped unanswered only if the writer gave up: it runs all the same.
+                    let _ = recorded.await;
+                }
                 metrics.worker_slots_busy.inc();
                 let started = std::time::Instant::now();
                 let outcome = run_one(&processor, &image, origin).await;

@@ -239,6 +239,7 @@ mod tests {
             url: "http://a/1.png".into(),
             attempts,
             expiries: 0,
+            crashes: 0,
         }
     }
 

@@ -75,7 +75,12 @@ impl Waiting {
     pub(super) fn wants_more(&self, target: usize, slots: &Semaphore) -> bool {
         self.ready.len() <= target / 2
             && self.parked_count < self.park_cap
-            && (slots.available_permits() > 0 || (self.ready.is_empty() && self.parked_count == 0))
+            && (slots.available_permits() > 0 || self.is_empty())
+    }
+
+    /// Nothing claimed waits here, ready or parked.
+    pub(super) fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.parked_count == 0
     }
 
     /// Parks `image` until its origin has room.
@@ -129,6 +134,7 @@ mod tests {
             url: "u".into(),
             attempts: 1,
             expiries: 0,
+            crashes: 0,
         };
         let mut parked = Parked::default();
         for id in 1..=5 {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
@@ -21,6 +21,10 @@ pub(super) enum Note {
     /// The image was started: its attempt counts from now (a worker that dies now costs it
     /// one).
     Started(i64),
+    /// The image was started and will run once its start is recorded (the writer answers,
+    /// or drops the answer if it gives up): a suspect's attempt is charged to it even if it
+    /// brings the worker down at once, and the outcomes queued before it are recorded first.
+    StartedAhead(i64, oneshot::Sender<()>),
     /// The image's outcome.
     Done(i64, Outcome),
 }
@@ -67,9 +71,14 @@ pub(super) async fn write_outcomes(
 async fn write_batch(queue: Arc<Queue>, notes: Vec<Note>, lease: Duration, metrics: Arc<Metrics>) {
     let mut starts = Vec::new();
     let mut batch = Vec::with_capacity(notes.len());
+    let mut waiting = Vec::new();
     for note in notes {
         match note {
             Note::Started(id) => starts.push(id),
+            Note::StartedAhead(id, recorded) => {
+                starts.push(id);
+                waiting.push(recorded);
+            }
             Note::Done(id, outcome) => batch.push((id, outcome)),
         }
     }
@@ -79,6 +88,9 @@ async fn write_batch(queue: Arc<Queue>, notes: Vec<Note>, lease: Duration, metri
         match queue.record(&starts, &batch).await {
             Ok(recorded) => {
                 queue.outcomes_settled(batch.len());
+                for answer in waiting {
+                    let _ = answer.send(());
+                }
                 if recorded < batch.len() {
                     metrics
                         .late_results_refused

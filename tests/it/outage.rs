@@ -161,7 +161,7 @@ async fn a_worker_host_vanishing_mid_transaction_does_not_freeze_the_queue() {
     let api = Service::start(BIN, "serve", &db.url, &[("RP_NO_WORKERS", "true")]);
     let mut steady_env = worker_env.clone();
     steady_env.push(("RP_WORKERS", "4"));
-    let _steady = Service::start(BIN, "worker", &db.url, &steady_env);
+    let steady = Service::start(BIN, "worker", &db.url, &steady_env);
     let pool = sqlx::postgres::PgPool::connect(&db.url).await.unwrap();
     let client = common::client();
     let upstream: std::net::SocketAddr = {
@@ -265,10 +265,17 @@ async fn a_worker_host_vanishing_mid_transaction_does_not_freeze_the_queue() {
                 if detail["status"] != "ongoing" {
                     break detail;
                 }
-                assert!(
-                    cut.elapsed() < Duration::from_secs(60),
-                    "round {round}: job {job} still ongoing 60 s after the cut: {detail}"
-                );
+                if cut.elapsed() > Duration::from_secs(60) {
+                    let lines = steady.lines.lock().unwrap();
+                    let tail: Vec<&String> = lines.iter().rev().take(30).rev().collect();
+                    panic!(
+                        "round {round}: job {job} still ongoing 60 s after the cut: {detail}\nthe steady worker's last lines:\n{}",
+                        tail.iter()
+                            .map(|l| l.as_str())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             };
             took = cut.elapsed();
