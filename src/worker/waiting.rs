@@ -27,6 +27,7 @@ pub(super) struct Waiting {
 /// job ahead of it.
 #[derive(Default)]
 pub(super) struct Parked {
+    len: usize,
     by_job: HashMap<i64, VecDeque<ClaimedImage>>,
     /// Jobs with parked images, the next to start first.
     turns: VecDeque<i64>,
@@ -40,12 +41,14 @@ impl Parked {
             self.turns.push_back(job);
         }
         queue.push_back(image);
+        self.len += 1;
     }
 
     fn pop(&mut self) -> Option<ClaimedImage> {
         let job = self.turns.pop_front()?;
         let queue = self.by_job.get_mut(&job)?;
         let image = queue.pop_front();
+        self.len -= usize::from(image.is_some());
         if queue.is_empty() {
             self.by_job.remove(&job);
         } else {
@@ -83,10 +86,17 @@ impl Waiting {
         self.ready.is_empty() && self.parked_count == 0
     }
 
-    /// Parks `image` until its origin has room.
-    pub(super) fn park(&mut self, origin: String, image: ClaimedImage) {
-        self.parked.entry(origin).or_default().push(image);
+    /// Parks `image` until its origin has room, or gives it back when its origin already
+    /// holds half the parking: so the images of one slow or hanging origin cannot fill it all
+    /// and keep this worker from claiming past them, to the other origins' images behind.
+    pub(super) fn park(&mut self, origin: String, image: ClaimedImage) -> Result<(), ClaimedImage> {
+        let parked = self.parked.entry(origin).or_default();
+        if parked.len >= self.park_cap / 2 {
+            return Err(image);
+        }
+        parked.push(image);
         self.parked_count += 1;
+        Ok(())
     }
 
     /// Every image waiting here, ready or parked, by id (for handing them back).

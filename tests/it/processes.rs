@@ -400,7 +400,10 @@ async fn counting_host(pause: Duration) -> (String, Arc<AtomicU32>, Arc<AtomicU3
                 let mut request = vec![0u8; 4096];
                 let n = conn.read(&mut request).await.unwrap_or(0);
                 if String::from_utf8_lossy(&request[..n]).starts_with("GET /hang") {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    // Never answers; the connection counts as open until the client gives up.
+                    while conn.read(&mut request).await.is_ok_and(|n| n > 0) {}
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    return;
                 }
                 tokio::time::sleep(pause).await;
                 let head = format!(
@@ -458,4 +461,65 @@ async fn an_origin_budget_holds_across_three_worker_processes() {
         "the budget was used ({most} at most): the workers shared it"
     );
     drop(workers);
+}
+
+/// Three worker processes, an origin budget of 8 and the default delay: a job whose first
+/// 400 images are on a host that accepts connections and never answers, and whose last 200
+/// are on a good host. The hanging host may hold only 8 slots of the 96, and its waiting
+/// images must not keep the workers from claiming past them (a worker parks at most half its
+/// parking with one origin's images and gives the rest back for a while): the 200 good
+/// images finish in about their own time, long before the hanging ones time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_origin_beside_a_good_one_across_three_workers() {
+    let name = "a_hanging_origin_beside_a_good_one_across_three_workers";
+    let Some(_turn) = common::postgres_turn(name).await else {
+        return;
+    };
+    let db = TestDb::new(Backend::Postgres).await;
+    let (hanging, _, hanging_most) = counting_host(Duration::ZERO).await;
+    let (good, _, _) = counting_host(Duration::ZERO).await;
+    let api = Service::start(BIN, "serve", &db.url, &[("RP_NO_WORKERS", "true")]);
+    let env = [("RP_FETCH_MAX_PER_ORIGIN", "8")];
+    let workers: Vec<Service> = (0..3)
+        .map(|_| Service::start(BIN, "worker", &db.url, &env))
+        .collect();
+    let pool = sqlx::postgres::PgPool::connect(&db.url).await.unwrap();
+    let client = common::client();
+    let mut urls: Vec<String> = (0..400)
+        .map(|i| format!("{hanging}/hang/{i}.png"))
+        .collect();
+    urls.extend((0..200).map(|i| format!("{good}/{i}.png")));
+    let visits: Vec<(&str, Vec<String>)> =
+        urls.chunks(100).map(|c| (STORE_A, c.to_vec())).collect();
+    let job = api.submit(&client, &payload(&visits)).await;
+    let submitted = Instant::now();
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM images WHERE job_id = $1 AND url LIKE $2 AND status = 'succeeded'",
+        )
+        .bind(job)
+        .bind(format!("{good}/%"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if done == 200 {
+            eprintln!(
+                "the 200 good images finished {:?} after the submit",
+                submitted.elapsed()
+            );
+            break;
+        }
+        // 8 s, not the 15 s the issue allows: the hanging downloads stall out at 10 s and
+        // open the breaker, which would let the good images through at about 11 s anyway.
+        assert!(
+            submitted.elapsed() < Duration::from_secs(8),
+            "only {done} of the 200 good images done {:?} after the submit",
+            submitted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let most = hanging_most.load(Ordering::SeqCst);
+    assert!(most <= 8, "{most} downloads at once at the hanging host");
+    drop(workers);
+    pool.close().await;
 }
