@@ -22,8 +22,8 @@ use crate::queue::{ClaimedImage, Outcome};
 /// The longest a suspect image waits for this worker to be otherwise idle before it starts.
 const ALONE_WAIT: Duration = Duration::from_secs(2);
 
-/// How long an image whose origin is busy, with half this worker's parking already full of
-/// its images, goes back to the queue for.
+/// How long an image goes back to the queue for when its origin is busy and has more parked
+/// here than it will start soon (see [`Waiting::park`]).
 const BUSY_DEFERRAL: Duration = Duration::from_secs(5);
 
 impl WorkerPool {
@@ -118,13 +118,7 @@ impl WorkerPool {
                 Admission::Busy => {
                     self.metrics.fetch_origin_waits.inc();
                     if let Err(image) = waiting.park(origin, image) {
-                        // Back to the queue for a while, its claim refunded: the claims go
-                        // on past it meanwhile.
-                        let after = BUSY_DEFERRAL + Duration::from_millis(fastrand::u64(0..=1000));
-                        self.queue.outcome_queued();
-                        let _ = results
-                            .send(Note::Done(image.id, Outcome::Deferred { after }))
-                            .await;
+                        self.defer_for_busy(image, results).await;
                     }
                 }
                 Admission::Open {
@@ -170,6 +164,15 @@ impl WorkerPool {
             .breaker_open(&image, origin, after, failed_probes);
         self.queue.outcome_queued();
         let _ = results.send(Note::Done(image.id, outcome)).await;
+    }
+
+    /// Back to the queue for a while, its claim refunded: the claims go on past it meanwhile.
+    pub(super) async fn defer_for_busy(&self, image: ClaimedImage, results: &mpsc::Sender<Note>) {
+        let after = BUSY_DEFERRAL + Duration::from_millis(fastrand::u64(0..=1000));
+        self.queue.outcome_queued();
+        let _ = results
+            .send(Note::Done(image.id, Outcome::Deferred { after }))
+            .await;
     }
 
     /// Waits until nothing of this worker is in flight and every outcome queued is recorded,

@@ -361,6 +361,9 @@ impl WorkerPool {
                 fruitless = 0;
                 next_claim = tokio::time::Instant::now();
             }
+            for image in waiting.overstayed() {
+                self.defer_for_busy(image, results).await;
+            }
             let claim_due = waiting.wants_more(target, &slots);
             let until = next_claim.max(tokio::time::Instant::now() + Duration::from_millis(1));
             tokio::select! {
