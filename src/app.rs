@@ -93,8 +93,12 @@ pub async fn build(
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
     // A listener without the API role serves the operations endpoints only (a worker's metrics).
+    let bind = listener.as_ref().and_then(|l| l.local_addr().ok());
     let state = listener.is_some().then(|| {
-        let auth = Arc::new(Authenticator::new(db.clone(), config.api.auth.clone()));
+        let mut auth = config.api.auth.clone();
+        // A loopback peer is the proxy the operator named, not a local client.
+        auth.behind_proxy |= !config.api.trusted_proxies.is_empty();
+        let auth = Arc::new(Authenticator::new(db.clone(), auth));
         AppState {
             db: db.clone(),
             wake: wake.clone(),
@@ -111,6 +115,9 @@ pub async fn build(
             trusted_proxies: config.api.trusted_proxies.clone(),
         }
     });
+    if let Some(state) = &state {
+        state.auth.warn_if_open(bind).await;
+    }
     let retention = config.retention.older_than.map(|older_than| {
         Pruner::new(
             db.clone(),

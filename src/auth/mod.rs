@@ -81,6 +81,9 @@ pub struct AuthConfig {
     pub max_unfinished_images: u64,
     /// Submits per minute per tenant (a token bucket of this size); 0: unlimited.
     pub submits_per_minute: u32,
+    /// The API is behind a reverse proxy the operator named: a loopback peer is that proxy,
+    /// not a local client, so `auto` serves nobody without a key.
+    pub behind_proxy: bool,
 }
 
 impl Default for AuthConfig {
@@ -89,6 +92,7 @@ impl Default for AuthConfig {
             mode: AuthMode::Auto,
             max_unfinished_images: 500_000,
             submits_per_minute: 600,
+            behind_proxy: false,
         }
     }
 }
@@ -233,6 +237,23 @@ impl Authenticator {
         &self.config
     }
 
+    /// Says at start what `auto` means here while no key exists: who is served without one.
+    pub async fn warn_if_open(&self, bind: Option<SocketAddr>) {
+        if self.config.mode != AuthMode::Auto || self.any_key_exists().await.unwrap_or(true) {
+            return;
+        }
+        if self.config.behind_proxy {
+            tracing::info!(
+                "auth=auto behind a trusted proxy: no caller is served without a key; create one with `retail-pulse keys create`"
+            );
+        } else if bind.is_some_and(|b| !b.ip().is_loopback()) {
+            tracing::warn!(
+                bind = ?bind,
+                "auth=auto and no key yet: every loopback client is an admin without a key, and behind a reverse proxy or sidecar on this host that is every caller; create a key (`retail-pulse keys create`), set --auth required, or name the proxy in --trusted-proxies"
+            );
+        }
+    }
+
     /// Who sent a request with these headers from `peer` (the TCP peer address: proxies'
     /// `X-Forwarded-For` is never trusted).
     pub async fn caller(
@@ -248,7 +269,9 @@ impl Authenticator {
             None => match self.config.mode {
                 AuthMode::Required => Err(AuthError::Missing),
                 _ if self.any_key_exists().await? => Err(AuthError::Missing),
-                _ if peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) => {
+                _ if !self.config.behind_proxy
+                    && peer.is_some_and(|p| p.ip().to_canonical().is_loopback()) =>
+                {
                     Ok(self.keyless().await?)
                 }
                 _ => Err(AuthError::LoopbackOnly),
@@ -417,6 +440,7 @@ mod tests {
             mode: AuthMode::Auto,
             max_unfinished_images: 100,
             submits_per_minute: 10,
+            behind_proxy: false,
         };
         let set = |max: Option<i64>, rate: Option<i64>| LimitOverride {
             max_unfinished_images: max,

@@ -140,12 +140,14 @@ pub struct WorkerArgs {
     /// slower fails as "too slow" (and is retried). 0: no limit.
     #[arg(long, env = "RP_FETCH_MIN_SPEED_BYTES", default_value_t = FetchConfig::default().min_speed_bytes)]
     pub fetch_min_speed_bytes: u64,
-    /// Most downloads in flight per origin (scheme, host, port) in this process; images of a
-    /// busy origin wait without holding a slot. Default: half of --workers (at least 1).
+    /// Most downloads in flight per origin (scheme, host, port) across every worker sharing
+    /// the database (each holds a share; set it the same on all); images of a busy origin
+    /// wait without holding a slot. Default: half of --workers (at least 1).
     #[arg(long, env = "RP_FETCH_MAX_PER_ORIGIN")]
     pub fetch_max_per_origin: Option<usize>,
-    /// Consecutive connect failures or timeouts of one origin after which its images are
-    /// deferred for the cool-down (its circuit breaker opens). 0: no breaker.
+    /// Consecutive connect failures or timeouts of one origin, counted across every worker,
+    /// after which its images are deferred for the cool-down (its circuit breaker opens).
+    /// 0: no breaker.
     #[arg(long, env = "RP_FETCH_BREAKER_FAILURES", default_value_t = FetchConfig::default().breaker_failures)]
     pub fetch_breaker_failures: u32,
     /// Seconds an open breaker defers its origin's images before one probe download is let
@@ -263,6 +265,7 @@ impl ServeArgs {
             mode: self.auth,
             max_unfinished_images: self.tenant_max_unfinished_images,
             submits_per_minute: self.tenant_submits_per_minute,
+            behind_proxy: false,
         };
         config.api.trusted_proxies = self.trusted_proxies.clone();
         config.api.sessions = SessionConfig {

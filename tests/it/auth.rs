@@ -502,6 +502,33 @@ async fn auto_mode_serves_loopback_without_a_key_until_the_first_key_exists(back
     app.stop().await;
 }
 
+/// Behind a reverse proxy the operator named, a loopback peer is that proxy relaying anyone:
+/// `auto` serves nobody without a key, whatever `X-Forwarded-For` says.
+async fn auto_mode_behind_a_trusted_proxy_serves_no_one_without_a_key(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let mut config = test_config(&db);
+    config.api.trusted_proxies = retail_pulse::config::TrustedProxies::parse("127.0.0.1").unwrap();
+    let app = api_only(config).await;
+    let answer = app.call("GET", "/api/jobs", None, None).await;
+    assert_401(&answer, "auto behind a proxy, no key");
+    for claimed in ["127.0.0.1", "203.0.113.5"] {
+        let relayed = app
+            .client
+            .get(format!("{}/api/jobs", app.base))
+            .header("X-Forwarded-For", claimed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(relayed.status().as_u16(), 401, "relayed for {claimed}");
+    }
+    let key = create_key(&db.url, "app", &[]).await;
+    assert_eq!(
+        app.call("GET", "/api/jobs", Some(&key), None).await.code,
+        200
+    );
+    app.stop().await;
+}
+
 async fn required_mode_needs_a_key_even_on_loopback_and_off_mode_never_does(backend: Backend) {
     let db = TestDb::new(backend).await;
     let mut config = test_config(&db);
@@ -867,6 +894,7 @@ on_both_backends!(
     idempotency_keys_are_scoped_to_the_tenant,
     auto_mode_serves_loopback_without_a_key_until_the_first_key_exists,
     required_mode_needs_a_key_even_on_loopback_and_off_mode_never_does,
+    auto_mode_behind_a_trusted_proxy_serves_no_one_without_a_key,
     auto_mode_refuses_a_client_off_loopback_until_it_has_a_key,
     metrics_bind_serves_metrics_without_a_key,
     a_submit_over_the_tenant_quota_gets_429_with_retry_after,
