@@ -239,7 +239,9 @@ impl Authenticator {
 
     /// Says at start what `auto` means here while no key exists: who is served without one.
     pub async fn warn_if_open(&self, bind: Option<SocketAddr>) {
-        if self.config.mode != AuthMode::Auto || self.any_key_exists().await.unwrap_or(true) {
+        // Read past the cache: a key created right after the start must count at once.
+        if self.config.mode != AuthMode::Auto || db::keys::any_exist(&self.db).await.unwrap_or(true)
+        {
             return;
         }
         if self.config.behind_proxy {
