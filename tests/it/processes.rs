@@ -280,6 +280,31 @@ async fn sigterm_during_a_2000_slot_drain_exits_within_15_s_with_nothing_lost() 
     drop(api);
 }
 
+/// `n` submits of `body` at once, spread over `apis` in turn: their status codes.
+async fn burst(apis: &[Service], body: &str, n: usize) -> Vec<u16> {
+    let client = common::client();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (client, body) = (client.clone(), body.to_string());
+        let base = apis[i % apis.len()].base.clone();
+        tasks.spawn(async move {
+            client
+                .post(format!("{base}/api/submit/"))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    }
+    let mut codes = Vec::new();
+    while let Some(code) = tasks.join_next().await {
+        codes.push(code.unwrap());
+    }
+    codes
+}
+
 /// Three API processes, a tenant quota of 1,000 unfinished images, 60 concurrent submits of
 /// 50 images each: exactly 1,000 images are admitted (20 jobs), the rest refused with 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,29 +322,11 @@ async fn a_quota_holds_exactly_across_three_api_processes() {
     let apis: Vec<Service> = (0..3)
         .map(|_| Service::start(BIN, "serve", &db.url, &env))
         .collect();
-    let client = common::client();
     let urls: Vec<String> = (0..50)
         .map(|i| format!("http://img.invalid/{i}.png"))
         .collect();
     let body = payload(&[(STORE_A, urls)]).to_string();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..60 {
-        let (client, body) = (client.clone(), body.clone());
-        let base = apis[i % 3].base.clone();
-        tasks.spawn(async move {
-            let res = client
-                .post(format!("{base}/api/submit/"))
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            res.status().as_u16()
-        });
-    }
-    let mut codes = Vec::new();
-    while let Some(code) = tasks.join_next().await {
-        codes.push(code.unwrap());
-    }
+    let codes = burst(&apis, &body, 60).await;
     let accepted = codes.iter().filter(|c| **c == 201).count();
     let refused = codes.iter().filter(|c| **c == 429).count();
     assert_eq!((accepted, refused), (20, 40), "{codes:?}");
@@ -347,30 +354,10 @@ async fn a_submit_rate_holds_across_three_api_processes() {
     let apis: Vec<Service> = (0..3)
         .map(|_| Service::start(BIN, "serve", &db.url, &env))
         .collect();
-    let client = common::client();
     let body = payload(&[(STORE_A, vec!["http://img.invalid/1.png".into()])]).to_string();
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..150 {
-        let (client, body) = (client.clone(), body.clone());
-        let base = apis[i % 3].base.clone();
-        tasks.spawn(async move {
-            client
-                .post(format!("{base}/api/submit/"))
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        });
-    }
-    let mut accepted = 0;
-    while let Some(code) = tasks.join_next().await {
-        if code.unwrap() == 201 {
-            accepted += 1;
-        }
-    }
+    let codes = burst(&apis, &body, 150).await;
+    let accepted = codes.iter().filter(|c| **c == 201).count();
     // The burst is the bucket (60) plus one a second of refill while it lasted.
     let refill = started.elapsed().as_secs_f64().ceil() as usize;
     assert!(
