@@ -1,4 +1,5 @@
-//! Wiring: connect and migrate the database, load the store master, then run the HTTP API and
+//! Wiring: connect to the database and wait for its schema (or migrate it, see
+//! [`crate::db::SchemaStart`]), load the store master, then run the HTTP API and
 //! the worker pool (either or both), and retention when it is on, until the shutdown signal.
 
 use std::future::Future;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::auth::sessions::Sessions;
 use crate::config::Config;
-use crate::db::{self, Db, DbError};
+use crate::db::{self, Db, DbError, SchemaStart};
 use crate::fetch::FetchError;
 use crate::http;
 use crate::metrics::Metrics;
@@ -64,6 +65,31 @@ impl Roles {
     }
 }
 
+/// Says at start when this process's connections do not fit in what PostgreSQL has left:
+/// the pool, and a worker's LISTEN connection. Without it the first sign is a process that
+/// cannot connect, minutes later, under load.
+async fn warn_if_the_pool_cannot_fit(db: &Db, pool: u32, roles: Roles) {
+    let wants = i64::from(pool) + i64::from(roles.workers);
+    match db.connection_room().await {
+        Ok(Some((room, open))) if open + wants > room => tracing::warn!(
+            max_connections = room,
+            open,
+            this_process = wants,
+            "PostgreSQL accepts {room} connections, {open} are open, and this process may open \
+             {wants} more: it will be refused connections under load. Raise max_connections, \
+             lower --db-max-connections, or pool in front (PgBouncer, session mode)"
+        ),
+        Ok(Some((room, open))) => tracing::info!(
+            max_connections = room,
+            open,
+            this_process = wants,
+            "database connections: {wants} for this process, {open} open of {room}"
+        ),
+        Ok(None) => {}
+        Err(error) => tracing::debug!(%error, "cannot read the server's connection limit"),
+    }
+}
+
 /// A built, not yet running service.
 pub struct App {
     db: Db,
@@ -88,7 +114,13 @@ pub async fn build(
     roles: Roles,
 ) -> Result<App, StartError> {
     let db = Db::connect_with(&config.database).await?;
-    db.migrate().await?;
+    db.prepare_schema(if config.database.migrate_at_start {
+        SchemaStart::Migrate
+    } else {
+        SchemaStart::Wait
+    })
+    .await?;
+    warn_if_the_pool_cannot_fit(&db, config.database.max_connections, roles).await;
     load_store_master(&db, &config).await?;
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());

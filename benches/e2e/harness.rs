@@ -53,6 +53,15 @@ impl BenchDb {
                 pool.close().await;
                 let mut url = url::Url::parse(&admin).unwrap();
                 url.set_path(&name);
+                // As an operator does: the schema first, then the processes (which wait for it).
+                let bin = std::env::var("RP_BENCH_BIN").unwrap_or_else(|_| BIN.to_string());
+                let migrated = std::process::Command::new(bin)
+                    .arg("migrate")
+                    .env("DATABASE_URL", url.as_str())
+                    .env("RUST_LOG", "warn")
+                    .status()
+                    .expect("run retail-pulse migrate");
+                assert!(migrated.success(), "retail-pulse migrate failed");
                 BenchDb {
                     url: url.to_string(),
                     _dir: None,

@@ -4,7 +4,8 @@
 //! Run: `cargo bench --bench e2e` (or `scripts/bench`, which also finds the local PostgreSQL).
 //! Prints one table and writes it to `docs/BENCHMARKS.md`. One file per figure: throughput.rs
 //! (P1, P2), latency.rs (P3, P4), memory.rs (P5 and flatness), scale.rs (P6), shapes.rs (P7–P9),
-//! scaleout.rs (S1, for docs/SCALING.md);
+//! scaleout.rs (S1, for docs/SCALING.md), dashboard.rs, growth.rs (reads beside 1,000,000
+//! finished jobs, claims across 500 tenants);
 //! harness.rs holds what they share.
 //!
 //! Knobs (environment): RP_BENCH_IMAGES (10000), RP_BENCH_BIG_IMAGES (100000),
@@ -14,6 +15,7 @@
 
 mod dashboard;
 mod fetch_limit;
+mod growth;
 mod harness;
 mod image_host;
 mod latency;
@@ -98,6 +100,8 @@ pub struct Figures {
     pub p8: Option<shapes::P8>,
     pub scale_out: Vec<scaleout::ScaleOut>,
     pub dashboard: dashboard::JobPageTime,
+    pub growth_reads: Option<growth::Reads>,
+    pub growth_tenants: Option<growth::Tenants>,
 }
 
 async fn run_backend(backend: Backend, host: &ImageHost, o: &Opts) -> Figures {
@@ -109,6 +113,7 @@ async fn run_backend(backend: Backend, host: &ImageHost, o: &Opts) -> Figures {
     shapes::run(backend, host, o, &mut f).await;
     scaleout::run(backend, host, o, &mut f).await;
     dashboard::run(backend, host, o, &mut f).await;
+    growth::run(backend, host, o, &mut f).await;
     f
 }
 
@@ -362,6 +367,12 @@ async fn main() {
         );
     }
     row(dashboard::ROW, dashboard::TARGET, &|f| f.dashboard.cell());
+    row(growth::READS_ROW, growth::READS_TARGET, &|f| {
+        f.growth_reads.map_or("not run".into(), |r| r.cell())
+    });
+    row(growth::TENANTS_ROW, growth::TENANTS_TARGET, &|f| {
+        f.growth_tenants.map_or("not run".into(), |t| t.cell())
+    });
     row(
         "flat: /api/status p50, start → end of the big job",
         "same",

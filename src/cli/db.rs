@@ -4,7 +4,7 @@
 use clap::Args;
 
 use super::values::secs;
-use crate::db::{self, Db, DbConfig, SessionLimits};
+use crate::db::{self, Db, DbConfig, SchemaStart, SessionLimits};
 
 #[derive(Debug, Args, Clone)]
 pub struct DbArgs {
@@ -60,6 +60,7 @@ impl DbArgs {
                 keepalive: secs(self.db_keepalive_secs, "db-keepalive-secs")?,
                 operation: secs(self.db_operation_timeout_secs, "db-operation-timeout-secs")?,
             },
+            migrate_at_start: false,
         })
     }
 }
@@ -70,10 +71,12 @@ impl DbArgs {
         Ok(Db::connect_with(&self.to_config()?).await?)
     }
 
-    /// [`DbArgs::open`], then applies the migrations this database has not seen yet.
-    pub async fn open_migrated(&self) -> anyhow::Result<Db> {
+    /// [`DbArgs::open`], for a one-shot command: on PostgreSQL it fails at once, saying what
+    /// to run, unless the schema is one this binary runs on (it never migrates production by
+    /// being started); the embedded SQLite database is migrated.
+    pub async fn open_ready(&self) -> anyhow::Result<Db> {
         let db = self.open().await?;
-        db.migrate().await?;
+        db.prepare_schema(SchemaStart::Check).await?;
         Ok(db)
     }
 }

@@ -63,7 +63,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             let tenant = tenant.unwrap_or_else(|| name.clone());
             keys::check_name("key name", &name).map_err(anyhow::Error::msg)?;
             keys::check_name("tenant", &tenant).map_err(anyhow::Error::msg)?;
-            let db = db.open_migrated().await?;
+            let db = db.open_ready().await?;
             let generated = keys::generate().context("cannot read the system's random source")?;
             let new = NewKey {
                 name: &name,
@@ -91,7 +91,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::List { db } => {
-            let db = db.open_migrated().await?;
+            let db = db.open_ready().await?;
             let rows = crate::db::keys::list(&db).await?;
             db.close().await;
             print!("{}", table(&rows));
@@ -100,7 +100,7 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { name, db } => {
-            let db = db.open_migrated().await?;
+            let db = db.open_ready().await?;
             let outcome = crate::db::keys::revoke(&db, &name).await?;
             db.close().await;
             match outcome {

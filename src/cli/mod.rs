@@ -43,7 +43,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run image workers only (no HTTP API); any number may share one PostgreSQL.
     Worker(WorkerCommandArgs),
-    /// Apply database migrations and exit.
+    /// Apply database migrations and exit. On PostgreSQL the only way the schema changes
+    /// (besides `serve`/`worker --migrate`): other processes wait for it.
     Migrate(DbArgs),
     /// Manage the store master.
     Stores {
@@ -100,8 +101,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => service::serve(args).await?,
         Command::Worker(args) => service::worker(args).await?,
         Command::Migrate(db) => {
-            db.open_migrated().await?.close().await;
-            tracing::info!("migrations applied");
+            let db = db.open().await?;
+            db.migrate().await?;
+            db.close().await;
+            tracing::info!(version = db.schema_version(), "migrations applied");
         }
         Command::Stores { command } => stores::run(command).await?,
         Command::Keys { command } => keys::run(command).await?,

@@ -34,7 +34,7 @@ pub struct PruneArgs {
 /// `retail-pulse prune`: one pass, then what it removed on stdout.
 pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
     let older_than = args.older_than.0;
-    let db = args.db.open_migrated().await?;
+    let db = args.db.open_ready().await?;
     let cutoff = db.now().await? - older_than.as_millis() as i64;
     let pruner = Pruner::new(
         db.clone(),
@@ -70,5 +70,12 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
         );
     }
     db.close().await;
+    if pruned.skipped > 0 {
+        anyhow::bail!(
+            "{} left in place: the archive could not be written (the errors are in the log above); \
+             the others were pruned",
+            plural(pruned.skipped, "job was", "jobs were")
+        );
+    }
     Ok(())
 }

@@ -111,6 +111,10 @@ pub struct WorkerCommandArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub db: DbArgs,
+    /// PostgreSQL: apply missing migrations at start, as `retail-pulse migrate` does (without
+    /// it the process waits for them; on SQLite the schema is always migrated at start).
+    #[arg(long, env = "RP_MIGRATE", num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
+    pub migrate: bool,
     /// Store master CSV loaded at start-up (default: the bundled sample, loaded only into an
     /// empty store table).
     #[arg(long, env = "RP_STORE_MASTER")]
@@ -203,6 +207,7 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     fn apply(&self, config: &mut Config) -> anyhow::Result<()> {
         config.database = self.db.to_config()?;
+        config.database.migrate_at_start = self.migrate;
         config.store_master = self.store_master.clone();
         let w = &mut config.worker;
         w.concurrency = self.workers;

@@ -20,7 +20,7 @@ pub enum StoresCommand {
 pub async fn run(command: StoresCommand) -> anyhow::Result<()> {
     match command {
         StoresCommand::Import { file, db } => {
-            let db = db.open_migrated().await?;
+            let db = db.open_ready().await?;
             let list = stores::load_file(&file)?;
             let count = crate::db::stores::upsert(&db, &list).await?;
             db.close().await;

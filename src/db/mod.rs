@@ -32,6 +32,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Executor};
 use thiserror::Error;
 
+pub use migrate::{SchemaFit, SchemaStart};
 pub use session::SessionLimits;
 
 /// Which database engine is behind the pool.
@@ -58,6 +59,9 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    /// The database's schema is not one this binary can run on (behind it, or too new).
+    #[error("{0}")]
+    Schema(String),
     /// A value could not be converted between its stored form and its Rust form (an unknown
     /// status word, JSON that does not parse or cannot be written).
     #[error("cannot convert stored data: {0}")]
@@ -129,6 +133,9 @@ pub struct DbConfig {
     pub acquire_timeout: Duration,
     /// Timeouts and keepalives every session runs under (see [`session`]).
     pub session: SessionLimits,
+    /// Apply missing migrations at start on PostgreSQL too (`--migrate`); without it a
+    /// service process waits for `retail-pulse migrate` (SQLite always migrates).
+    pub migrate_at_start: bool,
 }
 
 impl Default for DbConfig {
@@ -138,6 +145,7 @@ impl Default for DbConfig {
             max_connections: 16,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             session: SessionLimits::default(),
+            migrate_at_start: false,
         }
     }
 }
@@ -306,6 +314,24 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// PostgreSQL: how many connections the server accepts from ordinary roles
+    /// (`max_connections` less the superusers' reserve) and how many clients hold now, so a
+    /// process can say at start when its pool cannot fit. `None` on SQLite.
+    pub async fn connection_room(&self) -> Result<Option<(i64, i64)>, DbError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let room: (i64, i64) = sqlx::query_as(
+            "SELECT CAST(current_setting('max_connections') AS BIGINT) \
+                    - CAST(current_setting('superuser_reserved_connections') AS BIGINT), \
+                    (SELECT COUNT(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(Some(room))
     }
 
     /// After a large bulk insert, refreshes PostgreSQL's statistics of the images table in

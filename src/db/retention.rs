@@ -20,11 +20,18 @@ pub struct Expired {
 }
 
 /// Up to `limit` finished jobs whose finish time is more than `older_than` ago (on the
-/// database's clock), oldest first. A job whose webhook event is still being delivered is left
+/// database's clock), oldest first, from after `after` (a job a pass has already seen: the
+/// pass goes on past one it had to skip). A job whose webhook event is still being delivered is left
 /// for a later pass: pruning never loses an event.
-pub async fn expired(db: &Db, older_than: Duration, limit: i64) -> Result<Vec<Expired>, DbError> {
+pub async fn expired(
+    db: &Db,
+    older_than: Duration,
+    after: Option<&Expired>,
+    limit: i64,
+) -> Result<Vec<Expired>, DbError> {
     let sql = db.with_clock(
         "SELECT id, finished_at FROM jobs WHERE status <> 'ongoing' AND finished_at < {now} - $1 \
+           AND (finished_at > $3 OR (finished_at = $3 AND id > $4)) \
            AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.job_id = jobs.id \
              AND d.status IN ('pending', 'running')) \
          ORDER BY finished_at, id LIMIT $2",
@@ -32,6 +39,8 @@ pub async fn expired(db: &Db, older_than: Duration, limit: i64) -> Result<Vec<Ex
     let rows: Vec<(i64, i64)> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(older_than.as_millis() as i64)
         .bind(limit)
+        .bind(after.map_or(i64::MIN, |e| e.finished_at))
+        .bind(after.map_or(i64::MIN, |e| e.id))
         .fetch_all(db.pool())
         .await
         .map_err(err)?;

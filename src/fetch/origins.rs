@@ -34,6 +34,10 @@ use crate::metrics::Metrics;
 /// How long other images of an origin are deferred while its probe download is under way.
 const WHILE_PROBING: Duration = Duration::from_secs(2);
 
+/// An origin no image has asked for in this long is forgotten, even with failures counted or
+/// a breaker that opened: the map holds the origins in use, not every host ever seen.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
 /// The decision for one image.
 #[derive(Debug)]
 pub enum Admission {
@@ -67,6 +71,8 @@ struct Origin {
     probing: bool,
     /// Probes that failed since the origin last answered.
     failed_probes: u32,
+    /// When an image last asked for it or a download of it ended.
+    touched: Option<Instant>,
 }
 
 impl Origin {
@@ -77,6 +83,20 @@ impl Origin {
             && self.permits == 0
             && !self.starved
             && self.events.is_empty()
+    }
+
+    /// Nothing of it is under way, and nothing asked for it in [`FORGET_AFTER`] (its breaker,
+    /// if it opened, has cooled down): what it counted no longer matters.
+    fn stale(&self, now: Instant) -> bool {
+        self.in_flight == 0
+            && self.permits == 0
+            && !self.starved
+            && self.events.is_empty()
+            && !self.probing
+            && self
+                .touched
+                .is_none_or(|t| now.duration_since(t) >= FORGET_AFTER)
+            && self.open_until.is_none_or(|until| until <= now)
     }
 }
 
@@ -192,7 +212,7 @@ impl Origins {
                 events: std::mem::take(&mut entry.events),
             })
             .collect();
-        state.retain(|_, e| !e.idle());
+        self.sweep(&mut state);
         demand
     }
 
@@ -225,7 +245,7 @@ impl Origins {
                 _ => {}
             }
         }
-        state.retain(|_, e| !e.idle());
+        self.sweep(&mut state);
         drop(state);
         *self.shares_valid_until.lock().expect("origins lock") = Some(now + valid_for);
         self.released.notify_waiters();
@@ -245,6 +265,7 @@ impl Origins {
     pub fn admit(self: &Arc<Self>, origin: &str) -> Admission {
         let mut state = self.state.lock().expect("origins lock");
         let entry = state.entry(origin.to_string()).or_default();
+        entry.touched = Some(Instant::now());
         let mut probe = false;
         if let Some(until) = entry.open_until {
             let now = Instant::now();
@@ -285,6 +306,23 @@ impl Origins {
         })
     }
 
+    /// Drops the entries of idle origins, and of stale ones ([`Origin::stale`]).
+    fn sweep(&self, state: &mut HashMap<String, Origin>) {
+        let now = Instant::now();
+        state.retain(|_, entry| {
+            if entry.idle() {
+                return false;
+            }
+            if !entry.stale(now) {
+                return true;
+            }
+            if entry.open_until.is_some() {
+                self.metrics.fetch_breakers_open.dec();
+            }
+            false
+        });
+    }
+
     /// How many breakers are open right now.
     #[cfg(test)]
     fn open_breakers(&self) -> usize {
@@ -297,6 +335,7 @@ impl Origins {
         let Some(entry) = state.get_mut(origin) else {
             return;
         };
+        entry.touched = Some(Instant::now());
         if probe {
             entry.probing = false;
         }
@@ -396,6 +435,34 @@ mod tests {
             Admission::Go(p) => p,
             other => panic!("expected Go, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_origin_no_image_asked_for_in_a_while_is_forgotten_with_its_failures() {
+        let o = origins(10, 2, Duration::from_millis(10));
+        for _ in 0..2 {
+            go(o.admit("http://gone:80")).report(false);
+        }
+        go(o.admit("http://flaky:80")).report(false);
+        assert_eq!(o.open_breakers(), 1);
+        assert_eq!(o.metrics.fetch_breakers_open.get(), 1);
+        std::thread::sleep(Duration::from_millis(20));
+        // Recently asked for: kept, failures and all.
+        o.take_demand();
+        assert_eq!(o.state.lock().unwrap().len(), 2);
+        {
+            let long_ago = Instant::now() - FORGET_AFTER;
+            let mut state = o.state.lock().unwrap();
+            state.get_mut("http://gone:80").unwrap().touched = Some(long_ago);
+        }
+        o.take_demand();
+        let state = o.state.lock().unwrap();
+        assert_eq!(state.keys().collect::<Vec<_>>(), ["http://flaky:80"]);
+        assert_eq!(
+            o.metrics.fetch_breakers_open.get(),
+            0,
+            "the open gauge follows"
+        );
     }
 
     #[test]

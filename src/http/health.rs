@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::auth::Caller;
-use crate::db::{self, Db, DbError};
+use crate::db::{self, Db, DbError, SchemaFit};
 use crate::domain::WorkerState;
 use crate::metrics::Snapshot;
 
@@ -93,11 +93,11 @@ async fn snapshot(db: &Db) -> Result<Snapshot, DbError> {
         (status = 503, description = "Not ready, with the reason", body = super::openapi::HealthBody),
     ))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.db.is_ready().await {
-        Ok(true) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        Ok(false) => (
+    match state.db.schema_fit().await {
+        Ok(SchemaFit::Ready) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(unfit) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unready", "error": "database schema is not migrated" })),
+            Json(json!({ "status": "unready", "error": unfit.describe() })),
         ),
         Err(error) => {
             // The driver's words stay in the log; the answer says only what is wrong.

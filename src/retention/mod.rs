@@ -66,6 +66,9 @@ pub struct Pruned {
     pub deliveries: u64,
     /// Archive files written.
     pub archived: u64,
+    /// Jobs left in place because their archive could not be written (each logged with its
+    /// error); the pass went on with the others, and a later one tries them again.
+    pub skipped: u64,
 }
 
 /// Deletes finished jobs older than `older_than` (and archives them first, when asked).
@@ -110,20 +113,29 @@ impl Pruner {
 
     async fn prune_all(&self, stop: &CancellationToken) -> Result<Pruned, PruneError> {
         let mut total = Pruned::default();
+        let mut seen: Option<rows::Expired> = None;
         loop {
-            let expired = rows::expired(&self.db, self.older_than, JOBS_PER_QUERY).await?;
-            let mut removed = 0;
+            let expired =
+                rows::expired(&self.db, self.older_than, seen.as_ref(), JOBS_PER_QUERY).await?;
+            let Some(last) = expired.last().cloned() else {
+                return Ok(total);
+            };
             for job in &expired {
                 if stop.is_cancelled() {
                     return Ok(total);
                 }
-                removed += self.prune_job(job.id, &mut total).await?;
+                match self.prune_job(job.id, &mut total).await {
+                    Ok(_) => {}
+                    // One job whose archive cannot be written (a full disk, a bad file) must
+                    // not hold back every other job's retention: left as it is, said, skipped.
+                    Err(error @ PruneError::Archive { .. }) => {
+                        tracing::error!(%error, job_id = job.id, "job not pruned: its archive failed");
+                        total.skipped += 1;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
-            // An empty batch is the end; a batch of which nothing could be removed (another
-            // process got there first) is too, rather than a loop.
-            if removed == 0 {
-                return Ok(total);
-            }
+            seen = Some(last);
         }
     }
 
@@ -178,11 +190,12 @@ impl Pruner {
         tracing::info!(older_than = ?self.older_than, every = ?self.interval(), "retention on");
         loop {
             match self.prune(&stop).await {
-                Ok(Some(pruned)) if pruned.jobs > 0 => tracing::info!(
+                Ok(Some(pruned)) if pruned.jobs > 0 || pruned.skipped > 0 => tracing::info!(
                     jobs = pruned.jobs,
                     images = pruned.images,
                     webhook_deliveries = pruned.deliveries,
                     archived = pruned.archived,
+                    skipped = pruned.skipped,
                     "pruned finished jobs"
                 ),
                 Ok(Some(_)) => {}

@@ -31,6 +31,12 @@ use crate::fetch::{FetchError, Fetcher};
 use crate::metrics::{DeliveryLabels, Metrics};
 use crate::queue::backoff::backoff;
 
+/// Attempts of one delivery before it fails for good, whatever its age: with the default
+/// backoff (5 s doubling to 1 h) the age cap (`--webhook-max-age`, 24 h) comes first; this
+/// bounds a delivery claimed again and again without an outcome (its worker dies with it) or
+/// retried fast at a receiver's `Retry-After`.
+pub const MAX_ATTEMPTS: i64 = 50;
+
 /// Deliveries one process attempts at once: a few slow receivers must not hold up the rest.
 const IN_FLIGHT: usize = 16;
 
@@ -165,14 +171,27 @@ impl Deliverer {
 
     /// One attempt of one delivery, from building the signed event to recording the result.
     async fn attempt(&self, delivery: Delivery) {
-        let result = match self.send(&delivery).await {
-            Ok(Some(result)) => result,
-            // The job is gone (pruned): its delivery went with it.
-            Ok(None) => return,
-            Err(error) => {
-                // Nothing was sent; the lease lapses and the delivery is claimed again.
-                tracing::warn!(%error, "cannot prepare a webhook delivery; it will be retried");
-                return;
+        let result = if delivery.attempts > MAX_ATTEMPTS {
+            // Claimed that often without a recorded outcome (each claim counts): a delivery
+            // that kills or stalls its worker ends here.
+            Attempt::Failed(format!("gave up after {MAX_ATTEMPTS} attempts"))
+        } else {
+            match self.send(&delivery).await {
+                Ok(Some(result)) => result,
+                // The job is gone (pruned): its delivery went with it.
+                Ok(None) => return,
+                Err(error) if error.is_transient() => {
+                    // The database is away: the lease lapses and the delivery is claimed again.
+                    tracing::warn!(%error, "cannot prepare a webhook delivery; it will be retried");
+                    return;
+                }
+                // What cannot be prepared now is retried with backoff like a failed send, and
+                // fails for good at the caps: never reclaimed forever.
+                Err(error) => self.retry_or_fail(
+                    format!("cannot prepare the delivery: {error}"),
+                    delivery.attempts,
+                    None,
+                ),
             }
         };
         let recorded = self.record(&delivery, &result).await;
@@ -254,16 +273,25 @@ impl Deliverer {
             FetchError::Blocked(_) | FetchError::InvalidUrl(_) => {
                 Attempt::Failed(error.to_string())
             }
-            _ => Attempt::Retry {
-                // A receiver's `Retry-After` is honoured, but never below the first backoff
-                // (`Retry-After: 0` must not turn into a tight loop) nor above the longest.
-                after: match error.retry_after() {
-                    Some(wait) => wait.clamp(self.config.retry_base, self.config.retry_max),
-                    None => backoff(attempts, self.config.retry_base, self.config.retry_max),
-                },
-                max_age: self.config.max_age,
-                error: error.to_string(),
+            _ => self.retry_or_fail(error.to_string(), attempts, error.retry_after()),
+        }
+    }
+
+    /// Another attempt later, with backoff (or after the receiver's `Retry-After`), unless
+    /// this was the last of [`MAX_ATTEMPTS`]; past `max_age` the record fails it instead.
+    fn retry_or_fail(&self, error: String, attempts: i64, asked: Option<Duration>) -> Attempt {
+        if attempts >= MAX_ATTEMPTS {
+            return Attempt::Failed(format!("{error} (gave up after {attempts} attempts)"));
+        }
+        Attempt::Retry {
+            // A receiver's `Retry-After` is honoured, but never below the first backoff
+            // (`Retry-After: 0` must not turn into a tight loop) nor above the longest.
+            after: match asked {
+                Some(wait) => wait.clamp(self.config.retry_base, self.config.retry_max),
+                None => backoff(attempts, self.config.retry_base, self.config.retry_max),
             },
+            max_age: self.config.max_age,
+            error,
         }
     }
 

@@ -316,8 +316,8 @@ impl WorkerPool {
                 break;
             }
             if self.wake.notified().now_or_never().is_some() {
-                self.queue.scheduler().forget();
-                next_claim = tokio::time::Instant::now();
+                next_claim =
+                    next_claim.min(tokio::time::Instant::now() + self.queue.scheduler().forget());
             }
             let mut claimed_now = 0;
             if waiting.wants_more(target, &slots) && tokio::time::Instant::now() >= next_claim {
@@ -368,8 +368,7 @@ impl WorkerPool {
             let until = next_claim.max(tokio::time::Instant::now() + Duration::from_millis(1));
             tokio::select! {
                 _ = self.wake.notified() => {
-                    self.queue.scheduler().forget();
-                    next_claim = tokio::time::Instant::now();
+                    next_claim = next_claim.min(tokio::time::Instant::now() + self.queue.scheduler().forget());
                 }
                 _ = tokio::time::sleep_until(until), if claim_due => {}
                 _ = self.freed.notified() => {}

@@ -22,4 +22,5 @@ mod processes;
 mod queue;
 mod scale;
 mod ui;
+mod upgrade;
 mod webhooks;

@@ -34,10 +34,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::db::{Db, DbError, err};
+use crate::db::{Backend, Db, DbError, err};
 
 /// How long the windows of candidate jobs are reused between claims.
 pub const WINDOW_TTL: Duration = Duration::from_millis(250);
+
+/// After new work is announced (a NOTIFY per submit), the windows are read again, but at most
+/// once in this interval: a burst of submits costs one read, not one per submit.
+pub const REREAD_AFTER_NOTICE: Duration = Duration::from_millis(50);
 
 /// Within a tenant, a job's turn: up to this many images before the next job's turn. The
 /// largest visit-sized job (1-20 images) is served in one turn.
@@ -77,6 +81,9 @@ struct State {
     /// Per tenant, in tenant order: its window of candidate jobs, in round-robin order.
     windows: BTreeMap<String, Vec<Candidate>>,
     read_at: Option<Instant>,
+    /// New work was announced since `read_at`: read again once [`REREAD_AFTER_NOTICE`] has
+    /// passed since it.
+    noticed: bool,
     /// Per tenant, the last job it was served from.
     job_cursor: HashMap<String, i64>,
     /// The last tenant served: the next split starts after it.
@@ -105,9 +112,20 @@ impl Scheduler {
         }
     }
 
-    /// Drops the cached windows, so the next plan sees work just submitted.
-    pub fn forget(&self) {
-        self.state.lock().expect("scheduler lock").read_at = None;
+    /// New work was announced: the next plan from [`REREAD_AFTER_NOTICE`] after the last read
+    /// on reads the windows again. Returns how long until then (zero: the next plan does).
+    pub fn forget(&self) -> Duration {
+        let mut state = self.state.lock().expect("scheduler lock");
+        match state.read_at {
+            Some(at) if at.elapsed() < REREAD_AFTER_NOTICE => {
+                state.noticed = true;
+                REREAD_AFTER_NOTICE - at.elapsed()
+            }
+            _ => {
+                state.read_at = None;
+                Duration::ZERO
+            }
+        }
     }
 
     /// The images to claim, at most `n` in all, fairly split. Re-reads the windows when they
@@ -115,7 +133,11 @@ impl Scheduler {
     pub async fn plan(&self, n: usize, fresh: bool) -> Result<(Vec<Take>, bool), DbError> {
         let cached = {
             let state = self.state.lock().expect("scheduler lock");
-            !fresh && state.read_at.is_some_and(|at| at.elapsed() < WINDOW_TTL)
+            !fresh
+                && state.read_at.is_some_and(|at| {
+                    at.elapsed() < WINDOW_TTL
+                        && !(state.noticed && at.elapsed() >= REREAD_AFTER_NOTICE)
+                })
         };
         if !cached {
             self.read_windows().await?;
@@ -241,37 +263,86 @@ impl Scheduler {
         rewound
     }
 
-    /// Reads every tenant's window of candidate jobs: the tenants with ongoing jobs (an index
-    /// skip-scan, one probe per tenant), then per tenant up to [`JOBS_PER_TENANT`] ongoing jobs
-    /// with an image claimable now, after its cursor and wrapping around.
+    /// Reads every tenant's window of candidate jobs in one statement, whatever the number
+    /// of tenants: the tenants with ongoing jobs (an index skip-scan, one probe per tenant),
+    /// and for each up to [`JOBS_PER_TENANT`] ongoing jobs with an image claimable now, after
+    /// its cursor, then (when that falls short) from its first job on: the window wraps
+    /// around. Each window comes back as one `id:remaining,…` string, so that both backends
+    /// can answer it (SQLite has no `LATERAL`).
+    ///
+    /// "Has an image due now" is a scalar subquery on purpose: written as `EXISTS`, the
+    /// PostgreSQL planner may turn it into a semi-join that scans every pending image (it
+    /// did, with statistics a bulk submit had not refreshed yet: 100 ms a read). It looks
+    /// after the job's claim cursor (`$1`, job id → seq), in `seq` order: without the cursor
+    /// the probe walks every image already claimed, and without the order the planner may
+    /// choose to scan the table for the first match (seen: 44 ms a read late in a big job).
     async fn read_windows(&self) -> Result<(), DbError> {
-        let tenants: Vec<String> = sqlx::query_scalar(
-            "WITH RECURSIVE t(tenant) AS ( \
-               SELECT MIN(tenant) FROM jobs WHERE status = 'ongoing' \
-               UNION ALL \
-               SELECT (SELECT MIN(j.tenant) FROM jobs j WHERE j.status = 'ongoing' AND j.tenant > t.tenant) \
-               FROM t WHERE t.tenant IS NOT NULL) \
-             SELECT tenant FROM t WHERE tenant IS NOT NULL",
-        )
-        .fetch_all(self.db.pool())
-        .await
-        .map_err(err)?;
-        let (cursors, claimed_up_to) = {
+        let (job_cursors, claimed_up_to) = {
             let state = self.state.lock().expect("scheduler lock");
             let claimed: serde_json::Map<String, serde_json::Value> = state
                 .claim_cursor
                 .iter()
                 .map(|(job, seq)| (job.to_string(), (*seq).into()))
                 .collect();
+            let cursors: Vec<serde_json::Value> = state
+                .job_cursor
+                .iter()
+                .map(|(tenant, job)| serde_json::json!([tenant, job]))
+                .collect();
             (
-                state.job_cursor.clone(),
+                serde_json::Value::Array(cursors).to_string(),
                 serde_json::Value::Object(claimed).to_string(),
             )
         };
+        let db = &self.db;
+        let agg = match db.backend() {
+            Backend::Sqlite => "group_concat(x.id || ':' || x.remaining, ',')",
+            Backend::Postgres => {
+                "string_agg(CAST(x.id AS TEXT) || ':' || CAST(x.remaining AS TEXT), ',')"
+            }
+        };
+        let jobs = |op: &str| {
+            format!(
+                "(SELECT {agg} FROM (SELECT j.id, j.total - j.succeeded - j.failed AS remaining \
+                   FROM jobs j WHERE j.status = 'ongoing' AND j.tenant = w.tenant AND j.id {op} w.after \
+                   AND (SELECT i.id FROM images i WHERE i.job_id = j.id \
+                     AND i.seq > COALESCE(CAST({claimed} AS BIGINT), -1) AND i.status = 'pending' \
+                     AND i.available_at <= {{now}} ORDER BY i.seq LIMIT 1) IS NOT NULL \
+                   ORDER BY j.id LIMIT {JOBS_PER_TENANT}) x)",
+                claimed = db.json_key("$1", "CAST(j.id AS TEXT)"),
+            )
+        };
+        let sql = db.with_clock(&format!(
+            "WITH RECURSIVE tn(tenant) AS ( \
+               SELECT MIN(tenant) FROM jobs WHERE status = 'ongoing' \
+               UNION ALL \
+               SELECT (SELECT MIN(j.tenant) FROM jobs j WHERE j.status = 'ongoing' AND j.tenant > tn.tenant) \
+               FROM tn WHERE tn.tenant IS NOT NULL), \
+             cursors AS (SELECT t.value ->> 0 AS tenant, CAST(t.value ->> 1 AS BIGINT) AS after \
+               FROM {cursor_rows}), \
+             w AS MATERIALIZED (SELECT tn.tenant, COALESCE(c.after, 0) AS after \
+               FROM tn LEFT JOIN cursors c ON c.tenant = tn.tenant WHERE tn.tenant IS NOT NULL), \
+             a AS MATERIALIZED (SELECT w.tenant, w.after, {after} AS later FROM w) \
+             SELECT a.tenant, a.later, \
+               CASE WHEN a.after > 0 AND COALESCE(LENGTH(a.later) - LENGTH(REPLACE(a.later, ',', '')) + 1, 0) < {JOBS_PER_TENANT} \
+               THEN {wrapped} END AS earlier \
+             FROM a",
+            cursor_rows = db.json_rows("$2"),
+            after = jobs(">"),
+            wrapped = jobs("<=").replace("w.tenant", "a.tenant").replace("w.after", "a.after"),
+        ));
+        let rows: Vec<(String, Option<String>, Option<String>)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(&claimed_up_to)
+                .bind(&job_cursors)
+                .fetch_all(db.pool())
+                .await
+                .map_err(err)?;
         let mut windows = BTreeMap::new();
-        for tenant in tenants {
-            let after = cursors.get(&tenant).copied().unwrap_or(0);
-            let window = self.window(&tenant, after, &claimed_up_to).await?;
+        for (tenant, later, earlier) in rows {
+            let mut window = candidates(later.as_deref())?;
+            window.extend(candidates(earlier.as_deref())?);
+            window.truncate(JOBS_PER_TENANT as usize);
             if !window.is_empty() {
                 windows.insert(tenant, window);
             }
@@ -284,57 +355,8 @@ impl Scheduler {
         state.turn_used.retain(|job, _| listed.contains(job));
         state.windows = windows;
         state.read_at = Some(Instant::now());
+        state.noticed = false;
         Ok(())
-    }
-
-    /// "Has an image due now" is a scalar subquery on purpose: written as `EXISTS`, the
-    /// PostgreSQL planner may turn it into a semi-join that scans every pending image (it
-    /// did, with statistics a bulk submit had not refreshed yet: 100 ms a read). It looks
-    /// after the job's claim cursor (`$4`, job id → seq), in `seq` order: without the cursor
-    /// the probe walks every image already claimed, and without the order the planner may
-    /// choose to scan the table for the first match (seen: 44 ms a read late in a big job).
-    /// The limit is a `CAST`, not a bare parameter, so that SQLite does not recompile the
-    /// statement when it changes (see [`super::Queue::claim`]'s lease).
-    async fn window(
-        &self,
-        tenant: &str,
-        after: i64,
-        cursors: &str,
-    ) -> Result<Vec<Candidate>, DbError> {
-        let sql = self.db.with_clock(&format!(
-            "SELECT id, total - succeeded - failed AS remaining FROM jobs j \
-             WHERE status = 'ongoing' AND tenant = $1 AND id {{op}} $2 \
-             AND (SELECT i.id FROM images i WHERE i.job_id = j.id \
-               AND i.seq > COALESCE(CAST({cursor} AS BIGINT), -1) AND i.status = 'pending' \
-               AND i.available_at <= {{now}} ORDER BY i.seq LIMIT 1) IS NOT NULL \
-             ORDER BY id LIMIT CAST($3 AS BIGINT)",
-            cursor = self.db.json_key("$4", "CAST(j.id AS TEXT)")
-        ));
-        let read = async |op: &str, limit: i64| -> Result<Vec<Candidate>, DbError> {
-            let rows: Vec<(i64, i64)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("{op}", op)))
-                    .bind(tenant)
-                    .bind(after)
-                    .bind(limit)
-                    .bind(cursors)
-                    .fetch_all(self.db.pool())
-                    .await
-                    .map_err(err)?;
-            Ok(rows
-                .into_iter()
-                .map(|(job_id, remaining)| Candidate {
-                    job_id,
-                    remaining,
-                    used: 0,
-                })
-                .collect())
-        };
-        let mut window = read(">", JOBS_PER_TENANT).await?;
-        let short = JOBS_PER_TENANT - window.len() as i64;
-        if short > 0 && after > 0 {
-            window.extend(read("<=", short).await?);
-        }
-        Ok(window)
     }
 
     /// Whether `job_id` was still ongoing a moment ago (at most [`WINDOW_TTL`]): lets a
@@ -356,6 +378,28 @@ impl Scheduler {
         states.insert(job_id, (Instant::now(), ongoing));
         ongoing
     }
+}
+
+/// The candidates of one part of a window, `id:remaining,…` in id order (the order of the
+/// aggregate is not promised, so it is sorted here).
+fn candidates(list: Option<&str>) -> Result<Vec<Candidate>, DbError> {
+    let Some(list) = list.filter(|l| !l.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = list
+        .split(',')
+        .map(|item| {
+            let (id, remaining) = item.split_once(':')?;
+            Some(Candidate {
+                job_id: id.parse().ok()?,
+                remaining: remaining.parse().ok()?,
+                used: 0,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| DbError::Encoding(format!("a window of candidate jobs: {list:?}")))?;
+    out.sort_unstable_by_key(|c| c.job_id);
+    Ok(out)
 }
 
 /// `items` in order, starting after `after` (wrapping around).

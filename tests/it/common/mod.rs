@@ -107,7 +107,22 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database for one test, with the schema in place (as `retail-pulse migrate` leaves it).
     pub async fn new(backend: Backend) -> Self {
+        let db = Self::empty(backend).await;
+        if backend == Backend::Postgres {
+            // As an operator does: `migrate` first; the service processes wait for it.
+            let handle = retail_pulse::db::Db::connect(&db.url, 1)
+                .await
+                .expect("connect to the test database");
+            handle.migrate().await.expect("migrate the test database");
+            handle.close().await;
+        }
+        db
+    }
+
+    /// A database for one test with no schema yet (SQLite processes make it themselves).
+    pub async fn empty(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
