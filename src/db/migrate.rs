@@ -37,6 +37,7 @@ migrations! {
     12 "0012_rate_buckets",
     13 "0013_origins",
     14 "0014_crashes",
+    16 "0016_sealed_secrets",
 }
 
 impl Db {
