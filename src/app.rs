@@ -21,6 +21,9 @@ use crate::metrics::Metrics;
 use crate::retention::Pruner;
 use crate::stores::{self, StoreMasterError};
 use crate::web::{self, AppState};
+use crate::webhooks::WebhookSecrets;
+use crate::webhooks::keys::{KeyError, keys_at_start};
+use crate::webhooks::secrets::SecretsError;
 use crate::worker::WorkerPool;
 
 #[derive(Debug, Error)]
@@ -35,6 +38,10 @@ pub enum StartError {
     Serve(#[from] std::io::Error),
     #[error(transparent)]
     Worker(#[from] crate::worker::WorkerError),
+    #[error(transparent)]
+    SecretKey(#[from] KeyError),
+    #[error("cannot seal the webhook secrets: {0}")]
+    Sealing(#[from] SecretsError),
 }
 
 /// Which parts of the service this process runs.
@@ -122,6 +129,7 @@ pub async fn build(
     .await?;
     warn_if_the_pool_cannot_fit(&db, config.database.max_connections, roles).await;
     load_store_master(&db, &config).await?;
+    let webhook_secrets = webhook_secrets(&db, &config).await?;
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
     // A listener without the API role serves the operations endpoints only (a worker's metrics).
@@ -144,6 +152,7 @@ pub async fn build(
             )),
             auth,
             webhook_secret_overlap: config.webhooks.secret_overlap,
+            webhook_secrets: webhook_secrets.clone(),
             trusted_proxies: config.api.trusted_proxies.clone(),
         }
     });
@@ -164,6 +173,7 @@ pub async fn build(
             &config.worker,
             &config.fetch,
             &config.webhooks,
+            webhook_secrets,
             wake,
             metrics,
         )?)
@@ -180,6 +190,36 @@ pub async fn build(
         retention,
         read_timeouts: config.api.read_timeouts,
     })
+}
+
+/// The webhook secrets of this process, sealed by its secret key (`None`: webhooks are off).
+/// Every row still in clear, or sealed by another key than the first, is resealed first, so
+/// that an old key can be retired once every process has started with the new one.
+async fn webhook_secrets(
+    db: &Db,
+    config: &Config,
+) -> Result<Option<Arc<WebhookSecrets>>, StartError> {
+    let Some(keys) = keys_at_start(db, config.webhooks.secret_keys.clone()).await? else {
+        return Ok(None);
+    };
+    let secrets = WebhookSecrets::new(db.clone(), keys);
+    // A row sealed by a key not given is an error: retiring that key was too early.
+    let report = secrets.seal_all().await?;
+    for tenant in &report.unreadable {
+        tracing::error!(
+            tenant = %tenant,
+            "a webhook secret does not open (altered, or copied from another tenant's row): \
+             that tenant's deliveries cannot be signed until its secret is rotated"
+        );
+    }
+    if report.unreadable.is_empty() {
+        tracing::info!(
+            resealed = report.resealed,
+            key.id = secrets.key_id(),
+            "every webhook secret is sealed with the first secret key"
+        );
+    }
+    Ok(Some(Arc::new(secrets)))
 }
 
 /// An explicit store master is always (re)loaded; the bundled sample only fills an empty table,

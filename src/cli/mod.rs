@@ -1,6 +1,7 @@
 //! The command line: the service (`serve | worker`, [`service`]), the database's upkeep
 //! (`migrate`, `stores import` [`stores`], `prune` [`prune`]), API keys (`keys create | list |
-//! revoke`, [`keys`]) and the client (`submit | status | results`, [`client`]). Every flag can
+//! revoke`, [`keys`]), the key that seals webhook secrets (`secrets new-key`, [`secrets`]) and
+//! the client (`submit | status | results`, [`client`]). Every flag can
 //! also be set through the environment variable named beside it (docs/CONFIGURATION.md); every
 //! subcommand that opens the database takes the same flags ([`db::DbArgs`]).
 
@@ -8,6 +9,7 @@ mod client;
 mod db;
 mod keys;
 mod prune;
+mod secrets;
 mod service;
 mod stores;
 mod values;
@@ -16,6 +18,7 @@ pub use client::{ResultsArgs, ServerArgs, StatusArgs, SubmitArgs};
 pub use db::DbArgs;
 pub use keys::KeysCommand;
 pub use prune::PruneArgs;
+pub use secrets::{SecretKeyArgs, SecretsCommand};
 pub use service::{ServeArgs, WorkerArgs, WorkerCommandArgs};
 pub use stores::StoresCommand;
 
@@ -59,6 +62,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The secret key that seals webhook secrets in the database: new-key prints a fresh one.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Submit a job file to a running server; with --wait, follow it to the end.
     #[command(after_help = client::SUBMIT_EXIT_CODES)]
     Submit(SubmitArgs),
@@ -81,6 +89,7 @@ impl Cli {
                 | Command::Status(_)
                 | Command::Results(_)
                 | Command::Keys { .. }
+                | Command::Secrets { .. }
                 | Command::Prune(_),
             ) => telemetry::init_client(),
             _ => telemetry::init(),
@@ -108,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Stores { command } => stores::run(command).await?,
         Command::Keys { command } => keys::run(command).await?,
+        Command::Secrets { command } => secrets::run(command)?,
         Command::Prune(args) => prune::run(args).await?,
         Command::Submit(args) => return Ok(client::submit(args).await),
         Command::Status(args) => return Ok(client::status(args).await),

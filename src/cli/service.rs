@@ -10,6 +10,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use super::db::DbArgs;
+use super::secrets::SecretKeyArgs;
 use super::values::{
     Span, parse_allow_hosts, parse_delay, parse_public_url, parse_trusted_proxies, secs,
 };
@@ -115,6 +116,8 @@ pub struct WorkerArgs {
     /// it the process waits for them; on SQLite the schema is always migrated at start).
     #[arg(long, env = "RP_MIGRATE", num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
     pub migrate: bool,
+    #[command(flatten)]
+    pub secrets: SecretKeyArgs,
     /// Store master CSV loaded at start-up (default: the bundled sample, loaded only into an
     /// empty store table).
     #[arg(long, env = "RP_STORE_MASTER")]
@@ -241,6 +244,7 @@ impl WorkerArgs {
         h.max_age = self.webhook_max_age.0;
         h.retry_base = Duration::from_millis(self.webhook_retry_base_ms);
         h.retry_max = secs(self.webhook_retry_max_secs, "webhook-retry-max-secs")?;
+        h.secret_keys = self.secrets.to_keys()?;
         config.retention = RetentionConfig {
             older_than: self.retention.map(|s| s.0),
             archive_dir: self.archive_dir.clone(),

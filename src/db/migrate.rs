@@ -78,6 +78,7 @@ migrations! {
     13 "0013_origins",
     14 "0014_crashes",
     15 "0015_jobs_by_tenant" keeps 14,
+    16 "0016_sealed_secrets" keeps 14,
 }
 
 /// The PostgreSQL advisory lock that keeps two `migrate` runs from racing.

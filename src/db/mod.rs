@@ -438,9 +438,56 @@ impl Db {
         &self.url
     }
 
+    /// The file of a SQLite database (`None` for an in-memory one, and for PostgreSQL).
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match self.backend {
+            Backend::Sqlite => sqlite_file(&self.url),
+            Backend::Postgres => None,
+        }
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The file a `sqlite:` URL names: `sqlite://FILE?…`, `sqlite:FILE`; `None` for an in-memory
+/// database (`sqlite::memory:`, `sqlite://:memory:`, `mode=memory`).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let memory =
+        url::form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "mode" && v == "memory");
+    if memory || path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    let path = percent_decode(path);
+    Some(std::path::PathBuf::from(path))
+}
+
+/// `%XX` escapes decoded (sqlx lets a file name hold `?` or `#` so).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Host and port of a `postgres://` URL (`None` for a Unix socket or an unparsable URL).
@@ -456,4 +503,33 @@ fn server_address(url: &str) -> Option<(String, u16)> {
 /// Milliseconds since the Unix epoch on this host's clock (only [`Db::now_ms`] uses it).
 fn local_now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::sqlite_file;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_sqlite_url_names_its_file_unless_in_memory() {
+        let file = |url| sqlite_file(url);
+        assert_eq!(
+            file("sqlite://retail-pulse.db?mode=rwc"),
+            Some(PathBuf::from("retail-pulse.db"))
+        );
+        assert_eq!(
+            file("sqlite:///tmp/x/test.db?mode=rwc"),
+            Some(PathBuf::from("/tmp/x/test.db"))
+        );
+        assert_eq!(file("sqlite:data.db"), Some(PathBuf::from("data.db")));
+        assert_eq!(file("sqlite://a%3Fb.db"), Some(PathBuf::from("a?b.db")));
+        for memory in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://?mode=memory",
+            "sqlite://x.db?mode=memory",
+        ] {
+            assert_eq!(file(memory), None, "{memory}");
+        }
+    }
 }

@@ -44,101 +44,229 @@ fn new_message_id() -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Secrets
+//
+// A row is written by this version sealed (`secret_sealed`, `previous_sealed`, both by the key
+// named in `key_id`) with the clear columns NULL. A version before sealing (migration 16)
+// wrote, and during a rolling upgrade may still write, the clear columns (`secret`,
+// `previous_secret`): where `secret` is set, it is the newer truth. `crate::webhooks` seals,
+// opens and reseals; these functions store what they are handed.
 
-/// The secrets a tenant's deliveries are signed with right now.
+/// A tenant's secrets as stored (sealed, or in clear from an older version).
 #[derive(Clone, PartialEq, Eq)]
-pub struct SigningSecrets {
-    pub current: String,
-    /// The secret before the last rotation, while it is still within its overlap.
-    pub previous: Option<String>,
+pub struct StoredSecrets {
+    pub tenant: String,
+    /// In clear, from a version before sealing.
+    pub secret: Option<String>,
+    /// In clear, from a version before sealing.
+    pub previous_secret: Option<String>,
+    pub secret_sealed: Option<String>,
+    pub previous_sealed: Option<String>,
+    /// The key that sealed `secret_sealed` and `previous_sealed`.
+    pub key_id: Option<String>,
+    /// Until when (epoch ms) the previous secret still signs.
+    pub previous_expires_at: Option<i64>,
+    /// Whether the previous secret is still within its overlap (the database's clock).
+    pub previous_live: i64,
 }
 
-impl std::fmt::Debug for SigningSecrets {
+super::from_row!(StoredSecrets {
+    tenant: String,
+    secret: Option<String>,
+    previous_secret: Option<String>,
+    secret_sealed: Option<String>,
+    previous_sealed: Option<String>,
+    key_id: Option<String>,
+    previous_expires_at: Option<i64>,
+    previous_live: i64,
+});
+
+impl std::fmt::Debug for StoredSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Secrets never reach a log by accident.
-        f.debug_struct("SigningSecrets")
-            .field("previous", &self.previous.is_some())
+        // Clear secrets never reach a log by accident.
+        f.debug_struct("StoredSecrets")
+            .field("tenant", &self.tenant)
+            .field("in_clear", &self.secret.is_some())
+            .field("key_id", &self.key_id)
             .finish_non_exhaustive()
     }
 }
 
-/// The tenant's current secret, made from `fresh` (and stored) when it has none yet. Two
-/// callers racing to make one both end up with the one that was stored first.
-pub async fn secret(db: &Db, tenant: &str, fresh: &str) -> Result<String, DbError> {
-    Ok(signing_secrets(db, tenant, fresh).await?.current)
+impl StoredSecrets {
+    /// Whether the row still holds a secret in clear.
+    pub fn in_clear(&self) -> bool {
+        self.secret.is_some() || self.previous_secret.is_some()
+    }
 }
 
-/// The secrets to sign a tenant's delivery with; the tenant's secret is made from `fresh`
-/// when it has none yet.
-pub async fn signing_secrets(
-    db: &Db,
-    tenant: &str,
-    fresh: &str,
-) -> Result<SigningSecrets, DbError> {
-    let read = db.with_clock(
-        "SELECT secret, CASE WHEN previous_expires_at > {now} THEN previous_secret END AS previous \
-         FROM webhook_secrets WHERE tenant = $1",
-    );
-    let found: Option<(String, Option<String>)> = sqlx::query_as(AssertSqlSafe(read.clone()))
+/// A tenant's secrets, sealed, to be written.
+#[derive(Clone)]
+pub struct Sealed<'a> {
+    pub current: &'a str,
+    pub previous: Option<&'a str>,
+    pub key_id: &'a str,
+}
+
+const SECRET_COLUMNS: &str = "tenant, secret, previous_secret, secret_sealed, previous_sealed, \
+     key_id, previous_expires_at, \
+     CAST(CASE WHEN previous_expires_at > {now} THEN 1 ELSE 0 END AS BIGINT) AS previous_live";
+
+/// The tenant's stored secrets, if it has any yet.
+pub async fn stored_secrets(db: &Db, tenant: &str) -> Result<Option<StoredSecrets>, DbError> {
+    let sql = db.with_clock(&format!(
+        "SELECT {SECRET_COLUMNS} FROM webhook_secrets WHERE tenant = $1"
+    ));
+    sqlx::query_as(AssertSqlSafe(sql))
         .bind(tenant)
         .fetch_optional(db.pool())
         .await
-        .map_err(err)?;
-    if let Some((current, previous)) = found {
-        return Ok(SigningSecrets { current, previous });
-    }
-    {
-        let _turn = db.write_turn().await;
-        sqlx::query(AssertSqlSafe(db.with_clock(
-            "INSERT INTO webhook_secrets (tenant, secret, created_at) VALUES ($1, $2, {now}) \
-             ON CONFLICT (tenant) DO NOTHING",
-        )))
-        .bind(tenant)
-        .bind(fresh)
-        .execute(db.pool())
-        .await
-        .map_err(err)?;
-    }
-    let (current, previous): (String, Option<String>) = sqlx::query_as(AssertSqlSafe(read))
-        .bind(tenant)
-        .fetch_one(db.pool())
-        .await
-        .map_err(err)?;
-    Ok(SigningSecrets { current, previous })
+        .map_err(err)
 }
 
-/// Makes `fresh` the tenant's secret. The one it replaces keeps signing, beside it, for
-/// `overlap`; returns until when (epoch ms), or `None` when the tenant had no secret before.
-pub async fn rotate(
-    db: &Db,
-    tenant: &str,
-    fresh: &str,
-    overlap: Duration,
-) -> Result<Option<i64>, DbError> {
+/// The rows that hold a secret in clear, or were sealed by another key than `key_id`: the ones
+/// to reseal.
+pub async fn secrets_to_reseal(db: &Db, key_id: &str) -> Result<Vec<StoredSecrets>, DbError> {
+    let sql = db.with_clock(&format!(
+        "SELECT {SECRET_COLUMNS} FROM webhook_secrets \
+         WHERE secret IS NOT NULL OR previous_secret IS NOT NULL \
+           OR key_id IS DISTINCT FROM $1 ORDER BY tenant"
+    ));
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(key_id)
+        .fetch_all(db.pool())
+        .await
+        .map_err(err)
+}
+
+/// Stores a tenant's first secret, sealed, unless another caller stored one first. Returns
+/// whether this one was stored.
+pub async fn insert_sealed(db: &Db, tenant: &str, sealed: &Sealed<'_>) -> Result<bool, DbError> {
     let _turn = db.write_turn().await;
     let inserted: Option<String> = sqlx::query_scalar(AssertSqlSafe(db.with_clock(
-        "INSERT INTO webhook_secrets (tenant, secret, created_at) VALUES ($1, $2, {now}) \
-         ON CONFLICT (tenant) DO NOTHING RETURNING tenant",
+        "INSERT INTO webhook_secrets (tenant, secret_sealed, key_id, created_at) \
+         VALUES ($1, $2, $3, {now}) ON CONFLICT (tenant) DO NOTHING RETURNING tenant",
     )))
     .bind(tenant)
-    .bind(fresh)
+    .bind(sealed.current)
+    .bind(sealed.key_id)
     .fetch_optional(db.pool())
     .await
     .map_err(err)?;
-    if inserted.is_some() {
-        return Ok(None);
+    Ok(inserted.is_some())
+}
+
+/// The condition that the row is still as `seen` was read: every change of a secret row
+/// (rotation, either version's, a reseal, the end of an overlap) changes one of these.
+const UNCHANGED: &str = "tenant = $1 AND secret IS NOT DISTINCT FROM $2 \
+     AND secret_sealed IS NOT DISTINCT FROM $3 AND previous_expires_at IS NOT DISTINCT FROM $4";
+
+/// Replaces the secrets of a row with the same ones sealed anew (by another key, or sealed at
+/// last), erasing the clear columns, only where the row is still as `seen` (a process that
+/// lost the race to another one resealing it changes nothing). A previous secret the caller
+/// drops (its overlap is over) is erased with its expiry. Returns whether the row was written.
+pub async fn reseal(db: &Db, seen: &StoredSecrets, sealed: &Sealed<'_>) -> Result<bool, DbError> {
+    let sql = db.with_clock(&format!(
+        "UPDATE webhook_secrets SET secret = NULL, previous_secret = NULL, \
+           secret_sealed = $5, previous_sealed = $6, key_id = $7, \
+           previous_expires_at = CASE WHEN $6 IS NULL THEN NULL ELSE previous_expires_at END \
+         WHERE {UNCHANGED}"
+    ));
+    let _turn = db.write_turn().await;
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(&seen.tenant)
+        .bind(seen.secret.as_deref())
+        .bind(seen.secret_sealed.as_deref())
+        .bind(seen.previous_expires_at)
+        .bind(sealed.current)
+        .bind(sealed.previous)
+        .bind(sealed.key_id)
+        .execute(db.pool())
+        .await
+        .map_err(err)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Rotates a row: `sealed.current` is the new secret and `sealed.previous` the one it replaces,
+/// signing beside it for `overlap`, only where the row is still as `seen`. Returns until when
+/// the previous secret signs (epoch ms), or `None` when the row changed meanwhile (read it
+/// again and retry).
+pub async fn rotate_sealed(
+    db: &Db,
+    seen: &StoredSecrets,
+    sealed: &Sealed<'_>,
+    overlap: Duration,
+) -> Result<Option<i64>, DbError> {
+    let sql = db.with_clock(&format!(
+        "UPDATE webhook_secrets SET secret = NULL, previous_secret = NULL, \
+           secret_sealed = $5, previous_sealed = $6, key_id = $7, \
+           previous_expires_at = {{now}} + $8, rotated_at = {{now}} \
+         WHERE {UNCHANGED} RETURNING previous_expires_at"
+    ));
+    let _turn = db.write_turn().await;
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(&seen.tenant)
+        .bind(seen.secret.as_deref())
+        .bind(seen.secret_sealed.as_deref())
+        .bind(seen.previous_expires_at)
+        .bind(sealed.current)
+        .bind(sealed.previous)
+        .bind(sealed.key_id)
+        .bind(overlap.as_millis() as i64)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(err)
+}
+
+/// Erases every previous secret whose overlap is over (both forms, and its expiry). One read
+/// when there is none, so the workers' periodic pass never takes SQLite's write lock for
+/// nothing. Returns how many rows it erased.
+pub async fn erase_expired_previous(db: &Db) -> Result<u64, DbError> {
+    const EXPIRED: &str = "previous_expires_at <= {now} \
+         OR (previous_expires_at IS NULL AND (previous_sealed IS NOT NULL OR previous_secret IS NOT NULL))";
+    let any: Option<String> = sqlx::query_scalar(AssertSqlSafe(db.with_clock(&format!(
+        "SELECT tenant FROM webhook_secrets WHERE {EXPIRED} LIMIT 1"
+    ))))
+    .fetch_optional(db.pool())
+    .await
+    .map_err(err)?;
+    if any.is_none() {
+        return Ok(0);
     }
-    let until: i64 = sqlx::query_scalar(AssertSqlSafe(db.with_clock(
-        "UPDATE webhook_secrets SET previous_secret = secret, previous_expires_at = {now} + $3, \
-           secret = $2, rotated_at = {now} WHERE tenant = $1 RETURNING previous_expires_at",
-    )))
-    .bind(tenant)
-    .bind(fresh)
-    .bind(overlap.as_millis() as i64)
+    let _turn = db.write_turn().await;
+    let done = sqlx::query(AssertSqlSafe(db.with_clock(&format!(
+        "UPDATE webhook_secrets SET previous_secret = NULL, previous_sealed = NULL, \
+           previous_expires_at = NULL WHERE {EXPIRED}"
+    ))))
+    .execute(db.pool())
+    .await
+    .map_err(err)?;
+    Ok(done.rows_affected())
+}
+
+/// How many tenants have a secret, and how many deliveries are not yet delivered or failed:
+/// what a process without a secret key would leave unusable.
+pub async fn webhook_state(db: &Db) -> Result<(i64, i64), DbError> {
+    let secrets: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM webhook_secrets")
+        .fetch_one(db.pool())
+        .await
+        .map_err(err)?;
+    let undelivered: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM webhook_deliveries \
+         WHERE status IN ('pending', 'running')",
+    )
     .fetch_one(db.pool())
     .await
     .map_err(err)?;
-    Ok(Some(until))
+    Ok((secrets, undelivered))
+}
+
+/// The keys that sealed the stored secrets, each once.
+pub async fn sealing_key_ids(db: &Db) -> Result<Vec<String>, DbError> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT key_id FROM webhook_secrets WHERE key_id IS NOT NULL ORDER BY key_id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .map_err(err)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ pub enum ApiError {
     },
     /// 503 `{"error": ...}`: the database cannot be reached right now; retry shortly.
     Unavailable,
+    /// 503 `{"error": message}`: this server is not set up for the request (webhooks without
+    /// a secret key); the message names the setting. Retrying does not help until it is set.
+    NotConfigured(String),
     /// 500 `{"error": "internal error"}`: logged here with its cause, never shown.
     Internal(String),
 }
@@ -82,6 +85,7 @@ impl From<SubmitError> for ApiError {
                 retry_after,
             },
             SubmitError::KeyReused(m) => ApiError::Unprocessable(m),
+            SubmitError::WebhooksOff(m) => ApiError::NotConfigured(m),
             SubmitError::Body(e) => e.into(),
             SubmitError::Db(e) => e.into(),
         }
@@ -136,6 +140,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({ "error": "the database is unavailable; retry shortly" }),
             ),
+            ApiError::NotConfigured(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "error": m })),
             ApiError::Internal(cause) => {
                 // Logged here, inside the request's span (which carries the request id); the
                 // client gets only the id, added by `internal_errors_name_the_request`.

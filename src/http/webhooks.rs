@@ -3,6 +3,8 @@
 //! secret, admin or not: whoever submits jobs with a webhook must be able to verify them, and to
 //! replace a secret that leaked. After a rotation the previous secret keeps signing, beside the
 //! new one, for `--webhook-secret-overlap`, so receivers can switch without losing an event.
+//! Without a secret key (PostgreSQL, none given) webhooks are off: both answer 503, naming the
+//! setting.
 
 use axum::extract::State;
 use axum::http::header::CACHE_CONTROL;
@@ -14,9 +16,10 @@ use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
 use crate::auth::Caller;
-use crate::db;
 use crate::domain::time::format_ms;
-use crate::webhooks;
+use crate::webhooks::WebhookSecrets;
+use crate::webhooks::keys::KEY_SETTINGS;
+use crate::webhooks::secrets::SecretsError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -40,9 +43,22 @@ pub struct RotatedBody {
     pub previous_valid_until: Option<String>,
 }
 
-/// A fresh secret, or a 500 when the system has no randomness to give (never expected).
-fn fresh_secret() -> Result<String, ApiError> {
-    webhooks::generate_secret().map_err(|e| ApiError::Internal(format!("no random bytes: {e}")))
+/// The tenants' secrets, or a 503 naming the setting when webhooks are off.
+fn secrets(state: &AppState) -> Result<&WebhookSecrets, ApiError> {
+    state.webhook_secrets.as_deref().ok_or_else(|| {
+        ApiError::NotConfigured(format!(
+            "webhooks are off on this server: it was started without a secret key ({KEY_SETTINGS})"
+        ))
+    })
+}
+
+impl From<SecretsError> for ApiError {
+    fn from(error: SecretsError) -> Self {
+        match error {
+            SecretsError::Db(e) => e.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
 }
 
 /// Secrets are not for caches.
@@ -56,9 +72,10 @@ fn no_store(body: impl Serialize) -> Response {
     responses(
         (status = 200, description = "The tenant's signing secret (made now if it had none)", body = SecretBody),
         (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
+        (status = 503, description = "Webhooks are off: the server has no secret key", body = super::openapi::ErrorBody),
     ))]
 async fn secret(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let secret = db::webhooks::secret(&state.db, &caller.tenant, &fresh_secret()?).await?;
+    let secret = secrets(&state)?.current(&caller.tenant).await?;
     Ok(no_store(SecretBody { secret }))
 }
 
@@ -68,16 +85,12 @@ async fn secret(State(state): State<AppState>, caller: Caller) -> Result<Respons
     responses(
         (status = 200, description = "The new secret; the previous one still signs for a while", body = RotatedBody),
         (status = 401, description = "No valid API key", body = super::openapi::ErrorBody),
+        (status = 503, description = "Webhooks are off: the server has no secret key", body = super::openapi::ErrorBody),
     ))]
 async fn rotate(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    let secret = fresh_secret()?;
-    let until = db::webhooks::rotate(
-        &state.db,
-        &caller.tenant,
-        &secret,
-        state.webhook_secret_overlap,
-    )
-    .await?;
+    let (secret, until) = secrets(&state)?
+        .rotate(&caller.tenant, state.webhook_secret_overlap)
+        .await?;
     tracing::info!(tenant = %caller.tenant, key = ?caller.key_name, "webhook secret rotated");
     Ok(no_store(RotatedBody {
         secret,

@@ -51,6 +51,8 @@ pub enum UiError {
     },
     /// 503: the database cannot be reached right now.
     Unavailable,
+    /// 503: the server is not set up for this (webhooks without a secret key).
+    NotConfigured(String),
     /// 500: logged with its cause.
     Internal(String),
 }
@@ -89,6 +91,7 @@ impl From<SubmitError> for UiError {
                 retry_after,
             },
             SubmitError::KeyReused(m) => UiError::Unprocessable(m),
+            SubmitError::WebhooksOff(m) => UiError::NotConfigured(m),
             SubmitError::Body(e) => e.into(),
             SubmitError::Db(e) => e.into(),
         }
@@ -115,7 +118,7 @@ impl UiError {
             UiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
-            UiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            UiError::Unavailable | UiError::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             UiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,6 +151,7 @@ impl UiError {
             | UiError::TimedOut(m)
             | UiError::TooLarge(m)
             | UiError::Unprocessable(m)
+            | UiError::NotConfigured(m)
             | UiError::TooMany { message: m, .. } => m,
             UiError::Unavailable => "the database is unavailable; retry shortly".into(),
             UiError::Internal(cause) => {

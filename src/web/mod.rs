@@ -32,6 +32,7 @@ use crate::auth::{Authenticator, Caller};
 use crate::db::Db;
 use crate::domain::Limits;
 use crate::metrics::Metrics;
+use crate::webhooks::WebhookSecrets;
 
 /// Query parameters, the first value of each name winning — one rule for every endpoint
 /// (`/api/status?jobid=1&jobid=2` is job 1).
@@ -69,6 +70,9 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// How long a rotated-out webhook secret keeps signing beside the new one.
     pub webhook_secret_overlap: Duration,
+    /// The tenants' webhook signing secrets; `None` when webhooks are off (no secret key):
+    /// the secret endpoints and submits naming a webhook then answer 503.
+    pub webhook_secrets: Option<Arc<WebhookSecrets>>,
     /// Proxies whose `X-Forwarded-For` names the client (for the sign-in throttle).
     pub trusted_proxies: client::TrustedProxies,
     /// The dashboard's sign-in sessions.

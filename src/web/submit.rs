@@ -35,6 +35,9 @@ pub enum SubmitError {
     /// The idempotency key was used before with another body (422).
     #[error("{0}")]
     KeyReused(String),
+    /// The job names a webhook, but webhooks are off: no secret key was given (503).
+    #[error("{0}")]
+    WebhooksOff(String),
     /// The body could not be read (413, 408 or 400, as [`BodyError`] says).
     #[error(transparent)]
     Body(#[from] BodyError),
@@ -86,6 +89,13 @@ pub async fn accept(
         && let Some(job_id) = replay(state, caller, key, hash).await?
     {
         return Ok(job_id);
+    }
+    // After a replay, which creates nothing: only a new job needs its webhook signed.
+    if submission.webhook.is_some() && state.webhook_secrets.is_none() {
+        return Err(SubmitError::WebhooksOff(format!(
+            "webhook: webhooks are off on this server: it was started without a secret key ({})",
+            crate::webhooks::keys::KEY_SETTINGS
+        )));
     }
     let known = db::stores::known(&state.db, &store_ids).await?;
     let idempotency = key

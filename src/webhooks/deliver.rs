@@ -23,7 +23,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::WebhookConfig;
+use super::secrets::SecretsError;
+use super::{WebhookConfig, WebhookSecrets};
 use crate::db::jobs::{self, Scope};
 use crate::db::webhooks::{self as rows, Attempt, Delivery, DeliveryStatus};
 use crate::db::{Db, DbError};
@@ -46,6 +47,8 @@ pub struct Deliverer {
     fetcher: Fetcher,
     owner: String,
     config: WebhookConfig,
+    /// The tenants' signing secrets, opened with this process's secret key.
+    secrets: Arc<WebhookSecrets>,
     /// How long a claimed delivery stays this process's: twice the longest a POST can take.
     lease: Duration,
     poll: Duration,
@@ -54,11 +57,13 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Db,
         fetcher: Fetcher,
         owner: String,
         config: &WebhookConfig,
+        secrets: Arc<WebhookSecrets>,
         poll: Duration,
         grace: Duration,
         metrics: Arc<Metrics>,
@@ -69,6 +74,7 @@ impl Deliverer {
             fetcher,
             owner,
             config: config.clone(),
+            secrets,
             lease,
             poll,
             grace,
@@ -232,13 +238,11 @@ impl Deliverer {
     }
 
     /// Builds, signs and POSTs the event; `None` when the job no longer exists.
-    async fn send(&self, delivery: &Delivery) -> Result<Option<Attempt>, DbError> {
+    async fn send(&self, delivery: &Delivery) -> Result<Option<Attempt>, SecretsError> {
         let Some(job) = jobs::get(&self.db, Scope::All, delivery.job_id).await? else {
             return Ok(None);
         };
-        let fresh = super::generate_secret()
-            .map_err(|e| DbError::Encoding(format!("no random bytes for a secret: {e}")))?;
-        let secrets = rows::signing_secrets(&self.db, &delivery.tenant, &fresh).await?;
+        let secrets = self.secrets.signing(&delivery.tenant).await?;
         let body = super::event_body(job);
         // The database's clock, as every other time of the service (receivers check it).
         let timestamp = self.db.now_ms().div_euclid(1000);

@@ -10,10 +10,14 @@
 //! tenant's secret; two, space-separated, for a while after a rotation).
 //!
 //! Secrets are per tenant, `whsec_` + base64 of 32 random bytes, made on first use (reading
-//! it through the API, or the first delivery); this module makes and uses them, the database
-//! keeps them ([`crate::db::webhooks`]).
+//! it through the API, or the first delivery); this module makes and uses them ([`secrets`]),
+//! the database keeps them ([`crate::db::webhooks`]) sealed by a secret key only the processes
+//! hold ([`sealing`]; which key, and where it comes from: [`keys`]).
 
 pub(crate) mod deliver;
+pub mod keys;
+pub mod sealing;
+pub mod secrets;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -22,10 +26,11 @@ use serde::Serialize;
 use sha2::Sha256;
 use std::time::Duration;
 
-use crate::db::webhooks::SigningSecrets;
 use crate::domain::Job;
 use crate::domain::time::format_ms;
 use crate::domain::wire::JobBody;
+use sealing::KeyRing;
+pub use secrets::{SigningSecrets, WebhookSecrets};
 
 /// Webhook deliveries (made by worker processes) and the signing secrets (rotated through the
 /// API).
@@ -39,6 +44,9 @@ pub struct WebhookConfig {
     pub retry_max: Duration,
     /// How long after a rotation the previous secret still signs, beside the new one.
     pub secret_overlap: Duration,
+    /// The keys that seal the signing secrets in the database, the sealing one first; `None`:
+    /// not given, decided at start-up ([`keys::keys_at_start`]).
+    pub secret_keys: Option<KeyRing>,
 }
 
 impl Default for WebhookConfig {
@@ -48,6 +56,7 @@ impl Default for WebhookConfig {
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(3600),
             secret_overlap: Duration::from_secs(24 * 3600),
+            secret_keys: None,
         }
     }
 }

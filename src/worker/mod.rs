@@ -41,8 +41,8 @@ use crate::fetch::{FetchConfig, FetchError, Fetcher};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::queue::backoff::backoff;
-use crate::webhooks::WebhookConfig;
 use crate::webhooks::deliver::Deliverer;
+use crate::webhooks::{WebhookConfig, WebhookSecrets};
 use process::Processor;
 use upkeep::{heartbeat, listen, reaper};
 use waiting::{Waiting, fruitless_pause};
@@ -68,7 +68,8 @@ pub struct WorkerPool {
     shutdown_grace: Duration,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
-    deliverer: Arc<Deliverer>,
+    /// `None` when webhooks are off (no secret key): this process claims no deliveries.
+    deliverer: Option<Arc<Deliverer>>,
     origins: Arc<Origins>,
     /// Suspects (images whose lease expired before) in flight: while one runs, nothing else
     /// starts.
@@ -86,12 +87,13 @@ pub fn new_worker_id() -> String {
 
 impl WorkerPool {
     /// A pool working `w`'s settings, downloading as `fetch` says and delivering webhooks as
-    /// `webhooks` says.
+    /// `webhooks` says, signed with `secrets` (`None`: webhooks are off, none delivered).
     pub fn new(
         db: Db,
         w: &WorkerConfig,
         fetch: &FetchConfig,
         webhooks: &WebhookConfig,
+        secrets: Option<Arc<WebhookSecrets>>,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, FetchError> {
@@ -99,15 +101,18 @@ impl WorkerPool {
         let queue = Queue::new(db.clone(), new_worker_id(), w.lease, w.max_attempts)
             .with_max_claims(w.max_claims);
         metrics.worker_slots.set(w.concurrency as i64);
-        let deliverer = Deliverer::new(
-            db.clone(),
-            fetcher.clone(),
-            queue.owner().to_string(),
-            webhooks,
-            w.poll_interval,
-            w.shutdown_grace,
-            metrics.clone(),
-        );
+        let deliverer = secrets.map(|secrets| {
+            Arc::new(Deliverer::new(
+                db.clone(),
+                fetcher.clone(),
+                queue.owner().to_string(),
+                webhooks,
+                secrets,
+                w.poll_interval,
+                w.shutdown_grace,
+                metrics.clone(),
+            ))
+        });
         // The budget of each origin holds across every worker sharing the database.
         let origins = Arc::new(Origins::shared(
             fetch.max_per_origin(w.concurrency),
@@ -118,7 +123,7 @@ impl WorkerPool {
         Ok(Self {
             origins,
             freed: Arc::new(Notify::new()),
-            deliverer: Arc::new(deliverer),
+            deliverer,
             queue: Arc::new(queue),
             processor: Arc::new(Processor::new(fetcher, w, metrics.clone())),
             metrics,
@@ -217,7 +222,9 @@ impl WorkerPool {
             background.clone(),
         ));
         // Deliveries stop being claimed when images do, and drain beside them.
-        helpers.spawn(self.deliverer.clone().run(stop_claiming.clone()));
+        if let Some(deliverer) = &self.deliverer {
+            helpers.spawn(deliverer.clone().run(stop_claiming.clone()));
+        }
         {
             let (stop, down, shutdown) =
                 (stop_claiming.clone(), writer_down.clone(), shutdown.clone());

@@ -35,6 +35,7 @@ async fn pool_with_a_job(n: usize) -> (tempfile::TempDir, Db, WorkerPool) {
         &config,
         &FetchConfig::default(),
         &WebhookConfig::default(),
+        None,
         Arc::new(Notify::new()),
         Arc::new(Metrics::new()),
     )

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::jobs::WORK_CHANNEL;
-use crate::db::{Db, counts, origins, rates};
+use crate::db::{Db, counts, origins, rates, webhooks};
 use crate::queue::Queue;
 use crate::queue::backoff::backoff;
 
@@ -27,8 +27,10 @@ pub(super) async fn heartbeat(queue: Arc<Queue>, every: Duration, stop: Cancella
     }
 }
 
-/// Takes back expired leases every `every` (with jitter), and about once a minute recounts the
-/// tenants' unfinished images (see [`counts::recount_unfinished`]) and sweeps idle rate buckets.
+/// Takes back expired leases every `every` (with jitter) and erases the previous webhook
+/// secrets whose overlap is over (one read when there are none), and about once a minute
+/// recounts the tenants' unfinished images (see [`counts::recount_unfinished`]) and sweeps idle
+/// rate buckets.
 pub(super) async fn reaper(queue: Arc<Queue>, db: Db, every: Duration, stop: CancellationToken) {
     let mut last_recount = tokio::time::Instant::now();
     loop {
@@ -40,6 +42,16 @@ pub(super) async fn reaper(queue: Arc<Queue>, db: Db, every: Duration, stop: Can
         }
         if let Err(error) = queue.reap_expired().await {
             tracing::warn!(%error, "reaping expired leases failed");
+        }
+        // Past its overlap a previous secret no longer signs; it is erased, not just ignored,
+        // so that the database holds no secret longer than it is of use.
+        match webhooks::erase_expired_previous(&db).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                tenants = n,
+                "erased previous webhook secrets past their overlap"
+            ),
+            Err(error) => tracing::warn!(%error, "erasing expired webhook secrets failed"),
         }
         if last_recount.elapsed() >= RECOUNT_EVERY {
             last_recount = tokio::time::Instant::now();

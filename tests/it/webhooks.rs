@@ -24,6 +24,8 @@ use crate::common::{
     payload, test_config,
 };
 
+mod sealed;
+
 const WAIT: Duration = Duration::from_secs(30);
 /// A store that is not in the master: a job made only of it finishes at submit.
 const UNKNOWN_STORE: &str = "S99999999";

@@ -9,8 +9,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The secret key every process started on PostgreSQL is given (base64 of 32 bytes of 42), so
+/// that processes sharing a database share their webhook secrets. A test that wants another,
+/// or none, passes `RP_SECRET_KEY` in `extra` (empty: none). On SQLite the service makes its
+/// own key file beside the database.
+pub const TEST_SECRET_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
 /// Starts `retail-pulse <subcommand>` with these environment variables (added to
-/// `DATABASE_URL`, a port-0 bind, private networks allowed and JSON logs) and waits until it
+/// `DATABASE_URL`, a port-0 bind, private networks allowed, JSON logs and, on PostgreSQL,
+/// [`TEST_SECRET_KEY`]) and waits until it
 /// says it has started. Returns the process and `http://addr` for `serve` (empty for
 /// `worker`). Every line of its log goes to `on_line`, on a thread of its own, until the
 /// process closes its stdout.
@@ -30,6 +37,9 @@ pub fn launch(
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    if db_url.starts_with("postgres") {
+        cmd.env("RP_SECRET_KEY", TEST_SECRET_KEY);
+    }
     for (k, v) in extra {
         cmd.env(k, v);
     }

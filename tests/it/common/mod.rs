@@ -181,10 +181,21 @@ impl Drop for TestDb {
     }
 }
 
-/// A configuration for tests: local image server allowed, no GPU delay, short leases.
+/// A configuration for tests: local image server allowed, no GPU delay, short leases; on
+/// PostgreSQL the secret key the spawned processes get too ([`launch::TEST_SECRET_KEY`]; on
+/// SQLite the service keeps its own key file beside the database).
 pub fn test_config(db: &TestDb) -> Config {
     let mut config = Config::default();
     config.database.url = db.url.clone();
+    if db.url.starts_with("postgres") {
+        config.webhooks.secret_keys = Some(
+            retail_pulse::webhooks::sealing::KeyRing::parse_list(
+                launch::TEST_SECRET_KEY,
+                "test key",
+            )
+            .expect("a key"),
+        );
+    }
     config.database.max_connections = 8;
     // A loaded CI machine can be slow to hand out a connection; 503s are tested elsewhere.
     config.database.acquire_timeout = Duration::from_secs(10);
