@@ -543,3 +543,75 @@ async fn a_worker_process_serves_its_metrics_when_asked() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 404, "a worker serves no API");
 }
+
+/// Retention goes on past a job whose archive cannot be written (a full disk: a 4 KiB tmpfs
+/// the big job's archive does not fit in), leaves that job in place, prunes the next one and
+/// says, with a failing exit, how many it left. Needs root (mount); says SKIPPED elsewhere
+/// unless `RP_REQUIRE_NETNS=1` (CI, which runs the root-only tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_archive_fails_is_skipped_and_the_pass_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("full");
+    std::fs::create_dir(&archive).unwrap();
+    let archive_arg = archive.to_str().unwrap().to_string();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4k", "tmpfs", &archive_arg])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var("RP_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "cannot mount a tmpfs (root needed)"
+        );
+        eprintln!(
+            "SKIPPED operability::a_job_whose_archive_fails_is_skipped_and_the_pass_goes_on: needs root to mount a tmpfs"
+        );
+        return;
+    }
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(archive_arg.clone());
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let images = ImageServer::start().await;
+    let app = TestApp::start(test_config(&db)).await;
+    let visits: Vec<(&str, Vec<String>)> = (0..3)
+        .map(|v| {
+            let urls = (0..1000).map(|i| images.image(1 + v * 1000 + i, 7, "png"));
+            (STORE_A, urls.collect())
+        })
+        .collect();
+    let big = app.submit_ok(&payload(&visits)).await;
+    app.wait_finished(big, Duration::from_secs(120)).await;
+    let small = app
+        .submit_ok(&payload(&[(STORE_A, vec![images.image(3, 4, "png")])]))
+        .await;
+    app.wait_finished(small, Duration::from_secs(30)).await;
+    app.stop().await;
+
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let run = common::binary::run(
+        &["prune", "--older-than", "0s", "--archive-dir", &archive_arg],
+        &env,
+    )
+    .await;
+    assert_ne!(run.code, 0, "{run}");
+    assert!(run.stdout.starts_with("pruned 1 job "), "{run}");
+    assert!(run.stderr.contains("1 job was left in place"), "{run}");
+    assert!(
+        archive.join(format!("job-{small}.csv.gz")).is_file(),
+        "{run}"
+    );
+    assert!(!archive.join(format!("job-{big}.csv.gz")).exists());
+    let handle = retail_pulse::db::Db::connect(&db.url, 1).await.unwrap();
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
+        .fetch_all(handle.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, [big], "only the job whose archive failed stays");
+    handle.close().await;
+}
