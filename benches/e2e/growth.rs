@@ -89,6 +89,8 @@ pub async fn run(backend: Backend, host: &ImageHost, o: &Opts, f: &mut Figures) 
 /// Writes a year of finished jobs, then times `/metrics` and `/ui/` on an idle service.
 async fn reads_beside_history(bench: &BenchDb) -> Reads {
     let db = Db::connect(&bench.url, 2).await.expect("connect");
+    // SQLite bench databases are migrated by the first process; this is that one here.
+    db.migrate().await.expect("migrate");
     let now = db.now().await.expect("clock");
     // One job a finished every ~31 s over a year, 10 % failed, across 100 tenants.
     let insert = format!(
