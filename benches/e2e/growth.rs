@@ -94,7 +94,7 @@ async fn reads_beside_history(bench: &BenchDb) -> Reads {
     let now = db.now().await.expect("clock");
     // One job a finished every ~31 s over a year, 10 % failed, across 100 tenants.
     let insert = format!(
-        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {FINISHED_JOBS}) \
+        "WITH RECURSIVE g(n) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT n + 1 FROM g WHERE n < {FINISHED_JOBS}) \
          INSERT INTO jobs (status, total, succeeded, failed, created_at, finished_at, tenant) \
          SELECT CASE WHEN n % 10 = 0 THEN 'failed' ELSE 'completed' END, 10, \
                 CASE WHEN n % 10 = 0 THEN 9 ELSE 10 END, CASE WHEN n % 10 = 0 THEN 1 ELSE 0 END, \
