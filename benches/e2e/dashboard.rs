@@ -6,7 +6,7 @@
 //! Pages asked for, round robin: the first page of images, a deep keyset page near the end,
 //! the page before a position in the middle, and the `pending` and `failed` filters.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -75,22 +75,7 @@ async fn job_page_time(db: &BenchDb, images: usize) -> JobPageTime {
         format!("/ui/jobs/{id}?status=pending&after={}", images * 3 / 4),
         format!("/ui/jobs/{id}?status=failed"),
     ];
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for i in 0..SAMPLES + paths.len() {
-        let path = &paths[i % paths.len()];
-        let started = Instant::now();
-        let res = c
-            .http
-            .get(format!("{}{path}", c.base))
-            .send()
-            .await
-            .expect("job page");
-        assert_eq!(res.status().as_u16(), 200, "{path}");
-        res.bytes().await.expect("job page body");
-        if i >= paths.len() {
-            samples.push(started.elapsed());
-        }
-    }
+    let mut samples = time_gets(&c, &paths, SAMPLES).await;
     svc.terminate();
     samples.sort();
     let at =

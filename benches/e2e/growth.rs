@@ -132,21 +132,7 @@ async fn reads_beside_history(bench: &BenchDb) -> Reads {
     let svc = start("serve", bench, &settings(8, "0"));
     let c = Client::new(&svc.base);
     let time = async |path: &str| {
-        let mut samples = Vec::with_capacity(SAMPLES);
-        for i in 0..SAMPLES + 10 {
-            let started = Instant::now();
-            let res = c
-                .http
-                .get(format!("{}{path}", c.base))
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(res.status().as_u16(), 200, "{path}");
-            res.bytes().await.expect("body");
-            if i >= 10 {
-                samples.push(started.elapsed());
-            }
-        }
+        let mut samples = time_gets(&c, &[path.to_string()], SAMPLES).await;
         percentile(&mut samples, 99.0)
     };
     let metrics = time("/metrics").await;

@@ -166,6 +166,28 @@ pub fn payload(host: &ImageHost, n: usize, offset: usize) -> String {
     json!({"count": visits.len(), "visits": visits}).to_string()
 }
 
+/// Times `samples` GETs of `paths`, round robin, after one warm-up round of them; each must
+/// answer 200 and is read to its end.
+pub async fn time_gets(c: &Client, paths: &[String], samples: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples + paths.len() {
+        let path = &paths[i % paths.len()];
+        let started = Instant::now();
+        let res = c
+            .http
+            .get(format!("{}{path}", c.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(res.status().as_u16(), 200, "{path}");
+        res.bytes().await.expect("body");
+        if i >= paths.len() {
+            times.push(started.elapsed());
+        }
+    }
+    times
+}
+
 pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     if samples.is_empty() {
