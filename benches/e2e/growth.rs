@@ -1,4 +1,4 @@
-//! Tables that grow (`RP_BENCH_ONLY=growth`):
+//! Tables that grow (`RP_BENCH_ONLY=growth`; `tenants` runs the second part alone):
 //!
 //! - **Reads beside a big history**: `/metrics` and the admin overview (`/ui/`) with 1,000,000
 //!   finished jobs of 100 tenants in the table, each asked for 200 times (after a warm-up)
@@ -70,15 +70,16 @@ impl Tenants {
 }
 
 pub async fn run(backend: Backend, host: &ImageHost, o: &Opts, f: &mut Figures) {
-    if !o.runs("growth") {
+    if o.runs("growth") {
+        let db = BenchDb::new(backend, &o.postgres).await;
+        let reads = reads_beside_history(&db).await;
+        eprintln!("[{}] growth reads {}", backend.name(), reads.cell());
+        f.growth_reads = Some(reads);
+        db.remove().await;
+    }
+    if !o.runs("growth") && !o.runs("tenants") {
         return;
     }
-    let db = BenchDb::new(backend, &o.postgres).await;
-    let reads = reads_beside_history(&db).await;
-    eprintln!("[{}] growth reads {}", backend.name(), reads.cell());
-    f.growth_reads = Some(reads);
-    db.remove().await;
-
     let one = cpu_per_image(backend, host, o, 1).await;
     let many = cpu_per_image(backend, host, o, JOBS).await;
     let tenants = Tenants { one, many };

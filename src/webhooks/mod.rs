@@ -15,6 +15,7 @@
 //! hold ([`sealing`]; which key, and where it comes from: [`keys`]).
 
 pub(crate) mod deliver;
+pub use deliver::MAX_ATTEMPTS;
 pub mod keys;
 pub mod sealing;
 pub mod secrets;

@@ -615,3 +615,64 @@ async fn a_job_whose_archive_fails_is_skipped_and_the_pass_goes_on() {
     assert_eq!(left, [big], "only the job whose archive failed stays");
     handle.close().await;
 }
+
+/// The start-time connection check on PostgreSQL: a process whose pool cannot fit beside the
+/// connections already open warns at start, naming the limit and what to change; one that fits
+/// says how many connections it takes, without the warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_too_big_for_max_connections_is_warned_about_at_start() {
+    const TEST: &str = "operability::a_pool_too_big_for_max_connections_is_warned_about_at_start";
+    let Some(_turn) = common::postgres_turn(TEST).await else {
+        return;
+    };
+    let db = TestDb::new(Backend::Postgres).await;
+    async fn line_with(svc: &Service, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = svc
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {needle:?}: {:?}",
+                svc.lines.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let bin = env!("CARGO_BIN_EXE_retail-pulse");
+    let big = Service::start(
+        bin,
+        "worker",
+        &db.url,
+        &[("RP_DB_MAX_CONNECTIONS", "100000")],
+    );
+    let warning = line_with(&big, "it will be refused connections under load").await;
+    assert!(warning.contains("\"level\":\"WARN\""), "{warning}");
+    assert!(warning.contains("max_connections"), "{warning}");
+    assert!(
+        warning.contains("100001"),
+        "the pool and its LISTEN connection: {warning}"
+    );
+    big.terminate();
+
+    let small = Service::start(bin, "worker", &db.url, &[("RP_DB_MAX_CONNECTIONS", "4")]);
+    let fits = line_with(&small, "database connections: 5 for this process").await;
+    assert!(fits.contains("\"level\":\"INFO\""), "{fits}");
+    assert!(
+        !small
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("refused connections")),
+        "no warning when the pool fits"
+    );
+    small.terminate();
+}

@@ -24,6 +24,7 @@ use crate::common::{
     payload, test_config,
 };
 
+mod caps;
 mod sealed;
 
 const WAIT: Duration = Duration::from_secs(30);

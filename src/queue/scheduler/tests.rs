@@ -162,16 +162,16 @@ async fn after_a_claim_that_wraps_around_the_tenants_the_next_starts_where_it_st
     ])
     .await;
     s.state.lock().unwrap().tenant_cursor = Some("b".into());
-    let (plan, _) = s.plan(2, false).await.unwrap();
-    assert_eq!(takes(&plan), [(3, 1), (1, 1)], "c, then a");
+    let (plan, _) = s.plan(2 * MIN_SHARE as usize, false).await.unwrap();
+    assert_eq!(takes(&plan), [(3, MIN_SHARE), (1, MIN_SHARE)], "c, then a");
     let got = plan
         .iter()
         .map(|t| {
             (
                 t.job_id,
                 Got {
-                    count: 1,
-                    max_seq: 0,
+                    count: MIN_SHARE,
+                    max_seq: MIN_SHARE - 1,
                 },
             )
         })
@@ -204,15 +204,80 @@ fn a_claim_never_asks_for_more_than_n_or_than_remains() {
 }
 
 #[test]
-fn rotation_starts_after_the_last_served() {
-    let items = vec!["a".to_string(), "b".into(), "c".into()];
-    assert_eq!(
-        rotate_after(items.clone(), Some(&"a".to_string())),
-        ["b", "c", "a"]
+fn a_claim_serves_a_few_tenants_each_a_share_rather_than_one_image_to_each_of_many() {
+    let many: Vec<Vec<Candidate>> = (1..=500).map(|id| jobs(&[(id, 40)])).collect();
+    let plan = split(32, &many);
+    assert_eq!(takes(&plan), [(1, 8), (2, 8), (3, 8), (4, 8)]);
+    // A claim smaller than a share goes to one tenant.
+    assert_eq!(takes(&split(3, &many)), [(1, 3)]);
+    // Tenants that cannot use their share bring in the next ones.
+    let small: Vec<Vec<Candidate>> = (1..=10).map(|id| jobs(&[(id, 2)])).collect();
+    assert_eq!(split(16, &small).iter().map(|t| t.take).sum::<i64>(), 16);
+    assert_eq!(takers(16, [0, 0, 5, 100, 100].into_iter()), 4);
+    assert_eq!(takers(16, [1, 1].into_iter()), 2);
+}
+
+#[tokio::test]
+async fn claims_smaller_than_the_tenants_serve_every_tenant_in_turn() {
+    let windows: Vec<(String, Vec<Candidate>)> = (0..50)
+        .map(|t| (format!("t{t:02}"), jobs(&[(t + 1, 1000)])))
+        .collect();
+    let named: Vec<(&str, Vec<Candidate>)> = windows
+        .iter()
+        .map(|(t, w)| (t.as_str(), w.clone()))
+        .collect();
+    let (_dir, s) = scheduler_with(&named).await;
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..25 {
+        let (plan, _) = s.plan(16, false).await.unwrap();
+        let got = plan
+            .iter()
+            .map(|t| {
+                let g = Got {
+                    count: t.take,
+                    max_seq: t.after + t.take,
+                };
+                (t.job_id, g)
+            })
+            .collect();
+        s.served(&plan, &got);
+        for t in &plan {
+            *served.entry(t.job_id).or_insert(0) += t.take;
+        }
+    }
+    // 25 claims of 16 at 8 a tenant: each of the 50 tenants served once, 8 images.
+    assert_eq!(served.len(), 50, "{served:?}");
+    assert!(served.values().all(|&n| n == 8), "{served:?}");
+}
+
+#[tokio::test]
+async fn announcements_of_new_work_are_read_at_most_once_per_debounce_interval() {
+    let (_dir, s) = scheduler_with(&[("a", jobs(&[(1, 100)]))]).await;
+    // Just read: a notice waits out the rest of the interval, and plans meanwhile use the cache.
+    let wait = s.forget();
+    assert!(
+        wait > Duration::ZERO && wait <= REREAD_AFTER_NOTICE,
+        "{wait:?}"
     );
-    assert_eq!(
-        rotate_after(items.clone(), Some(&"c".to_string())),
-        ["a", "b", "c"]
+    for _ in 0..5 {
+        s.forget();
+        let (_, cached) = s.plan(4, false).await.unwrap();
+        assert!(
+            cached,
+            "a burst of notices costs no read before the interval ends"
+        );
+    }
+    tokio::time::sleep(wait + Duration::from_millis(5)).await;
+    let (_, cached) = s.plan(4, false).await.unwrap();
+    assert!(
+        !cached,
+        "the noticed work is read once the interval has passed"
     );
-    assert_eq!(rotate_after(items, None), ["a", "b", "c"]);
+    let (_, cached) = s.plan(4, false).await.unwrap();
+    assert!(cached, "and only once");
+    // A notice long after the last read is read by the very next plan.
+    s.state.lock().unwrap().read_at = Some(Instant::now() - REREAD_AFTER_NOTICE * 2);
+    assert_eq!(s.forget(), Duration::ZERO);
+    let (_, cached) = s.plan(4, false).await.unwrap();
+    assert!(!cached);
 }
