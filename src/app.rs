@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::auth::sessions::Sessions;
 use crate::config::Config;
-use crate::db::{self, Db, DbError, SchemaStart};
+use crate::db::{self, Db, DbConfig, DbError, SchemaStart};
 use crate::fetch::FetchError;
 use crate::http;
 use crate::metrics::Metrics;
@@ -97,9 +97,22 @@ async fn warn_if_the_pool_cannot_fit(db: &Db, pool: u32, roles: Roles) {
     }
 }
 
+/// Of `--db-max-connections`, the connections a process running both roles keeps for its API
+/// (a quarter, at least 2; none for one role or a pool under 4): the workers' claims and
+/// records never hold every connection a status read or a submit needs.
+pub fn api_share(max_connections: u32, roles: Roles) -> u32 {
+    if roles.api && roles.workers && max_connections >= 4 {
+        (max_connections / 4).max(2)
+    } else {
+        0
+    }
+}
+
 /// A built, not yet running service.
 pub struct App {
     db: Db,
+    /// The API's pool: its own when the process also runs workers, else `db`'s.
+    api_db: Db,
     listener: Option<TcpListener>,
     /// A second listener serving only the operations endpoints, open (`serve --metrics-bind`).
     ops_listener: Option<TcpListener>,
@@ -120,7 +133,13 @@ pub async fn build(
     listener: Option<TcpListener>,
     roles: Roles,
 ) -> Result<App, StartError> {
-    let db = Db::connect_with(&config.database).await?;
+    // A process with both roles gives its API a pool of its own (see [`api_share`]).
+    let api_share = api_share(config.database.max_connections, roles);
+    let db = Db::connect_with(&DbConfig {
+        max_connections: config.database.max_connections - api_share,
+        ..config.database.clone()
+    })
+    .await?;
     db.prepare_schema(if config.database.migrate_at_start {
         SchemaStart::Migrate
     } else {
@@ -130,6 +149,11 @@ pub async fn build(
     warn_if_the_pool_cannot_fit(&db, config.database.max_connections, roles).await;
     load_store_master(&db, &config).await?;
     let webhook_secrets = webhook_secrets(&db, &config).await?;
+    let api_db = if api_share > 0 {
+        db.share(api_share).await?
+    } else {
+        db.clone()
+    };
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
     // A listener without the API role serves the operations endpoints only (a worker's metrics).
@@ -138,15 +162,15 @@ pub async fn build(
         let mut auth = config.api.auth.clone();
         // A loopback peer is the proxy the operator named, not a local client.
         auth.behind_proxy |= !config.api.trusted_proxies.is_empty();
-        let auth = Arc::new(Authenticator::new(db.clone(), auth));
+        let auth = Arc::new(Authenticator::new(api_db.clone(), auth));
         AppState {
-            db: db.clone(),
+            db: api_db.clone(),
             wake: wake.clone(),
             metrics: metrics.clone(),
             limits: config.api.limits,
             max_body_bytes: config.api.max_body_bytes,
             sessions: Arc::new(Sessions::new(
-                db.clone(),
+                api_db.clone(),
                 auth.clone(),
                 config.api.sessions.clone(),
             )),
@@ -182,6 +206,7 @@ pub async fn build(
     };
     Ok(App {
         db,
+        api_db,
         listener: if state.is_some() { listener } else { None },
         ops_listener: None,
         state,
@@ -344,6 +369,7 @@ impl App {
         let (served, ops_served, worked, (), ()) =
             tokio::join!(api, ops, workers, retention, clock);
         self.db.close().await;
+        self.api_db.close().await;
         served?;
         ops_served?;
         worked?;

@@ -156,6 +156,8 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     url: String,
+    /// How the pool was opened (for [`Db::share`]).
+    config: DbConfig,
     limits: SessionLimits,
     /// SQLite allows one writer at a time; connections of one process that race for the file
     /// lock fall into SQLite's sleeping busy handler. Taking this lock first turns that into
@@ -194,58 +196,38 @@ impl Db {
         } else {
             Backend::Postgres
         };
-        let limits = config.session;
-        let mut options = AnyPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout);
-        options = match backend {
-            Backend::Sqlite => options.after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    // WAL lets readers (status polls) run beside the one writer; NORMAL
-                    // synchronous is durable across process crashes, which is what we promise.
-                    conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                         PRAGMA foreign_keys = ON; {}",
-                        limits.sqlite_busy_timeout()
-                    ))))
-                    .await?;
-                    Ok(())
-                })
-            }),
-            Backend::Postgres => {
-                let settings = limits.postgres_settings();
-                let server = server_address(url);
-                options.after_connect(move |conn, _meta| {
-                    let settings = settings.clone();
-                    let server = server.clone();
-                    Box::pin(async move {
-                        if let Some((host, port)) = server {
-                            let peers: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
-                                .await
-                                .map(|a| a.collect())
-                                .unwrap_or_default();
-                            limits.configure_client_sockets(&peers);
-                        }
-                        if !settings.is_empty() {
-                            conn.execute(sqlx::raw_sql(AssertSqlSafe(settings))).await?;
-                        }
-                        Ok(())
-                    })
-                })
-            }
-        };
-        let pool = options.connect(url).await.map_err(err)?;
+        let pool = open_pool(config, backend).await?;
         let db = Self {
             pool,
             backend,
             url: url.to_string(),
-            limits,
+            config: config.clone(),
+            limits: config.session,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             analyzed_at: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             clock_offset: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         };
         db.sync_clock().await?;
         Ok(db)
+    }
+
+    /// Another pool of `max_connections` on the same database, sharing this one's SQLite
+    /// write turn and clock: what the API of a process that also runs workers reads and writes
+    /// through, so that a status read never waits for a connection a claim holds. An in-memory
+    /// SQLite database cannot be opened twice: it shares this pool instead.
+    pub async fn share(&self, max_connections: u32) -> Result<Db, DbError> {
+        if self.backend == Backend::Sqlite && sqlite_file(&self.url).is_none() {
+            return Ok(self.clone());
+        }
+        let config = DbConfig {
+            max_connections,
+            ..self.config.clone()
+        };
+        Ok(Self {
+            pool: open_pool(&config, self.backend).await?,
+            config,
+            ..self.clone()
+        })
     }
 
     /// Measures how far the database's clock is from this host's (half the round trip is the
@@ -449,6 +431,53 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A pool as configured: size, wait for a connection, and the limits every session runs
+/// under (see [`session`]).
+async fn open_pool(config: &DbConfig, backend: Backend) -> Result<AnyPool, DbError> {
+    let url = config.url.as_str();
+    let limits = config.session;
+    let mut options = AnyPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout);
+    options = match backend {
+        Backend::Sqlite => options.after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                // WAL lets readers (status polls) run beside the one writer; NORMAL
+                // synchronous is durable across process crashes, which is what we promise.
+                conn.execute(sqlx::raw_sql(AssertSqlSafe(format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON; {}",
+                    limits.sqlite_busy_timeout()
+                ))))
+                .await?;
+                Ok(())
+            })
+        }),
+        Backend::Postgres => {
+            let settings = limits.postgres_settings();
+            let server = server_address(url);
+            options.after_connect(move |conn, _meta| {
+                let settings = settings.clone();
+                let server = server.clone();
+                Box::pin(async move {
+                    if let Some((host, port)) = server {
+                        let peers: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+                            .await
+                            .map(|a| a.collect())
+                            .unwrap_or_default();
+                        limits.configure_client_sockets(&peers);
+                    }
+                    if !settings.is_empty() {
+                        conn.execute(sqlx::raw_sql(AssertSqlSafe(settings))).await?;
+                    }
+                    Ok(())
+                })
+            })
+        }
+    };
+    options.connect(url).await.map_err(err)
 }
 
 /// The file a `sqlite:` URL names: `sqlite://FILE?…`, `sqlite:FILE`; `None` for an in-memory
