@@ -376,3 +376,22 @@ impl App {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_with_both_roles_keeps_a_quarter_of_its_connections_for_the_api() {
+        assert_eq!(api_share(16, Roles::all()), 4);
+        assert_eq!(api_share(40, Roles::all()), 10);
+        assert_eq!(api_share(4, Roles::all()), 2, "at least two");
+        assert_eq!(api_share(3, Roles::all()), 0, "too small to split");
+        assert_eq!(api_share(16, Roles::workers_only()), 0);
+        let api_only = Roles {
+            api: true,
+            workers: false,
+        };
+        assert_eq!(api_share(16, api_only), 0);
+    }
+}
