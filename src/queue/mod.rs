@@ -379,7 +379,20 @@ impl Queue {
         if outcomes.is_empty() && started.is_empty() {
             return Ok(0);
         }
-        let mut started = started.to_vec();
+        // An image whose outcome is in this batch too needs no start of its own: the outcome
+        // counts the attempt of an image not marked started (one update per image, not two;
+        // with short work most starts arrive with their outcomes).
+        // (A deferral refunds its claim and counts no attempt: a start beside one still counts.)
+        let finished: std::collections::HashSet<i64> = outcomes
+            .iter()
+            .filter(|(_, o)| !matches!(o, Outcome::Deferred { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut started: Vec<i64> = started
+            .iter()
+            .copied()
+            .filter(|id| !finished.contains(id))
+            .collect();
         started.sort_unstable();
         let start_sql = self.db.with_clock(&format!(
             "UPDATE images SET started = 1, attempts = attempts + 1 WHERE id IN ( \

@@ -744,7 +744,57 @@ async fn cancel_completion_and_heartbeat_never_deadlock(backend: Backend) {
     }
 }
 
+/// A start recorded in the same batch as the image's outcome (the writer skips its update)
+/// counts the one attempt, as a start recorded before it does; beside a deferral, which counts
+/// none, the start still counts.
+async fn a_start_and_its_outcome_in_one_batch_count_one_attempt(backend: Backend) {
+    let tdb = TestDb::new(backend).await;
+    let db = migrated(&tdb).await;
+    create_job(&db, STORE_A, 4).await;
+    let q = Queue::new(db.clone(), "w".into(), Duration::from_secs(30), 3);
+    let c = q.claim(4).await.unwrap();
+    let ids: Vec<i64> = c.iter().map(|c| c.id).collect();
+    let done = Outcome::Succeeded {
+        width: 2,
+        height: 3,
+        perimeter: 10,
+    };
+    let retry = Outcome::Retry {
+        after: Duration::from_secs(60),
+        kind: ErrorKind::Network,
+        message: "reset".into(),
+    };
+    let deferred = Outcome::Deferred {
+        after: Duration::from_secs(60),
+    };
+    // Together: ids 0-2. Apart: id 3 (its start first, then its outcome).
+    q.record(
+        &ids[..3],
+        &[(ids[0], done.clone()), (ids[1], retry), (ids[2], deferred)],
+    )
+    .await
+    .unwrap();
+    q.record(&ids[3..], &[]).await.unwrap();
+    q.record(&[], &[(ids[3], done)]).await.unwrap();
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT status, CAST(attempts AS BIGINT), CAST(claims AS BIGINT) FROM images ORDER BY id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("succeeded".to_string(), 1, 1),
+            ("pending".to_string(), 1, 1),
+            ("pending".to_string(), 1, 0),
+            ("succeeded".to_string(), 1, 1),
+        ]
+    );
+}
+
 on_both_backends!(
+    a_start_and_its_outcome_in_one_batch_count_one_attempt,
     a_busy_tenant_does_not_slow_another_tenants_small_job,
     cancel_completion_and_heartbeat_never_deadlock,
     small_job_is_not_stuck_behind_a_large_one,
