@@ -40,8 +40,15 @@ pub enum StartError {
     Worker(#[from] crate::worker::WorkerError),
     #[error(transparent)]
     SecretKey(#[from] KeyError),
-    #[error("cannot seal the webhook secrets: {0}")]
-    Sealing(#[from] SecretsError),
+    /// (Not a `source`: its words are in the message, once.)
+    #[error("cannot open or reseal the webhook secrets: {0}")]
+    Sealing(SecretsError),
+}
+
+impl From<SecretsError> for StartError {
+    fn from(error: SecretsError) -> Self {
+        StartError::Sealing(error)
+    }
 }
 
 /// Which parts of the service this process runs.
@@ -97,6 +104,29 @@ async fn warn_if_the_pool_cannot_fit(db: &Db, pool: u32, roles: Roles) {
     }
 }
 
+/// Runs `work` while a stand-in on `listener`'s socket answers `/healthz` (alive) and `/readyz`
+/// (not yet); gives the listener back when `work` is done.
+async fn answer_health_while<T>(
+    listener: TcpListener,
+    timeouts: web::serve::ReadTimeouts,
+    work: impl Future<Output = T>,
+) -> std::io::Result<(TcpListener, T)> {
+    let socket = listener.into_std()?;
+    let stand_in = TcpListener::from_std(socket.try_clone()?)?;
+    let listener = TcpListener::from_std(socket)?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(web::serve::serve(
+        stand_in,
+        http::waiting_router(),
+        timeouts,
+        stop.clone(),
+    ));
+    let out = work.await;
+    stop.cancel();
+    let _ = server.await;
+    Ok((listener, out))
+}
+
 /// Of `--db-max-connections`, the connections a process running both roles keeps for its API
 /// (a quarter, at least 2; none for one role or a pool under 4): the workers' claims and
 /// records never hold every connection a status read or a submit needs.
@@ -140,12 +170,26 @@ pub async fn build(
         ..config.database.clone()
     })
     .await?;
-    db.prepare_schema(if config.database.migrate_at_start {
+    let schema = if config.database.migrate_at_start {
         SchemaStart::Migrate
     } else {
         SchemaStart::Wait
-    })
-    .await?;
+    };
+    // A process waiting for `migrate` answers its health checks meanwhile (alive, not ready):
+    // a liveness probe must not restart it for waiting as told.
+    let (listener, prepared) = match listener {
+        Some(listener) if db.backend() == db::Backend::Postgres && schema == SchemaStart::Wait => {
+            let (listener, prepared) = answer_health_while(
+                listener,
+                config.api.read_timeouts,
+                db.prepare_schema(schema),
+            )
+            .await?;
+            (Some(listener), prepared)
+        }
+        listener => (listener, db.prepare_schema(schema).await),
+    };
+    prepared?;
     warn_if_the_pool_cannot_fit(&db, config.database.max_connections, roles).await;
     load_store_master(&db, &config).await?;
     let webhook_secrets = webhook_secrets(&db, &config).await?;

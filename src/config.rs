@@ -133,6 +133,14 @@ impl Config {
                 "must not be below --webhook-retry-base-ms",
             ));
         }
+        if let Some(problem) = self
+            .retention
+            .archive_dir
+            .as_deref()
+            .and_then(crate::retention::archive_dir_problem)
+        {
+            return Err(invalid("archive-dir", problem));
+        }
         if self.fetch.max_per_origin == Some(0) {
             return Err(invalid("fetch-max-per-origin", "must be at least 1"));
         }

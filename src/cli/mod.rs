@@ -112,8 +112,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(db) => {
             let db = db.open().await?;
             db.migrate().await?;
+            // A schema a newer release moved past this binary: a deploy that runs this
+            // `migrate` and then this release's services must stop here, not at their start.
+            let fit = db.schema_fit().await;
             db.close().await;
-            tracing::info!(version = db.schema_version(), "migrations applied");
+            match fit? {
+                too_new @ crate::db::SchemaFit::TooNew { .. } => {
+                    anyhow::bail!("{}", too_new.describe())
+                }
+                _ => tracing::info!(version = db.schema_version(), "migrations applied"),
+            }
         }
         Command::Stores { command } => stores::run(command).await?,
         Command::Keys { command } => keys::run(command).await?,

@@ -34,6 +34,13 @@ pub struct PruneArgs {
 /// `retail-pulse prune`: one pass, then what it removed on stdout.
 pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
     let older_than = args.older_than.0;
+    if let Some(problem) = args
+        .archive_dir
+        .as_deref()
+        .and_then(crate::retention::archive_dir_problem)
+    {
+        anyhow::bail!("--archive-dir: {problem}");
+    }
     let db = args.db.open_ready().await?;
     let cutoff = db.now().await? - older_than.as_millis() as i64;
     let pruner = Pruner::new(
@@ -72,9 +79,13 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<()> {
     db.close().await;
     if pruned.skipped > 0 {
         anyhow::bail!(
-            "{} left in place: the archive could not be written (the errors are in the log above); \
-             the others were pruned",
-            plural(pruned.skipped, "job was", "jobs were")
+            "{} left in place: the archive could not be written (the errors are in the log above){}",
+            plural(pruned.skipped, "job was", "jobs were"),
+            if pruned.jobs > 0 {
+                "; the others were pruned"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

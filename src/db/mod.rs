@@ -79,6 +79,9 @@ impl DbError {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
+            // A peer that speaks no PostgreSQL (a pooler or balancer whose server is gone
+            // accepts and closes): the database is away, not the query wrong.
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => DbError::Unavailable(error),
             sqlx::Error::Database(ref db)
                 if db.code().is_some_and(|c| {
@@ -560,5 +563,20 @@ mod file_tests {
         ] {
             assert_eq!(file(memory), None, "{memory}");
         }
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::DbError;
+
+    #[test]
+    fn a_peer_that_speaks_no_postgresql_is_a_database_away_not_a_bad_query() {
+        // What sqlx says when a pooler or balancer accepts and closes at once (a hostile pass:
+        // it was a 500).
+        let error = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        let classified = DbError::classify(error);
+        assert!(classified.is_transient(), "{classified:?}");
+        assert!(matches!(classified, DbError::Unavailable(_)));
     }
 }

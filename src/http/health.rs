@@ -23,6 +23,28 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(ready))
 }
 
+/// What a process answers while it waits for `retail-pulse migrate`, before it serves
+/// anything else: alive, not ready (saying why), and 503 for every other path.
+pub fn waiting_router() -> Router {
+    let why = "waiting for the database schema: run `retail-pulse migrate` (or start one \
+               process with --migrate)";
+    let unready = move || async move {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unready", "error": why })),
+        )
+    };
+    Router::new()
+        .route("/healthz", get(alive))
+        .route("/readyz", get(unready))
+        .fallback(move || async move {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": why })),
+            )
+        })
+}
+
 /// `/metrics` for an operations-only address (`--metrics-bind`).
 pub fn open_metrics_router() -> Router<AppState> {
     Router::new().route("/metrics", get(open_metrics))

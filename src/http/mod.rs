@@ -13,6 +13,7 @@
 mod error;
 mod export;
 mod health;
+pub use health::waiting_router;
 mod jobs;
 pub(crate) mod openapi;
 mod status;

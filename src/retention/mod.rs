@@ -44,6 +44,15 @@ pub struct RetentionConfig {
     pub archive_dir: Option<PathBuf>,
 }
 
+/// Why `dir` cannot take archives, when that shows before any is written: it exists and is
+/// not a directory (a missing one is made at the first archive).
+pub fn archive_dir_problem(dir: &std::path::Path) -> Option<String> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum PruneError {
     #[error(transparent)]

@@ -33,8 +33,8 @@ impl std::fmt::Debug for SigningSecrets {
 pub enum SecretsError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("tenant {tenant}'s webhook secret: {source}")]
-    Seal { tenant: String, source: SealError },
+    #[error("tenant {tenant}'s webhook secret: {why}")]
+    Seal { tenant: String, why: SealError },
     #[error("no random bytes for a webhook secret: {0}")]
     Random(String),
     #[error("tenant {0}'s webhook secret kept changing while it was being written")]
@@ -147,7 +147,7 @@ impl WebhookSecrets {
             let replaced = match self.open(&row) {
                 Ok(secrets) => Some(secrets.current),
                 Err(SecretsError::Seal {
-                    source: SealError::DoesNotOpen,
+                    why: SealError::DoesNotOpen,
                     ..
                 }) => None,
                 Err(other) => return Err(other),
@@ -181,7 +181,7 @@ impl WebhookSecrets {
                 Ok(secrets) => secrets,
                 Err(SecretsError::Seal {
                     tenant,
-                    source: SealError::DoesNotOpen,
+                    why: SealError::DoesNotOpen,
                 }) => {
                     report.unreadable.push(tenant);
                     continue;
@@ -229,9 +229,9 @@ impl WebhookSecrets {
             let key_id = row.key_id.as_deref().unwrap_or_default();
             self.keys
                 .open(key_id, &row.tenant, slot, sealed)
-                .map_err(|source| SecretsError::Seal {
+                .map_err(|why| SecretsError::Seal {
                     tenant: row.tenant.clone(),
-                    source,
+                    why,
                 })
         };
         if let Some(current) = &row.secret {
@@ -268,9 +268,9 @@ impl WebhookSecrets {
         self.keys
             .sealing()
             .seal(tenant, slot, secret)
-            .map_err(|source| SecretsError::Seal {
+            .map_err(|why| SecretsError::Seal {
                 tenant: tenant.to_string(),
-                source,
+                why,
             })
     }
 }

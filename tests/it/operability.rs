@@ -676,3 +676,43 @@ async fn a_pool_too_big_for_max_connections_is_warned_about_at_start() {
     );
     small.terminate();
 }
+
+/// An archive directory that is a file is refused before anything is pruned: by `prune`, and
+/// by a service started with retention, each naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_dir_that_is_a_file_is_refused_at_once() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"").unwrap();
+    let file = file.to_str().unwrap();
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let run = common::binary::run(
+        &["prune", "--older-than", "0s", "--archive-dir", file],
+        &env,
+    )
+    .await;
+    assert_ne!(run.code, 0, "{run}");
+    assert!(
+        run.stderr.contains("--archive-dir") && run.stderr.contains("is not a directory"),
+        "{run}"
+    );
+    let run = common::binary::run(
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--retention",
+            "1d",
+            "--archive-dir",
+            file,
+        ],
+        &env,
+    )
+    .await;
+    assert_ne!(run.code, 0, "{run}");
+    assert!(
+        run.stderr.contains("archive-dir") && run.stderr.contains("is not a directory"),
+        "{run}"
+    );
+}

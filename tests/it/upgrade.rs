@@ -28,13 +28,45 @@ async fn a_service_waits_for_migrate_and_says_what_to_run() {
     };
     let db = TestDb::empty(Backend::Postgres).await;
     let url = db.url.clone();
+    // A known port: the health checks answer there before the service says it listens.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let bind = addr.clone();
     // Service::start returns once the service listens, which it may not do before migrate.
-    let starting = tokio::task::spawn_blocking(move || Service::start(BIN, "serve", &url, &[]));
+    let starting = tokio::task::spawn_blocking(move || {
+        Service::start(BIN, "serve", &url, &[("RP_BIND", bind.as_str())])
+    });
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         !starting.is_finished(),
         "serve started on an unmigrated database"
     );
+    // Meanwhile: alive, not ready, saying why; nothing else is served.
+    let client = common::client();
+    let get = async |path: &str| {
+        let res = client
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path} while waiting: {e}"));
+        let code = res.status().as_u16();
+        let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        (code, body)
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    let (code, ready) = get("/readyz").await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(
+        ready["error"]
+            .as_str()
+            .unwrap()
+            .contains("retail-pulse migrate"),
+        "{ready}"
+    );
+    assert_eq!(get("/api/jobs").await.0, 503);
     let tables: i64 = {
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
         let n = sqlx::query_scalar(
@@ -59,7 +91,6 @@ async fn a_service_waits_for_migrate_and_says_what_to_run() {
         .find(|l| l.contains("waiting for the database schema"))
         .unwrap_or_else(|| panic!("no line said why it waited: {lines:#?}"));
     assert!(waited.contains("retail-pulse migrate"), "{waited}");
-    let client = common::client();
     let ready = server.get_json(&client, "/readyz").await;
     assert_eq!(ready["status"], "ready", "{ready}");
     drop(server);
@@ -119,6 +150,11 @@ async fn a_schema_from_a_newer_release_runs_only_if_it_keeps_this_one() {
     };
     // An expand migration of the next release: it keeps every version from 1 on.
     record(900, 1).await;
+    let out = run(&["migrate"], &[("DATABASE_URL", &db.url)]).await;
+    assert_eq!(
+        out.code, 0,
+        "a schema that keeps this release is fine: {out}"
+    );
     let server = Service::start(BIN, "serve", &db.url, &[]);
     let client = common::client();
     let ready = server.get_json(&client, "/readyz").await;
@@ -142,9 +178,16 @@ async fn a_schema_from_a_newer_release_runs_only_if_it_keeps_this_one() {
     let out = run(&["keys", "list"], &[("DATABASE_URL", &db.url)]).await;
     assert_ne!(out.code, 0, "{out}");
     assert!(out.stderr.contains("newer release"), "{out}");
-    // `migrate` of the older binary has nothing to do and does not undo anything.
+    // `migrate` of the older binary has nothing to do and undoes nothing, but says that its
+    // release cannot run here (a `migrate && serve` deploy stops at the migrate).
     let out = run(&["migrate"], &[("DATABASE_URL", &db.url)]).await;
-    assert_eq!(out.code, 0, "{out}");
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("newer release"), "{out}");
+    let applied: i64 = sqlx::query_scalar("SELECT MAX(version) FROM rp_schema_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 901);
     pool.close().await;
 }
 
