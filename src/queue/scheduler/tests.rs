@@ -229,6 +229,8 @@ async fn claims_smaller_than_the_tenants_serve_every_tenant_in_turn() {
     let (_dir, s) = scheduler_with(&named).await;
     let mut served = std::collections::BTreeMap::new();
     for _ in 0..25 {
+        // The cached windows stay fresh however slow the machine (no read of the database).
+        s.state.lock().unwrap().read_at = Some(Instant::now());
         let (plan, _) = s.plan(16, false).await.unwrap();
         let got = plan
             .iter()
@@ -253,7 +255,10 @@ async fn claims_smaller_than_the_tenants_serve_every_tenant_in_turn() {
 #[tokio::test]
 async fn announcements_of_new_work_are_read_at_most_once_per_debounce_interval() {
     let (_dir, s) = scheduler_with(&[("a", jobs(&[(1, 100)]))]).await;
-    // Just read: a notice waits out the rest of the interval, and plans meanwhile use the cache.
+    let read_at = || s.state.lock().unwrap().read_at.unwrap();
+    // Just read: a notice waits out the rest of the interval, and plans meanwhile use the
+    // cache. (Checked only while the interval lasts: a slow machine may pass its end.)
+    let at = read_at();
     let wait = s.forget();
     assert!(
         wait > Duration::ZERO && wait <= REREAD_AFTER_NOTICE,
@@ -262,10 +267,12 @@ async fn announcements_of_new_work_are_read_at_most_once_per_debounce_interval()
     for _ in 0..5 {
         s.forget();
         let (_, cached) = s.plan(4, false).await.unwrap();
-        assert!(
-            cached,
-            "a burst of notices costs no read before the interval ends"
-        );
+        if at.elapsed() < REREAD_AFTER_NOTICE {
+            assert!(
+                cached,
+                "a burst of notices costs no read before the interval ends"
+            );
+        }
     }
     tokio::time::sleep(wait + Duration::from_millis(5)).await;
     let (_, cached) = s.plan(4, false).await.unwrap();
@@ -273,8 +280,11 @@ async fn announcements_of_new_work_are_read_at_most_once_per_debounce_interval()
         !cached,
         "the noticed work is read once the interval has passed"
     );
+    let at = read_at();
     let (_, cached) = s.plan(4, false).await.unwrap();
-    assert!(cached, "and only once");
+    if at.elapsed() < WINDOW_TTL {
+        assert!(cached, "and only once");
+    }
     // A notice long after the last read is read by the very next plan.
     s.state.lock().unwrap().read_at = Some(Instant::now() - REREAD_AFTER_NOTICE * 2);
     assert_eq!(s.forget(), Duration::ZERO);
