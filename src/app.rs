@@ -337,6 +337,11 @@ impl App {
         &self.db
     }
 
+    /// The pool the API reads and writes through (its own beside workers, else [`App::db`]).
+    pub fn api_db(&self) -> &Db {
+        &self.api_db
+    }
+
     pub fn worker_id(&self) -> Option<&str> {
         self.workers.as_ref().map(|w| w.id())
     }
@@ -437,5 +442,27 @@ mod tests {
             workers: false,
         };
         assert_eq!(api_share(16, api_only), 0);
+    }
+
+    #[tokio::test]
+    async fn the_api_of_a_process_with_workers_reads_through_a_pool_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.database.url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        config.database.max_connections = 16;
+        let listen = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let both = build(config.clone(), Some(listen().await), Roles::all())
+            .await
+            .unwrap();
+        assert_eq!(both.db().max_connections(), 12, "the workers' share");
+        assert_eq!(both.api_db().max_connections(), 4, "the API's own");
+        assert!(!both.api_db().pool().is_closed());
+        let api_only = Roles {
+            api: true,
+            workers: false,
+        };
+        let one = build(config, Some(listen().await), api_only).await.unwrap();
+        assert_eq!(one.db().max_connections(), 16);
+        assert_eq!(one.api_db().max_connections(), 16, "one pool for one role");
     }
 }

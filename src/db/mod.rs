@@ -280,6 +280,11 @@ impl Db {
         }
     }
 
+    /// The most connections this pool opens.
+    pub fn max_connections(&self) -> u32 {
+        self.config.max_connections
+    }
+
     /// The limits every session of this pool runs under.
     pub fn limits(&self) -> SessionLimits {
         self.limits

@@ -168,21 +168,11 @@ pub async fn reseal(db: &Db, seen: &StoredSecrets, sealed: &Sealed<'_>) -> Resul
         "UPDATE webhook_secrets SET secret = NULL, previous_secret = NULL, \
            secret_sealed = $5, previous_sealed = $6, key_id = $7, \
            previous_expires_at = CASE WHEN $6 IS NULL THEN NULL ELSE previous_expires_at END \
-         WHERE {UNCHANGED}"
+         WHERE {UNCHANGED} RETURNING CAST(1 AS BIGINT)"
     ));
-    let _turn = db.write_turn().await;
-    let done = sqlx::query(AssertSqlSafe(sql))
-        .bind(&seen.tenant)
-        .bind(seen.secret.as_deref())
-        .bind(seen.secret_sealed.as_deref())
-        .bind(seen.previous_expires_at)
-        .bind(sealed.current)
-        .bind(sealed.previous)
-        .bind(sealed.key_id)
-        .execute(db.pool())
-        .await
-        .map_err(err)?;
-    Ok(done.rows_affected() == 1)
+    Ok(write_unchanged(db, sql, seen, sealed, None)
+        .await?
+        .is_some())
 }
 
 /// Rotates a row: `sealed.current` is the new secret and `sealed.previous` the one it replaces,
@@ -201,19 +191,32 @@ pub async fn rotate_sealed(
            previous_expires_at = {{now}} + $8, rotated_at = {{now}} \
          WHERE {UNCHANGED} RETURNING previous_expires_at"
     ));
+    write_unchanged(db, sql, seen, sealed, Some(overlap.as_millis() as i64)).await
+}
+
+/// Runs one of the writes of sealed secrets ([`reseal`], [`rotate_sealed`]): `$1`–`$4` the row
+/// as `seen` ([`UNCHANGED`]), `$5`–`$7` what `sealed` holds, `$8` the `extra` value when given.
+/// What the statement returns, or `None` when the row changed meanwhile.
+async fn write_unchanged(
+    db: &Db,
+    sql: String,
+    seen: &StoredSecrets,
+    sealed: &Sealed<'_>,
+    extra: Option<i64>,
+) -> Result<Option<i64>, DbError> {
     let _turn = db.write_turn().await;
-    sqlx::query_scalar(AssertSqlSafe(sql))
+    let mut query = sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(&seen.tenant)
         .bind(seen.secret.as_deref())
         .bind(seen.secret_sealed.as_deref())
         .bind(seen.previous_expires_at)
         .bind(sealed.current)
         .bind(sealed.previous)
-        .bind(sealed.key_id)
-        .bind(overlap.as_millis() as i64)
-        .fetch_optional(db.pool())
-        .await
-        .map_err(err)
+        .bind(sealed.key_id);
+    if let Some(extra) = extra {
+        query = query.bind(extra);
+    }
+    query.fetch_optional(db.pool()).await.map_err(err)
 }
 
 /// Erases every previous secret whose overlap is over (both forms, and its expiry). One read

@@ -31,7 +31,6 @@
 //! It decides; [`super::Queue::claim`] leases. It never writes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -151,29 +150,27 @@ impl Scheduler {
             self.read_windows().await?;
         }
         let state = self.state.lock().expect("scheduler lock");
-        // Tenants in serving order, starting after the last one served; only as many as this
-        // claim serves are copied (with their jobs' turns so far).
-        let order = || {
-            let after = state.tenant_cursor.as_ref();
-            let (later, earlier): (Vec<_>, Vec<_>) = match after {
-                Some(a) => (
-                    state
-                        .windows
-                        .range::<String, _>((Bound::Excluded(a), Bound::Unbounded))
-                        .collect(),
-                    state.windows.range::<String, _>(..=a).collect(),
-                ),
-                None => (state.windows.iter().collect(), Vec::new()),
-            };
-            later.into_iter().chain(earlier)
-        };
+        // Tenants in serving order, starting after the last one served (the first `earlier`
+        // come last); only as many as this claim serves are copied, with their turns so far.
+        let earlier = state
+            .tenant_cursor
+            .as_ref()
+            .map_or(0, |a| state.windows.range::<String, _>(..=a).count());
+        let order: Vec<&Vec<Candidate>> = state
+            .windows
+            .values()
+            .skip(earlier)
+            .chain(state.windows.values().take(earlier))
+            .collect();
         let serving = takers(
             n as i64,
-            order().map(|(_, w)| w.iter().map(|c| c.remaining.max(0)).sum()),
+            order
+                .iter()
+                .map(|w| w.iter().map(|c| c.remaining.max(0)).sum()),
         );
-        let windows: Vec<Vec<Candidate>> = order()
-            .take(serving)
-            .map(|(_, window)| {
+        let windows: Vec<Vec<Candidate>> = order[..serving]
+            .iter()
+            .map(|&window| {
                 let mut window = window.clone();
                 for c in &mut window {
                     c.used = state.turn_used.get(&c.job_id).copied().unwrap_or(0);
