@@ -152,14 +152,8 @@ pub async fn apply(
         Backend::Sqlite => ("", ""),
     };
     let sql = format!(
-        "WITH v AS MATERIALIZED (SELECT t.value ->> 'tenant' AS tenant, \
-             CAST(t.value ->> 'unfinished' AS BIGINT) AS unfinished, \
-             CAST(t.value ->> 'succeeded' AS BIGINT) AS succeeded, \
-             CAST(t.value ->> 'failed' AS BIGINT) AS failed, \
-             CAST(t.value ->> 'ongoing' AS BIGINT) AS ongoing, \
-             CAST(t.value ->> 'completed' AS BIGINT) AS completed, \
-             CAST(t.value ->> 'jobs_failed' AS BIGINT) AS jobs_failed, \
-             CAST(t.value ->> 'cancelled' AS BIGINT) AS cancelled FROM {rows}), \
+        "WITH v AS MATERIALIZED (SELECT t.tenant, t.unfinished, t.succeeded, t.failed, t.ongoing, \
+             t.completed, t.jobs_failed, t.cancelled FROM {rows}), \
          locked AS {fence}(SELECT tenant FROM tenant_counts \
              WHERE tenant IN (SELECT tenant FROM v) {lock}) \
          UPDATE tenant_counts SET \
@@ -172,7 +166,19 @@ pub async fn apply(
            jobs_cancelled = tenant_counts.jobs_cancelled + v.cancelled \
          FROM v WHERE tenant_counts.tenant = v.tenant \
            AND tenant_counts.tenant IN (SELECT tenant FROM locked)",
-        rows = db.json_rows("$1")
+        rows = db.json_records(
+            "$1",
+            &[
+                ("tenant", "TEXT"),
+                ("unfinished", "BIGINT"),
+                ("succeeded", "BIGINT"),
+                ("failed", "BIGINT"),
+                ("ongoing", "BIGINT"),
+                ("completed", "BIGINT"),
+                ("jobs_failed", "BIGINT"),
+                ("cancelled", "BIGINT"),
+            ]
+        )
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(rows.to_string())

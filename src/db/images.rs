@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, AssertSqlSafe};
 
-use super::{Backend, Db, DbError, err};
+use super::{Db, DbError, err};
 use crate::domain::{ErrorKind, ImageStatus, Submission};
 
 /// Rows per INSERT statement (one JSON parameter each), to bound a statement's memory.
@@ -44,18 +44,23 @@ pub async fn insert_for_job(
     let unknown = ErrorKind::UnknownStore;
     // PostgreSQL parses the array into typed columns in one pass (`json_to_recordset`: 15 %
     // faster for 10,000 rows than extracting each field of `jsonb_array_elements`).
-    let source = match db.backend() {
-        Backend::Postgres => "SELECT $1, t.seq, t.store_id, t.url, t.visit_time, t.visit_at, t.status, \
-             t.error, t.kind, {now}, {now}, {now} FROM json_to_recordset(CAST($2 AS json)) AS t(seq BIGINT, \
-             store_id TEXT, url TEXT, visit_time TEXT, visit_at BIGINT, status TEXT, error TEXT, kind TEXT)"
-            .to_string(),
-        Backend::Sqlite => format!(
-            "SELECT $1, CAST(t.value ->> 'seq' AS BIGINT), t.value ->> 'store_id', t.value ->> 'url', \
-             t.value ->> 'visit_time', CAST(t.value ->> 'visit_at' AS BIGINT), t.value ->> 'status', \
-             t.value ->> 'error', t.value ->> 'kind', {{now}}, {{now}}, {{now}} FROM {}",
-            db.json_rows("$2")
-        ),
-    };
+    let source = format!(
+        "SELECT $1, t.seq, t.store_id, t.url, t.visit_time, t.visit_at, t.status, t.error, t.kind, \
+         {{now}}, {{now}}, {{now}} FROM {}",
+        db.json_records(
+            "$2",
+            &[
+                ("seq", "BIGINT"),
+                ("store_id", "TEXT"),
+                ("url", "TEXT"),
+                ("visit_time", "TEXT"),
+                ("visit_at", "BIGINT"),
+                ("status", "TEXT"),
+                ("error", "TEXT"),
+                ("kind", "TEXT"),
+            ]
+        )
+    );
     let sql = db.with_clock(&format!(
         "INSERT INTO images (job_id, seq, store_id, url, visit_time, visit_at, status, error, error_kind, \
          created_at, updated_at, available_at) {source}"

@@ -20,6 +20,7 @@ pub(crate) mod ui_sessions;
 pub(crate) mod webhooks;
 pub(crate) mod workers;
 
+mod dialect;
 mod migrate;
 mod row;
 
@@ -373,55 +374,6 @@ impl Db {
             .fetch_one(&self.pool)
             .await
             .map_err(err)
-    }
-
-    /// A `FROM` item that expands one JSON-array parameter into rows, one per element, each
-    /// element an object read with `t.value ->> 'key'` (or a scalar, `t.value`). Bulk statements pass their rows this
-    /// way: one parameter and one statement text whatever the batch size, so the statement is
-    /// prepared once and no backend's parameter limit is ever near.
-    /// `COLUMN` is one of the values `SUBQUERY` selects, written so that each value is one
-    /// primary-key probe. On PostgreSQL that is `= ANY(ARRAY(…))`: as `IN (…)` the planner,
-    /// which cannot know how many rows a JSON parameter holds, may instead walk every row the
-    /// other conditions match and compare each with every value (measured: a 512-outcome
-    /// write beside 4,000 leased images took 0.5 s). SQLite already probes by rowid for `IN`.
-    pub(crate) fn any_of(&self, column: &str, subquery: &str) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("{column} IN ({subquery})"),
-            Backend::Postgres => format!("{column} = ANY(ARRAY({subquery}))"),
-        }
-    }
-
-    /// "Leased to `owner` and still running", for statements that already pick their rows
-    /// by primary key ([`Db::any_of`]). On PostgreSQL the status test is written so that it
-    /// cannot match the predicate of the partial indexes of running images: statistics read
-    /// before the claims began say that almost no image runs, and the planner would then
-    /// walk every running image of the partial index (thousands, with thousands of slots)
-    /// and compare each with every value of the `ANY` instead of probing the primary key
-    /// (measured: a 500-outcome write beside 2,000 leased images took 20 ms, a heartbeat of
-    /// 2,000 leases 0.5 s).
-    pub(crate) fn held_by(&self, owner: &str) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("lease_owner = {owner} AND status = 'running'"),
-            Backend::Postgres => format!("lease_owner = {owner} AND status || '' = 'running'"),
-        }
-    }
-
-    /// The text value under the key `key` (an SQL text expression) of the JSON object in
-    /// parameter `param`, or NULL.
-    pub(crate) fn json_key(&self, param: &str, key: &str) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("({param} ->> {key})"),
-            Backend::Postgres => format!("(CAST({param} AS jsonb) ->> {key})"),
-        }
-    }
-
-    pub(crate) fn json_rows(&self, param: &str) -> String {
-        match self.backend {
-            Backend::Sqlite => format!("json_each({param}) AS t"),
-            Backend::Postgres => {
-                format!("jsonb_array_elements(CAST({param} AS jsonb)) AS t(value)")
-            }
-        }
     }
 
     pub fn url(&self) -> &str {

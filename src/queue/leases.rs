@@ -54,13 +54,7 @@ impl Queue {
             "UPDATE images SET lease_expires_at = {{now}} + $1 WHERE id IN ( \
                SELECT id FROM images WHERE {mine} AND {held} {lock})",
             mine = self.db.held_by("$2"),
-            held = self.db.any_of(
-                "id",
-                &format!(
-                    "SELECT CAST(t.value AS BIGINT) FROM {}",
-                    self.db.json_rows("$3")
-                )
-            )
+            held = self.db.any_of("id", &self.db.json_ids("$3"))
         ));
         let ids = json!(ids).to_string();
         let _turn = self.db.write_turn().await;
@@ -93,13 +87,7 @@ impl Queue {
              claims = claims - 1, updated_at = {{now}} WHERE id IN ( \
                SELECT id FROM images WHERE {held} AND started = 0 AND {ours} {lock})",
             held = self.db.held_by("$1"),
-            ours = self.db.any_of(
-                "id",
-                &format!(
-                    "SELECT CAST(t.value AS BIGINT) FROM {}",
-                    self.db.json_rows("$2")
-                )
-            ),
+            ours = self.db.any_of("id", &self.db.json_ids("$2")),
             lock = match self.db.backend() {
                 Backend::Postgres => "ORDER BY id FOR UPDATE",
                 Backend::Sqlite => "",

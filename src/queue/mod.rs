@@ -276,9 +276,7 @@ impl Queue {
             // a primary-key lookup of exactly the rows picked.
             Backend::Postgres => self.db.with_clock(&format!(
                 "WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true)), \
-                 plan AS (SELECT CAST(t.value ->> 'job' AS BIGINT) AS job_id, \
-                                 CAST(t.value ->> 'take' AS BIGINT) AS take, \
-                                 CAST(t.value ->> 'after' AS BIGINT) AS after FROM {rows}), \
+                 plan AS (SELECT t.job AS job_id, t.take, t.after FROM {rows}), \
                  picked AS MATERIALIZED ( \
                    SELECT i.id FROM plan CROSS JOIN LATERAL ( \
                      SELECT id FROM images WHERE job_id = plan.job_id AND seq > plan.after \
@@ -291,7 +289,10 @@ impl Queue {
                  FROM async_commit WHERE images.id = ANY(ARRAY(SELECT id FROM picked)) \
                  RETURNING images.id, images.job_id, images.seq, images.store_id, images.url, \
                    images.attempts + 1 AS attempts, images.expiries, images.crashes",
-                rows = self.db.json_rows("$1")
+                rows = self.db.json_records(
+                    "$1",
+                    &[("job", "BIGINT"), ("take", "BIGINT"), ("after", "BIGINT")]
+                )
             )),
             // SQLite has no LATERAL: one LIMITed select per job, joined by UNION ALL. The
             // number of selects is rounded up to a power of two (unused ones take nothing), so
@@ -398,13 +399,7 @@ impl Queue {
             "UPDATE images SET started = 1, attempts = attempts + 1 WHERE id IN ( \
                SELECT id FROM images WHERE {held} AND started = 0 AND {ours} {lock})",
             held = self.db.held_by("$1"),
-            ours = self.db.any_of(
-                "id",
-                &format!(
-                    "SELECT CAST(t.value AS BIGINT) FROM {}",
-                    self.db.json_rows("$2")
-                )
-            ),
+            ours = self.db.any_of("id", &self.db.json_ids("$2")),
             lock = match self.db.backend() {
                 Backend::Postgres => "ORDER BY id FOR UPDATE",
                 Backend::Sqlite => "",
@@ -424,12 +419,8 @@ impl Queue {
             Backend::Sqlite => ("", ""),
         };
         let sql = self.db.with_clock(&format!(
-            "WITH v AS MATERIALIZED (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, t.value ->> 'status' AS status, \
-                 CAST(t.value ->> 'width' AS BIGINT) AS width, CAST(t.value ->> 'height' AS BIGINT) AS height, \
-                 CAST(t.value ->> 'perimeter' AS BIGINT) AS perimeter, t.value ->> 'error' AS error, \
-                 t.value ->> 'kind' AS error_kind, CAST(t.value ->> 'delay_ms' AS BIGINT) AS delay_ms, \
-                 CAST(t.value ->> 'refund' AS BIGINT) AS refund \
-               FROM {rows}), \
+            "WITH v AS MATERIALIZED (SELECT t.id, t.status, t.width, t.height, t.perimeter, t.error, \
+                 t.kind AS error_kind, t.delay_ms, t.refund FROM {rows}), \
              mine AS {fence}(SELECT id FROM images WHERE {held} AND {ours} {lock}) \
              UPDATE images SET status = v.status, width = v.width, height = v.height, \
                perimeter = v.perimeter, \
@@ -442,7 +433,20 @@ impl Queue {
                processed_by = CASE WHEN v.refund = 1 THEN images.processed_by ELSE $1 END \
              FROM v WHERE images.id = v.id AND images.id IN (SELECT id FROM mine) \
              RETURNING images.job_id, images.status",
-            rows = self.db.json_rows("$2"),
+            rows = self.db.json_records(
+                "$2",
+                &[
+                    ("id", "BIGINT"),
+                    ("status", "TEXT"),
+                    ("width", "BIGINT"),
+                    ("height", "BIGINT"),
+                    ("perimeter", "BIGINT"),
+                    ("error", "TEXT"),
+                    ("kind", "TEXT"),
+                    ("delay_ms", "BIGINT"),
+                    ("refund", "BIGINT"),
+                ]
+            ),
             held = self.db.held_by("$1"),
             ours = self.db.any_of("id", "SELECT id FROM v")
         ));

@@ -131,9 +131,7 @@ pub async fn record_finished(
     // row update per job whatever its size, and no second statement for each of thousands of
     // small jobs. One with failures is finished by `finalize` (its per-store errors).
     let sql = db.with_clock(&format!(
-        "WITH v AS MATERIALIZED (SELECT CAST(t.value ->> 'id' AS BIGINT) AS id, \
-             CAST(t.value ->> 'succeeded' AS BIGINT) AS succeeded, \
-             CAST(t.value ->> 'failed' AS BIGINT) AS failed FROM {rows}), \
+        "WITH v AS MATERIALIZED (SELECT t.id, t.succeeded, t.failed FROM {rows}), \
          locked AS {fence}(SELECT id FROM jobs WHERE {ours} {lock}) \
          UPDATE jobs SET succeeded = jobs.succeeded + v.succeeded, failed = jobs.failed + v.failed, \
            status = CASE WHEN {completes} THEN 'completed' ELSE jobs.status END, \
@@ -141,7 +139,10 @@ pub async fn record_finished(
          FROM v WHERE jobs.id = v.id AND jobs.id IN (SELECT id FROM locked) \
          RETURNING jobs.id, jobs.tenant, jobs.status, jobs.total, jobs.succeeded, jobs.failed, \
            CAST(CASE WHEN jobs.webhook_url IS NULL THEN 0 ELSE 1 END AS BIGINT) AS hooked",
-        rows = db.json_rows("$1"),
+        rows = db.json_records(
+            "$1",
+            &[("id", "BIGINT"), ("succeeded", "BIGINT"), ("failed", "BIGINT")]
+        ),
         ours = db.any_of("id", "SELECT id FROM v"),
         completes = "jobs.status = 'ongoing' AND jobs.failed + v.failed = 0 \
            AND jobs.succeeded + v.succeeded >= jobs.total"
