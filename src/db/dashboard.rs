@@ -138,9 +138,10 @@ pub async fn tenant_job_states(db: &Db, tenant: &str) -> Result<Vec<(String, i64
 }
 
 /// Images back in the queue after an attempt (a transient failure or a dead worker's lease),
-/// whether or not their retry is due yet. Counted from the small `images_retry_wait` index.
+/// whether or not their retry is due yet: pending with a claim that counted (every claim that
+/// counts no attempt is refunded). Counted from the small `images_retry_claimed` index.
 pub async fn retry_waiting(db: &Db) -> Result<i64, DbError> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE status = 'pending' AND attempts > 0")
+    sqlx::query_scalar("SELECT COUNT(*) FROM images WHERE status = 'pending' AND claims > 0")
         .fetch_one(db.pool())
         .await
         .map_err(err)

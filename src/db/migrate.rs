@@ -79,6 +79,7 @@ migrations! {
     14 "0014_crashes",
     15 "0015_jobs_by_tenant" keeps 14,
     16 "0016_sealed_secrets" keeps 14,
+    17 "0017_hot_starts" keeps 14,
 }
 
 /// The PostgreSQL advisory lock that keeps two `migrate` runs from racing.
