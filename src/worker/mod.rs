@@ -307,9 +307,11 @@ impl WorkerPool {
     /// Claims and starts images until shutdown; returns the tasks still running and the images
     /// claimed but not started.
     ///
-    /// Claimed images wait in a small local buffer (at most one round of `concurrency`) so
-    /// that a slot freed by a finished image starts the next one at once, while the claim
-    /// round trip for the following batch overlaps with work. Buffered images are leased and
+    /// Claimed images wait in a small local buffer (at most two rounds of `concurrency`, and
+    /// a claim when it is down to one) so that a slot freed by a finished image starts the
+    /// next one at once, while the claim round trip for the following batch overlaps with
+    /// work. (Two rounds, not one: a claim has a fixed cost on the PostgreSQL server besides
+    /// its rows; half as many claims took its CPU per image of one big job from 77 to 70 µs.) Buffered images are leased and
     /// heartbeated like running ones, and handed back at shutdown.
     ///
     /// An image whose origin already has its most downloads in flight does not take a slot:
@@ -323,7 +325,7 @@ impl WorkerPool {
         results: &mpsc::Sender<Note>,
     ) -> (JoinSet<()>, Waiting) {
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        let target = self.concurrency.min(MAX_CLAIM);
+        let target = (2 * self.concurrency).min(MAX_CLAIM);
         let mut waiting = Waiting::new(target, self.concurrency);
         let mut tasks = JoinSet::new();
         let mut failures = 0u32;
