@@ -287,6 +287,31 @@ async fn sync_one(
     })
 }
 
+/// Gives back what `owner` holds of the shared state as it stops, its downloads over: its
+/// shares of the origins' budgets and any right to probe, so the processes that go on (or the
+/// one that replaces it) need not wait for them to lapse.
+pub async fn release(db: &Db, owner: &str) -> Result<(), DbError> {
+    let _turn = db.write_turn().await;
+    db.timed(async |conn| {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(err)?;
+        sqlx::query("DELETE FROM origin_shares WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        sqlx::query(
+            "UPDATE origin_breakers SET probe_owner = NULL, probe_until = NULL \
+             WHERE probe_owner = $1",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)
+    })
+    .await
+}
+
 /// Deletes shares long lapsed and breakers closed and unused for an hour.
 pub async fn sweep(db: &Db) -> Result<u64, DbError> {
     let _turn = db.write_turn().await;
@@ -312,6 +337,48 @@ pub async fn sweep(db: &Db) -> Result<u64, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn want(origin: &str, events: Vec<(bool, bool)>) -> Want {
+        Want {
+            origin: origin.to_string(),
+            in_flight: 1,
+            permits: 0,
+            starved: true,
+            events,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_process_gives_back_its_share_and_its_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+        let db = Db::connect(&url, 4).await.unwrap();
+        db.migrate().await.unwrap();
+        let rules = Rules {
+            budget: 8,
+            breaker_failures: 1,
+            cooldown_ms: 0,
+            lease_ms: 60_000,
+            probe_ms: 60_000,
+        };
+        let origin = "http://a:80";
+        // A's failure opens the breaker, already cooled down: A gets the probe.
+        let a = sync(&db, "a", rules, &[want(origin, vec![(false, false)])])
+            .await
+            .unwrap();
+        assert!(a[0].probe, "{a:?}");
+        let b = sync(&db, "b", rules, &[want(origin, vec![])])
+            .await
+            .unwrap();
+        assert!(!b[0].probe && b[0].permits < 8, "{b:?}");
+        release(&db, "a").await.unwrap();
+        // B need not wait a minute for A's rights to lapse.
+        let b = sync(&db, "b", rules, &[want(origin, vec![])])
+            .await
+            .unwrap();
+        assert!(b[0].probe, "{b:?}");
+        assert_eq!(b[0].permits, 8, "{b:?}");
+    }
 
     #[test]
     fn the_budget_goes_to_who_wants_it_evenly() {

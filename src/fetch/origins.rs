@@ -46,7 +46,8 @@ pub enum Admission {
     /// The origin has `limit` downloads in flight: wait for one to end.
     Busy,
     /// The origin's breaker is open: try again in `retry_in`. `failed_probes`: how many probe
-    /// downloads after a cool-down have failed since the origin last answered.
+    /// downloads after a cool-down have failed since the origin last answered (0 while a probe
+    /// is out: until it ends, the host is not known to be down).
     Open {
         retry_in: Duration,
         failed_probes: u32,
@@ -282,9 +283,12 @@ impl Origins {
                 if shared {
                     self.starving.notify_one();
                 }
+                // While the probe is out the host is not known to be down: waiting for it
+                // spends no attempt (`failed_probes: 0`), or images deferred every
+                // `WHILE_PROBING` would use up their attempts long before a slow probe ends.
                 return Admission::Open {
                     retry_in: WHILE_PROBING.min(self.cooldown),
-                    failed_probes: entry.failed_probes,
+                    failed_probes: 0,
                 };
             }
             // Cool-down over: this image is the probe, whatever else is in flight.
@@ -514,6 +518,15 @@ mod tests {
         ));
         std::thread::sleep(Duration::from_millis(250));
         let probe = go(o.admit("http://a:80"));
+        // While the next probe is out, a host whose last probe failed is not known to be down:
+        // waiting for the probe is free.
+        assert!(matches!(
+            o.admit("http://a:80"),
+            Admission::Open {
+                failed_probes: 0,
+                ..
+            }
+        ));
         probe.report(true);
         drop(probe);
         assert_eq!(o.open_breakers(), 0);

@@ -80,7 +80,11 @@ pub(super) async fn run(
                 // writer is left to the outcomes in between).
                 tokio::time::sleep(STARVED_PAUSE).await;
             }
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         }
+    }
+    // Stopped after the drain: nothing of this process downloads any more.
+    if let Err(error) = origins::release(&db, &owner).await {
+        tracing::warn!(%error, "could not give back the origins' shares; they lapse in {LEASE:?}");
     }
 }
