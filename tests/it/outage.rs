@@ -380,6 +380,7 @@ async fn session_limits_are_in_force_on_every_pooled_connection() {
             "tcp_keepalives_interval",
             "tcp_keepalives_count",
             "tcp_user_timeout",
+            "jit",
         ] {
             let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
                 .fetch_one(&mut **conn)
@@ -389,7 +390,7 @@ async fn session_limits_are_in_force_on_every_pooled_connection() {
         }
         assert_eq!(
             shown,
-            ["7s", "1500ms", "45s", "12", "4", "3", "24000"],
+            ["7s", "1500ms", "45s", "12", "4", "3", "24000", "off"],
             "settings of one pooled connection"
         );
     }
