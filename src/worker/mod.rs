@@ -340,9 +340,6 @@ impl WorkerPool {
         // writer for the database turn a half-polled claim would hold.)
         let mut claiming: Option<tokio::task::JoinHandle<ClaimResult>> = None;
         let mut landed: Option<ClaimResult> = None;
-        // New work was announced while a claim was in flight: if that claim finds nothing, the
-        // next one need not wait for the poll.
-        let mut woken = false;
         loop {
             while tasks.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
@@ -363,11 +360,10 @@ impl WorkerPool {
                 claiming = Some(tokio::spawn(async move { queue.claim(n).await }));
             }
             if let Some(result) = landed.take() {
-                let announced = std::mem::take(&mut woken);
                 match result {
                     Ok(claimed) => {
                         failures = 0;
-                        if claimed.is_empty() && !announced {
+                        if claimed.is_empty() {
                             next_claim = tokio::time::Instant::now() + self.poll_interval;
                         }
                         claimed_now = claimed.len();
@@ -421,7 +417,6 @@ impl WorkerPool {
                     landed = Some(result);
                 }
                 _ = self.wake.notified() => {
-                    woken = claiming.is_some();
                     next_claim = next_claim.min(tokio::time::Instant::now() + self.queue.scheduler().forget());
                 }
                 _ = tokio::time::sleep_until(until), if claim_due => {}
