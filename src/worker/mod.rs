@@ -35,33 +35,18 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Backend, Db, DbError};
+use crate::db::{Backend, Db};
 use crate::fetch::origins::Origins;
 use crate::fetch::{FetchConfig, FetchError, Fetcher};
 use crate::metrics::Metrics;
+use crate::queue::Queue;
 use crate::queue::backoff::backoff;
-use crate::queue::{ClaimedImage, Queue};
 use crate::webhooks::deliver::Deliverer;
 use crate::webhooks::{WebhookConfig, WebhookSecrets};
 use process::Processor;
 use upkeep::{heartbeat, listen, reaper};
 use waiting::{Waiting, fruitless_pause};
 use writer::{MAX_WRITE_BATCH, Note, write_outcomes};
-
-/// What a claim gives the claim loop.
-type ClaimResult = Result<Vec<ClaimedImage>, DbError>;
-
-/// The result of a claim's task; a claim that panicked takes the claim loop down with it, as
-/// it did when the loop ran it itself.
-fn claimed(joined: Result<ClaimResult, tokio::task::JoinError>) -> ClaimResult {
-    match joined {
-        Ok(result) => result,
-        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        Err(error) => Err(DbError::Contended(format!(
-            "the claim was stopped: {error}"
-        ))),
-    }
-}
 
 /// Most images claimed in one round trip.
 const MAX_CLAIM: usize = 256;
@@ -334,12 +319,6 @@ impl WorkerPool {
         // After a claim that found nothing or failed, the next waits for this moment (or for
         // new work to be announced), instead of asking again at every freed slot.
         let mut next_claim = tokio::time::Instant::now();
-        // The claim in flight: a task of its own beside the dispatch, so that slots freed
-        // during its round trip start buffered images at once instead of waiting for it. (A
-        // task, not a future polled here: the dispatch may wait for the writer, and the
-        // writer for the database turn a half-polled claim would hold.)
-        let mut claiming: Option<tokio::task::JoinHandle<ClaimResult>> = None;
-        let mut landed: Option<ClaimResult> = None;
         loop {
             while tasks.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
@@ -350,17 +329,8 @@ impl WorkerPool {
                     next_claim.min(tokio::time::Instant::now() + self.queue.scheduler().forget());
             }
             let mut claimed_now = 0;
-            if claiming.is_none()
-                && landed.is_none()
-                && waiting.wants_more(target, &slots)
-                && tokio::time::Instant::now() >= next_claim
-            {
-                let queue = self.queue.clone();
-                let n = target - waiting.ready.len();
-                claiming = Some(tokio::spawn(async move { queue.claim(n).await }));
-            }
-            if let Some(result) = landed.take() {
-                match result {
+            if waiting.wants_more(target, &slots) && tokio::time::Instant::now() >= next_claim {
+                match self.queue.claim(target - waiting.ready.len()).await {
                     Ok(claimed) => {
                         failures = 0;
                         if claimed.is_empty() {
@@ -403,19 +373,9 @@ impl WorkerPool {
             for image in waiting.overstayed() {
                 self.defer_for_busy(image, results).await;
             }
-            let claim_due = claiming.is_none() && waiting.wants_more(target, &slots);
+            let claim_due = waiting.wants_more(target, &slots);
             let until = next_claim.max(tokio::time::Instant::now() + Duration::from_millis(1));
-            let in_flight = async {
-                match claiming.as_mut() {
-                    Some(claim) => claimed(claim.await),
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                result = in_flight => {
-                    claiming = None;
-                    landed = Some(result);
-                }
                 _ = self.wake.notified() => {
                     next_claim = next_claim.min(tokio::time::Instant::now() + self.queue.scheduler().forget());
                 }
@@ -424,14 +384,6 @@ impl WorkerPool {
                 _ = self.origins.released().notified() => {}
                 _ = shutdown.cancelled() => break,
             }
-        }
-        // A claim still in flight leased its images: they are handed back with the others.
-        let last = match claiming {
-            Some(claim) => Some(claimed(claim.await)),
-            None => landed,
-        };
-        if let Some(Ok(claimed)) = last {
-            waiting.ready.extend(claimed);
         }
         (tasks, waiting)
     }
