@@ -45,9 +45,8 @@ pub enum Admission {
     Go(OriginPermit),
     /// The origin has `limit` downloads in flight: wait for one to end.
     Busy,
-    /// The origin's breaker is open: try again in `retry_in`. `failed_probes`: how many probe
-    /// downloads after a cool-down have failed since the origin last answered (0 while a probe
-    /// is out: until it ends, the host is not known to be down).
+    /// The origin's breaker is open: try again in `retry_in`. `failed_probes`: probes failed
+    /// since the origin last answered (0 while a probe is out: the host is not known down).
     Open {
         retry_in: Duration,
         failed_probes: u32,
@@ -283,9 +282,8 @@ impl Origins {
                 if shared {
                     self.starving.notify_one();
                 }
-                // While the probe is out the host is not known to be down: waiting for it
-                // spends no attempt (`failed_probes: 0`), or images deferred every
-                // `WHILE_PROBING` would use up their attempts long before a slow probe ends.
+                // Until the probe ends the host is not known to be down: waiting spends no
+                // attempt, or `WHILE_PROBING` deferrals would use them up before a slow probe.
                 return Admission::Open {
                     retry_in: WHILE_PROBING.min(self.cooldown),
                     failed_probes: 0,
